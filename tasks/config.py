@@ -1,0 +1,210 @@
+"""Declarative business config (configs/*.yaml), validated into typed models once per process."""
+
+from __future__ import annotations
+
+from datetime import date, time
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """A config file is missing or invalid; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(Strict):
+    name: str
+    legal_name: str
+    email: str
+    reply_to: str | None = None
+    phone: str | None = None
+    website: str
+    logo_url: str | None = None
+    postal_address: str
+    tax_id: str | None = None
+    default_locale: str = "en_US"
+    default_currency: str = "USD"
+    timezone: str = "UTC"
+    return_policy: str
+    links_base_url: str
+
+
+class PaymentRules(Strict):
+    proceed: list[str]
+    cancel: list[str]
+
+
+class StockRules(Strict):
+    reserve: bool = True
+
+
+class EmailRules(Strict):
+    pattern: str
+
+
+class CountryAddressRules(Strict):
+    required: list[str] = Field(default_factory=list)
+    zip_pattern: str | None = None
+
+
+class AddressRules(Strict):
+    required: list[str]
+    countries: dict[str, CountryAddressRules] = Field(default_factory=dict)
+    ship_to: list[str]
+
+
+class RiskRules(Strict):
+    max_order_value: dict[str, Decimal] = Field(default_factory=dict)
+    max_line_quantity: int = 25
+    hold_tags: list[str] = Field(default_factory=list)
+    risk_attribute: str = "risk_score"
+    max_risk_score: float = 0.7
+
+
+class VerificationConfig(Strict):
+    payment: PaymentRules
+    stock: StockRules = StockRules()
+    email: EmailRules
+    address: AddressRules
+    risk: RiskRules = RiskRules()
+
+
+class PackingCondition(Strict):
+    """A rule matches a line when ANY listed condition holds."""
+
+    tags_any: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    min_grams: int | None = None
+    min_unit_price: Decimal | None = None
+
+
+class CarrierConstraints(Strict):
+    max_transit_days: int | None = None
+    ship_weekdays: list[int] | None = None  # 0 = Monday
+    no_air: bool = False
+    signature: bool = False
+    methods: list[str] | None = None
+
+
+class PackingRule(Strict):
+    name: str
+    when: PackingCondition
+    materials: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    handling: list[str] = Field(default_factory=list)
+    carrier: CarrierConstraints = CarrierConstraints()
+
+
+class InsuranceRules(Strict):
+    order_value_threshold: Decimal
+    categories: list[str] = Field(default_factory=list)
+
+
+class HandwrittenNoteRules(Strict):
+    first_order: bool = True
+    vip_tags: list[str] = Field(default_factory=list)
+    gift_message: bool = True
+
+
+class PromoRules(Strict):
+    enabled: bool = True
+    prefix: str = "THANKS"
+    percent_off: int = 10
+    valid_days: int = 60
+
+
+class InsertRules(Strict):
+    handwritten_note: HandwrittenNoteRules = HandwrittenNoteRules()
+    promo: PromoRules = PromoRules()
+    samples: dict[str, str] = Field(default_factory=dict)
+
+
+class PackingConfig(Strict):
+    rules: list[PackingRule]
+    insurance: InsuranceRules
+    inserts: InsertRules = InsertRules()
+
+
+class ShippingMethod(Strict):
+    title: str
+    transit_days: dict[str, int]
+
+    def transit_to(self, country: str | None) -> int:
+        return self.transit_days.get(country or "", self.transit_days["default"])
+
+
+class ShippingConfig(Strict):
+    origin_country: str
+    timezone: str
+    dispatch_cutoff: time
+    processing_days: int = 1
+    methods: dict[str, ShippingMethod]
+    default_method: str
+    aliases: dict[str, str] = Field(default_factory=dict)
+    holidays: list[date] = Field(default_factory=list)
+
+
+class TemplateSpec(Strict):
+    msg_class: str = Field(alias="class", pattern="^(transactional|marketing)$")
+    version: int
+    priority: int = 50
+    subject: str
+
+
+class MessagingConfig(Strict):
+    from_name: str
+    from_address: str
+    templates: dict[str, TemplateSpec]
+
+
+class Config(Strict):
+    """All business config; `dir` is where it was read from (templates live under it)."""
+
+    dir: Path
+    store: StoreConfig
+    verification: VerificationConfig
+    packing: PackingConfig
+    shipping: ShippingConfig
+    messaging: MessagingConfig
+
+
+SECTIONS = ("store", "verification", "packing", "shipping", "messaging")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file missing: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{path}: {where}: {first['msg']}"
+
+
+@lru_cache(maxsize=4)
+def load_config(config_dir: Path) -> Config:
+    config_dir = Path(config_dir).resolve()
+    sections: dict[str, Any] = {}
+    for name in SECTIONS:
+        path = config_dir / f"{name}.yaml"
+        try:
+            sections[name] = Config.model_fields[name].annotation.model_validate(_read_yaml(path))  # type: ignore[union-attr]
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, path)) from exc
+    return Config(dir=config_dir, **sections)

@@ -1,0 +1,44 @@
+"""Process settings from the environment (JOURNEYS_*), with embedded defaults that just work."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOURNEYS_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./var/journeys.db",
+        description="SQLAlchemy URL of the app database (SQLite file or PostgreSQL).",
+    )
+    artifacts_url: str = Field(
+        default="file://./var/artifacts",
+        description="Where documents and messages are archived: file://DIR or s3://bucket/prefix.",
+    )
+    mail_transport: str = Field(
+        default="file",
+        description="`file` (.eml into the archive), `smtp://host:port` or `ses`.",
+    )
+    config_dir: Path = Field(default=Path("./configs"), description="Business config (YAML).")
+    secret_key: str = Field(
+        default="journeys-dev-secret-change-me",
+        description="HMAC key for promo codes, signed links and unsubscribe tokens.",
+    )
+    batch_size: int = Field(default=1000, ge=1, description="Orders per stage batch.")
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Custom S3 endpoint (SeaweedFS, MinIO); empty for AWS."
+    )
+    s3_sse: str | None = Field(default=None, description="Server-side encryption, e.g. AES256.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,199 @@
+"""State changes, steps and the timeline: set-based, compare-and-set, one statement per kind.
+
+Every stage uses these helpers so that running a stage twice changes nothing the second time:
+an order only moves if it is still in the state the stage expected, and steps, events and
+outbox rows are inserted with their natural keys (duplicates ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from tasks.store.db import is_postgres
+from tasks.store.models import Base, Order, OrderEvent, Step
+
+# Order states (DESIGN.md §3).
+RECEIVED = "received"
+VERIFIED = "verified"
+PACKED = "packed"
+CONFIRMED = "confirmed"
+ON_HOLD = "on_hold"
+CANCELLED = "cancelled"
+
+# Step statuses.
+PENDING, DONE, HELD, CLOSED = "pending", "done", "held", "closed"
+
+# The first half of the journey: step name → the state an order must be in to take it.
+STAGE_STATES = {"verify": RECEIVED, "pack": VERIFIED, "confirm": PACKED}
+NEXT_STEP = {VERIFIED: "pack", PACKED: "confirm"}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One order's outcome in a stage: its new state, why, and what the timeline should say."""
+
+    order_id: int
+    to_state: str
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def insert_ignoring_duplicates(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], keys: Sequence[str]
+) -> None:
+    """Bulk INSERT ... ON CONFLICT (keys) DO NOTHING, on PostgreSQL and SQLite alike."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    statement = dialect_insert(model).on_conflict_do_nothing(index_elements=list(keys))
+    session.execute(statement, list(rows))
+
+
+def due_order_ids(session: Session, step: str, now: datetime, limit: int) -> list[int]:
+    """Orders whose `step` is pending and due, oldest due first."""
+    query = (
+        select(Step.order_id)
+        .where(Step.name == step, Step.status == PENDING, Step.due_at <= now)
+        .order_by(Step.due_at, Step.order_id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def claim_orders(session: Session, order_ids: Sequence[int], state: str) -> list[Order]:
+    """Load the batch's orders that are still in `state`, with lines and customer.
+
+    On PostgreSQL the rows are locked with SKIP LOCKED, so a concurrent worker cannot take
+    the same orders; on SQLite the batch transaction already holds the write lock (BEGIN
+    IMMEDIATE). Either way the caller's later compare-and-set sees exactly these orders.
+    """
+    if not order_ids:
+        return []
+    query = (
+        select(Order)
+        .where(Order.id.in_(order_ids), Order.state == state)
+        .order_by(Order.id)
+        .options(selectinload(Order.lines), selectinload(Order.customer))
+    )
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True, of=Order)
+    return list(session.scalars(query))
+
+
+def _step_status(to_state: str) -> str:
+    return {ON_HOLD: HELD, CANCELLED: CLOSED}.get(to_state, DONE)
+
+
+def apply_transitions(
+    session: Session,
+    step: str,
+    from_state: str,
+    transitions: Sequence[Transition],
+    now: datetime,
+    actor: str = "journeys",
+) -> list[int]:
+    """Move orders (compare-and-set), close their step, log events and schedule what is next."""
+    if not transitions:
+        return []
+    _update_orders(session, from_state, transitions, now)
+    _close_steps(session, step, transitions, now)
+    record_events(session, [_event_row(t, from_state, now, actor) for t in transitions])
+    schedule_steps(
+        session,
+        [(t.order_id, NEXT_STEP[t.to_state], now) for t in transitions if t.to_state in NEXT_STEP],
+        now,
+    )
+    return [t.order_id for t in transitions]
+
+
+def _update_orders(
+    session: Session, from_state: str, transitions: Sequence[Transition], now: datetime
+) -> None:
+    table = Order.__table__
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.state == from_state)
+        .values(state=bindparam("b_state"), hold_reason=bindparam("b_reason"), updated_at=now)
+    )
+    rows = [
+        {"b_id": t.order_id, "b_state": t.to_state, "b_reason": _hold_reason(t)}
+        for t in transitions
+    ]
+    session.connection().execute(statement, rows)
+
+
+def _hold_reason(transition: Transition) -> str | None:
+    return transition.reason if transition.to_state == ON_HOLD else None
+
+
+def _close_steps(
+    session: Session, step: str, transitions: Sequence[Transition], now: datetime
+) -> None:
+    table = Step.__table__
+    statement = (
+        update(table)
+        .where(table.c.order_id == bindparam("b_id"), table.c.name == step)
+        .values(
+            status=bindparam("b_status"),
+            reason=bindparam("b_reason"),
+            attempts=table.c.attempts + 1,
+            updated_at=now,
+        )
+    )
+    rows = [
+        {"b_id": t.order_id, "b_status": _step_status(t.to_state), "b_reason": t.reason}
+        for t in transitions
+    ]
+    session.connection().execute(statement, rows)
+
+
+def _event_row(t: Transition, from_state: str, now: datetime, actor: str) -> dict[str, Any]:
+    detail = dict(t.detail)
+    if t.reason:
+        detail.setdefault("reason", t.reason)
+    return {
+        "order_id": t.order_id,
+        "at": now,
+        "kind": "state",
+        "from_state": from_state,
+        "to_state": t.to_state,
+        "actor": actor,
+        "detail": detail,
+    }
+
+
+def record_events(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    if rows:
+        session.execute(OrderEvent.__table__.insert(), rows)
+
+
+def schedule_steps(
+    session: Session, steps: Iterable[tuple[int, str, datetime]], now: datetime
+) -> None:
+    """Record (order_id, step, due_at) as pending; an existing step row is left alone."""
+    rows = [
+        {"order_id": oid, "name": name, "due_at": due, "status": PENDING, "attempts": 0,
+         "updated_at": now}
+        for oid, name, due in steps
+    ]
+    insert_ignoring_duplicates(session, Step, rows, ["order_id", "name"])
+
+
+def reopen_step(session: Session, order_ids: Sequence[int], step: str, now: datetime) -> None:
+    """Make `step` pending and due again (an order changed, or an operator released it)."""
+    if not order_ids:
+        return
+    schedule_steps(session, [(oid, step, now) for oid in order_ids], now)
+    session.execute(
+        update(Step)
+        .where(Step.order_id.in_(order_ids), Step.name == step)
+        .values(status=PENDING, due_at=now, reason=None, updated_at=now)
+    )

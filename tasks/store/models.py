@@ -1,0 +1,285 @@
+"""The journey's state: typed SQLAlchemy 2 models that work on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which stores naive text) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact decimal money: NUMERIC on PostgreSQL, text on SQLite (which has no exact decimal)."""
+
+    impl = Numeric(18, 4)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(18, 4))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(str(value)).normalize() + Decimal("0.00")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        Decimal: Money(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+        list[str]: JSON(),
+        list[dict[str, Any]]: JSON(),
+    }
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised (lower-case)
+    external_id: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
+    orders_count: Mapped[int] = mapped_column(Integer, default=0)  # as reported by the source
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    locale: Mapped[str | None] = mapped_column(String(20))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    birthday: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(100), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    category: Mapped[str | None] = mapped_column(String(100), index=True)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    stock: Mapped[int] = mapped_column(Integer, default=0)
+    grams: Mapped[int] = mapped_column(Integer, default=0)
+    price: Mapped[Decimal | None]
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime]
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("source", "external_id"), Index(None, "state"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(20))  # shopify | canonical | csv
+    external_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(64))  # the store's display number, e.g. #1001
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    currency: Mapped[str] = mapped_column(String(3))
+    locale: Mapped[str | None] = mapped_column(String(20))
+    financial_status: Mapped[str] = mapped_column(String(30))
+    subtotal: Mapped[Decimal]
+    discounts: Mapped[Decimal]
+    shipping: Mapped[Decimal]
+    tax: Mapped[Decimal]
+    total: Mapped[Decimal]
+    taxes_included: Mapped[bool] = mapped_column(Boolean, default=False)
+    discount_codes: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    tax_lines: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    shipping_code: Mapped[str | None] = mapped_column(String(100))
+    shipping_title: Mapped[str | None] = mapped_column(String(200))
+    shipping_address: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    gift_note: Mapped[str | None] = mapped_column(Text)
+    note_attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
+    placed_at: Mapped[datetime]
+    cancelled_at: Mapped[datetime | None]
+    state: Mapped[str] = mapped_column(String(30))
+    hold_reason: Mapped[str | None] = mapped_column(String(500))
+    promised_delivery: Mapped[date | None] = mapped_column(Date)
+    packing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    stock_reserved: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    lines: Mapped[list[OrderLine]] = relationship(
+        back_populates="order", order_by="OrderLine.position", cascade="all, delete-orphan"
+    )
+    customer: Mapped[Customer] = relationship()
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    external_id: Mapped[str | None] = mapped_column(String(64))
+    sku: Mapped[str | None] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(String(500))
+    variant_title: Mapped[str | None] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[Decimal]
+    total_discount: Mapped[Decimal]
+    grams: Mapped[int] = mapped_column(Integer, default=0)
+    gift_card: Mapped[bool] = mapped_column(Boolean, default=False)
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    order: Mapped[Order] = relationship(back_populates="lines")
+
+
+class OrderEvent(Base):
+    """The per-order timeline: every state change and notable fact, append-only."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(40))  # state | updated | note | decision ...
+    from_state: Mapped[str | None] = mapped_column(String(30))
+    to_state: Mapped[str | None] = mapped_column(String(30))
+    actor: Mapped[str] = mapped_column(String(100), default="journeys")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Step(Base):
+    """One row per order and step: what is due next, and when. A stage never waits."""
+
+    __tablename__ = "steps"
+    __table_args__ = (
+        UniqueConstraint("order_id", "name"),
+        Index(None, "name", "status", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(40))
+    due_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|done|held|closed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime]
+
+
+class Message(Base):
+    """The outbox: written with the state change that causes it, sent later by the dispatcher."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index(None, "status", "not_before"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    effect_key: Mapped[str] = mapped_column(String(200), unique=True)
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), index=True
+    )
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    template: Mapped[str] = mapped_column(String(60))
+    version: Mapped[int] = mapped_column(Integer)
+    msg_class: Mapped[str] = mapped_column(String(20))  # transactional | marketing
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    to_addr: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str] = mapped_column(String(200))  # RFC 5322 Message-ID, stable
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    reason: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    artifact_ref: Mapped[str | None] = mapped_column(String(500))
+
+
+class Artifact(Base):
+    """A document or message archived for an order; `ref` points into a bundle in the store."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    effect_key: Mapped[str] = mapped_column(String(200), unique=True)
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(40))  # packing_slip | invoice | email ...
+    ref: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class Quarantine(Base):
+    """A record that could not be accepted, kept whole with its reasons until released."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("kind", "fingerprint"), Index(None, "status"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))  # order | product | ...
+    source: Mapped[str] = mapped_column(String(20))
+    external_id: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the raw record
+    payload: Mapped[str] = mapped_column(Text)
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(default=list)  # [{field, reason}]
+    origin: Mapped[str | None] = mapped_column(String(500))  # file and line it came from
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | released
+    created_at: Mapped[datetime]
+    released_at: Mapped[datetime | None]

@@ -1,0 +1,117 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, config, runtime and a frozen clock.
+
+PostgreSQL is required, not optional: if it is unreachable the PostgreSQL tests fail loudly.
+Each test session gets its own throw-away database on JOURNEYS_TEST_PG_URL's server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tasks.config import load_config
+from tasks.runtime import Runtime
+from tasks.settings import Settings
+from tasks.store.db import make_engine, session_factory
+from tasks.store.migrate import ensure_schema
+from tasks.store.models import Base
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+PG_SERVER_URL = os.environ.get(
+    "JOURNEYS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+# Wednesday 18 November 2026, 10:00 UTC: a plain business day before Thanksgiving week.
+NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
+    name = f"journeys_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # a missing PostgreSQL must fail the run, never skip it
+        pytest.fail(f"PostgreSQL unreachable at {PG_SERVER_URL}: {exc}", pytrace=False)
+    url = make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    ensure_schema(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate_all(engine) -> None:
+    names = ", ".join(f'"{t.name}"' for t in reversed(Base.metadata.sorted_tables))
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'journeys.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = make_engine(db_url)
+    ensure_schema(engine)
+    if engine.dialect.name == "postgresql":
+        _truncate_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    """SQLite only, for unit tests of logic that does not depend on the database."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_maker(engine):
+    return session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def cfg():
+    return load_config(ROOT / "configs")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'journeys.db'}",
+        artifacts_url=f"file://{tmp_path / 'artifacts'}",
+        mail_transport="file",
+        config_dir=ROOT / "configs",
+        secret_key="test-secret",
+    )
+
+
+@pytest.fixture
+def runtime(settings, cfg) -> Runtime:
+    return Runtime(settings=settings, config=cfg)
+
+
+@pytest.fixture
+def now() -> datetime:
+    return NOW
