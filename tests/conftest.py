@@ -24,6 +24,8 @@ from tasks.store.db import make_engine, session_factory
 from tasks.store.migrate import ensure_schema
 from tasks.store.models import Base
 
+pytest_plugins = ["tests.fixtures_smtp"]
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 PG_SERVER_URL = os.environ.get(

@@ -56,12 +56,23 @@ def insert_ignoring_duplicates(
     session.execute(statement, list(rows))
 
 
-def due_order_ids(session: Session, step: str, now: datetime, limit: int) -> list[int]:
-    """Orders whose `step` is pending and due, oldest due first."""
+def due_order_ids(
+    session: Session, step: str, now: datetime, limit: int, after_id: int = 0
+) -> list[int]:
+    """Orders whose `step` is pending and due, by order id after `after_id` (keyset paging).
+
+    Paging by id (not by due time) guarantees a sweep terminates even when some due orders
+    cannot be claimed right now (locked by another worker, or no longer in the stage's state).
+    """
     query = (
         select(Step.order_id)
-        .where(Step.name == step, Step.status == PENDING, Step.due_at <= now)
-        .order_by(Step.due_at, Step.order_id)
+        .where(
+            Step.name == step,
+            Step.status == PENDING,
+            Step.due_at <= now,
+            Step.order_id > after_id,
+        )
+        .order_by(Step.order_id)
         .limit(limit)
     )
     return list(session.scalars(query))
@@ -105,11 +116,9 @@ def apply_transitions(
     _update_orders(session, from_state, transitions, now)
     _close_steps(session, step, transitions, now)
     record_events(session, [_event_row(t, from_state, now, actor) for t in transitions])
-    schedule_steps(
-        session,
-        [(t.order_id, NEXT_STEP[t.to_state], now) for t in transitions if t.to_state in NEXT_STEP],
-        now,
-    )
+    for next_step in sorted({NEXT_STEP[t.to_state] for t in transitions if t.to_state in NEXT_STEP}):
+        ids = [t.order_id for t in transitions if NEXT_STEP.get(t.to_state) == next_step]
+        reopen_step(session, ids, next_step, now)
     return [t.order_id for t in transitions]
 
 
@@ -188,7 +197,7 @@ def schedule_steps(
 
 
 def reopen_step(session: Session, order_ids: Sequence[int], step: str, now: datetime) -> None:
-    """Make `step` pending and due again (an order changed, or an operator released it)."""
+    """Make `step` pending and due now, whether or not it ran before (an order came back)."""
     if not order_ids:
         return
     schedule_steps(session, [(oid, step, now) for oid in order_ids], now)

@@ -155,7 +155,7 @@ class Order(Base):
     state: Mapped[str] = mapped_column(String(30))
     hold_reason: Mapped[str | None] = mapped_column(String(500))
     promised_delivery: Mapped[date | None] = mapped_column(Date)
-    packing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    packing: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     stock_reserved: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime]
     updated_at: Mapped[datetime]

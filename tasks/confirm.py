@@ -1,0 +1,157 @@
+"""Confirmation: promise a delivery date, queue the confirmation e-mail, mark orders confirmed.
+
+The e-mail is only written to the outbox here, in the same transaction as the state change;
+the dispatcher sends it afterwards (the flow runs it right after this stage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.orm import Session
+
+from tasks.config import Config
+from tasks.delivery import estimate_delivery, resolve_method
+from tasks.messaging.money import resolve_locale
+from tasks.messaging.outbox import enqueue, order_message
+from tasks.runtime import Runtime, StageResult
+from tasks.store.journal import CONFIRMED, PACKED, Transition, apply_transitions, claim_orders
+from tasks.store.models import Order, OrderLine
+
+STEP = "confirm"
+TEMPLATE = "confirmation"
+
+
+def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime) -> StageResult:
+    """Confirm the batch's packed orders with the same few statements, whatever its size."""
+    orders = claim_orders(session, order_ids, PACKED)
+    cfg = rt.config
+    promised = {order.id: promised_delivery(order, cfg) for order in orders}
+    enqueue(session, [confirmation_message(o, promised[o.id], cfg, now) for o in orders], now)
+    set_promised_delivery(session, promised)
+    transitions = [
+        Transition(oid, CONFIRMED, detail={"promised_delivery": day.isoformat()})
+        for oid, day in promised.items()
+    ]
+    apply_transitions(session, STEP, PACKED, transitions, now)
+    return StageResult(
+        stage=STEP,
+        advanced=len(orders),
+        skipped=len(set(order_ids)) - len(orders),  # no longer packed, or locked by a peer
+        details={"messages_enqueued": len(orders)},
+    )
+
+
+def shipping_method(order: Order, cfg: Config) -> str:
+    return resolve_method(order.shipping_code, order.shipping_title, cfg.shipping)
+
+
+def promised_delivery(order: Order, cfg: Config) -> date:
+    country = (order.shipping_address or {}).get("country_code")
+    return estimate_delivery(order.placed_at, shipping_method(order, cfg), country, cfg.shipping)
+
+
+def set_promised_delivery(session: Session, promised: dict[int, date]) -> None:
+    if not promised:
+        return
+    table = Order.__table__
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(promised_delivery=bindparam("b_day"))
+    )
+    rows = [{"b_id": oid, "b_day": day} for oid, day in promised.items()]
+    session.connection().execute(statement, rows)
+
+
+def confirmation_message(
+    order: Order, promised: date, cfg: Config, now: datetime
+) -> dict[str, Any]:
+    return order_message(
+        order_id=order.id,
+        customer_id=order.customer_id,
+        step=STEP,
+        template=TEMPLATE,
+        spec=cfg.messaging.templates[TEMPLATE],
+        to_addr=order.email,
+        context=confirmation_context(order, promised, cfg),
+        not_before=now,
+        domain=cfg.messaging.from_address.rpartition("@")[2],
+    )
+
+
+def order_locale(order: Order, cfg: Config) -> str:
+    """The order's locale, else the customer's, else the store's, as `ll_CC`."""
+    customer_locale = order.customer.locale if order.customer else None
+    return str(resolve_locale(order.locale or customer_locale or cfg.store.default_locale))
+
+
+def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str, Any]:
+    """A JSON snapshot of what the e-mail shows, so a resend shows exactly the same thing."""
+    locale = order_locale(order, cfg)
+    method = shipping_method(order, cfg)
+    return {
+        "store": store_context(cfg),
+        "customer": customer_context(order),
+        "order": {
+            "id": order.id,
+            "name": order.name or f"#{order.external_id}",
+            "currency": order.currency,
+            "locale": locale,
+            "lines": [line_context(line) for line in order.lines],
+            "subtotal": str(order.subtotal),
+            "discounts": str(order.discounts),
+            "discount_codes": discount_codes(order.discount_codes),
+            "shipping": str(order.shipping),
+            "shipping_method": order.shipping_title or cfg.shipping.methods[method].title,
+            "tax": str(order.tax),
+            "taxes_included": order.taxes_included,
+            "total": str(order.total),
+            "gift_note": order.gift_note,
+            "shipping_address": dict(order.shipping_address or {}),
+            "address_lines": address_lines(order.shipping_address or {}, locale),
+            "promised_delivery": promised.isoformat(),
+        },
+    }
+
+
+def store_context(cfg: Config) -> dict[str, Any]:
+    fields = ("name", "legal_name", "email", "reply_to", "phone", "website", "postal_address")
+    return {name: getattr(cfg.store, name) for name in fields}
+
+
+def customer_context(order: Order) -> dict[str, Any]:
+    customer, address = order.customer, order.shipping_address or {}
+    first = (customer.first_name if customer else None) or address.get("first_name")
+    last = (customer.last_name if customer else None) or address.get("last_name")
+    return {"first_name": first, "name": " ".join(p for p in (first, last) if p)}
+
+
+def line_context(line: OrderLine) -> dict[str, Any]:
+    return {
+        "title": line.title,
+        "variant_title": line.variant_title,
+        "sku": line.sku,
+        "quantity": line.quantity,
+        "unit_price": str(line.unit_price),
+        "line_total": str(line.unit_price * line.quantity),
+    }
+
+
+def discount_codes(entries: list[Any]) -> list[str]:
+    """Shopify gives `[{code, amount, type}]`; plain strings are accepted too."""
+    codes = (entry if isinstance(entry, str) else entry.get("code") for entry in entries or [])
+    return [code for code in codes if code]
+
+
+def address_lines(address: dict[str, Any], locale: str) -> list[str]:
+    """Name, street, `city province zip`, country name in the customer's language."""
+    code = address.get("country_code") or ""
+    country = resolve_locale(locale).territories.get(code.upper(), address.get("country") or code)
+    city = " ".join(str(address[k]) for k in ("city", "province_code", "zip") if address.get(k))
+    parts = (address.get("name"), address.get("company"), address.get("address1"),
+             address.get("address2"), city, country)
+    return [str(part) for part in parts if part]

@@ -1,0 +1,279 @@
+"""The canonical intake records: every input format is mapped into these before it is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from babel.numbers import is_currency
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+ZERO = Decimal("0")
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+def _lower(value: Any) -> Any:
+    value = _blank_to_none(value)
+    return value.lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    value = _blank_to_none(value)
+    return value.upper() if isinstance(value, str) else value
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Aware datetimes are converted to UTC; naive ones are taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _currency(value: str) -> str:
+    code = value.strip().upper()
+    if len(code) != 3 or not is_currency(code):
+        raise ValueError(f"not an ISO 4217 currency code: {value!r}")
+    return code
+
+
+def split_tags(value: Any) -> Any:
+    """Shopify sends tags as one comma-separated string; CSV files may use `|`."""
+    if isinstance(value, str):
+        value = value.replace("|", ",").split(",")
+    if isinstance(value, list):
+        return [str(tag).strip() for tag in value if str(tag).strip()]
+    return value
+
+
+def _to_text(value: Any) -> Any:
+    """External ids arrive as numbers (Shopify) or strings (CSV); we keep them as text."""
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return str(value)
+    return _blank_to_none(value)
+
+
+def _text_values(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    return value
+
+
+# Bounds are the store's column sizes, so a record that fits the schema also fits the table.
+INT_MAX = 2_147_483_647
+Money = Annotated[Decimal, Field(ge=0, lt=10**14)]  # finite (pydantic rejects NaN/inf)
+Count = Annotated[int, Field(ge=0, le=INT_MAX)]
+
+
+def _optional_text(limit: int, before: Any = _blank_to_none) -> Any:
+    """An optional string of at most `limit` characters; blank means missing."""
+    return Annotated[Annotated[str, StringConstraints(max_length=limit)] | None,
+                     BeforeValidator(before)]
+
+
+Note = Annotated[str | None, BeforeValidator(_blank_to_none)]
+Locale = _optional_text(20)
+Short = _optional_text(64)
+Code = _optional_text(100)
+Text = _optional_text(200)
+OptionalId = _optional_text(64, _to_text)
+LowerText = _optional_text(100, _lower)
+UpperText = _optional_text(20, _upper)
+OptionalEmail = _optional_text(320, _lower)
+RequiredText = Annotated[str, StringConstraints(min_length=1, max_length=500),
+                         BeforeValidator(_blank_to_none)]
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=64),
+                      BeforeValidator(_to_text)]
+Email = Annotated[str, StringConstraints(min_length=1, max_length=320), BeforeValidator(_lower)]
+UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+Currency = Annotated[str, AfterValidator(_currency)]
+Tags = Annotated[list[str], BeforeValidator(split_tags)]
+TextDict = Annotated[dict[str, str], BeforeValidator(_text_values)]
+
+
+class Canonical(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Shipping(Canonical):
+    code: Code = None
+    title: Text = None
+    price: Money = ZERO
+
+
+class DiscountCode(Canonical):
+    code: RequiredText
+    amount: Money = ZERO
+    type: Text = None
+
+
+class TaxLine(Canonical):
+    title: RequiredText
+    rate: Annotated[Decimal, Field(ge=0)] = ZERO
+    price: Money = ZERO
+
+
+class Address(Canonical):
+    name: Text = None
+    address1: Text = None
+    address2: Text = None
+    city: Text = None
+    province_code: Text = None
+    zip: Text = None
+    country_code: UpperText = None
+    phone: Text = None
+
+
+class CustomerIn(Canonical):
+    """What the order tells us about its customer; None means "not given, keep what we know"."""
+
+    external_id: OptionalId = None
+    email: OptionalEmail = None
+    first_name: Text = None
+    last_name: Text = None
+    accepts_marketing: bool | None = None
+    orders_count: Count | None = None
+    tags: Tags | None = None
+    locale: Locale = None
+    timezone: Short = None
+
+
+class LineIn(Canonical):
+    external_id: OptionalId = None
+    sku: Code = None  # unknown SKUs are a verification hold, not an intake error
+    title: RequiredText
+    variant_title: Text = None
+    quantity: Annotated[int, Field(ge=1, le=INT_MAX)]
+    unit_price: Money
+    total_discount: Money = ZERO
+    grams: Count = 0
+    gift_card: bool = False
+    properties: TextDict = Field(default_factory=dict)
+
+
+class OrderIn(Canonical):
+    """One order in our canonical schema (docs-snippets/canonical_schema.md describes it)."""
+
+    source: Annotated[str, StringConstraints(min_length=1, max_length=20)] = "canonical"
+    external_id: ExternalId
+    name: Short = None
+    email: Email
+    placed_at: UTCDateTime
+    currency: Currency
+    financial_status: Annotated[str, StringConstraints(min_length=1, max_length=30),
+                                BeforeValidator(_lower)]
+    subtotal: Money | None = None  # goods after discounts; computed from lines when missing
+    discounts: Money = ZERO
+    discount_codes: list[DiscountCode] = Field(default_factory=list)
+    shipping: Shipping = Field(default_factory=Shipping)
+    tax: Money = ZERO
+    tax_lines: list[TaxLine] = Field(default_factory=list)
+    taxes_included: bool = False
+    total: Money | None = None  # computed when missing
+    accepts_marketing: bool = False
+    lines: list[LineIn]
+    shipping_address: Address | None = None
+    customer: CustomerIn = Field(default_factory=CustomerIn)
+    gift_note: Note = None
+    note_attributes: TextDict = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=list)
+    cancelled_at: UTCDateTime | None = None
+    locale: Locale = None
+
+    # Where the record came from, kept out of the payload hash (not fields).
+    _raw: str | None = PrivateAttr(default=None)
+    _origin: str | None = PrivateAttr(default=None)
+
+    @field_validator("lines")
+    @classmethod
+    def _at_least_one_line(cls, lines: list[LineIn]) -> list[LineIn]:
+        if not lines:
+            raise ValueError("an order needs at least one line item")
+        return lines
+
+    @model_validator(mode="after")
+    def _fill_totals(self) -> OrderIn:
+        """Computes subtotal and total when missing; consent given on either level counts."""
+        if self.customer.accepts_marketing is None and "accepts_marketing" in self.model_fields_set:
+            self.customer.accepts_marketing = self.accepts_marketing
+        self.accepts_marketing = self.accepts_marketing or bool(self.customer.accepts_marketing)
+        goods = sum((line.unit_price * line.quantity for line in self.lines), ZERO)
+        if self.subtotal is None:
+            if self.discounts > goods:
+                raise ValueError(f"discounts {self.discounts} exceed the goods value {goods}")
+            self.subtotal = goods - self.discounts
+        if self.total is None:
+            tax = ZERO if self.taxes_included else self.tax
+            self.total = self.subtotal + self.shipping.price + tax
+        return self
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def payload_hash(self) -> str:
+        return sha256_text(self.canonical_json())
+
+    def raw_text(self) -> str:
+        return self._raw if self._raw is not None else self.canonical_json()
+
+    def origin(self) -> str | None:
+        return self._origin
+
+    def located(self, raw: str, origin: str) -> OrderIn:
+        """Remember the raw text and file position, for quarantine if it is refused later."""
+        self._raw, self._origin = raw, origin
+        return self
+
+
+class ProductIn(Canonical):
+    """One sellable variant, keyed by SKU."""
+
+    sku: Annotated[str, StringConstraints(min_length=1, max_length=100), BeforeValidator(_to_text)]
+    title: RequiredText
+    category: LowerText = None
+    tags: Annotated[list[str], BeforeValidator(split_tags),
+                    AfterValidator(lambda tags: [t.lower() for t in tags])] = Field(
+        default_factory=list)
+    stock: Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)] = 0  # negative when oversold
+    grams: Count = 0
+    price: Money | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Rejected:
+    """A record we cannot accept; it is quarantined whole, with one reason per field."""
+
+    kind: str  # order | product
+    source: str
+    raw: str
+    reasons: list[dict[str, str]]
+    origin: str | None = None
+    external_id: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_text(self.raw)

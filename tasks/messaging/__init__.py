@@ -1,0 +1,1 @@
+"""Messaging: money/date formatting, template rendering, the outbox and its transports."""

@@ -1,0 +1,118 @@
+"""Read-side queries for operators: one order's journey, and the store-wide report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tasks.store.models import Artifact, Message, Order, OrderEvent, Quarantine
+
+
+class OrderNotFound(LookupError):
+    """No order has that id; the message says so in plain words."""
+
+
+def find_order(session: Session, external_id: str) -> Order:
+    """An order by its source id (e.g. the Shopify id) or its display name (e.g. #1001)."""
+    matches = list(session.scalars(select(Order).where(Order.external_id == external_id)))
+    if not matches:
+        matches = list(session.scalars(select(Order).where(Order.name == external_id)))
+    if not matches:
+        raise OrderNotFound(f"no order with id or name {external_id!r}")
+    if len(matches) > 1:
+        sources = ", ".join(sorted(o.source for o in matches))
+        raise OrderNotFound(f"{external_id!r} matches orders from several sources: {sources}")
+    return matches[0]
+
+
+def order_view(session: Session, order: Order) -> dict[str, Any]:
+    """Everything an operator needs about one order, JSON-ready."""
+    packing = order.packing or {}
+    return {
+        "external_id": order.external_id,
+        "source": order.source,
+        "name": order.name,
+        "state": order.state,
+        "hold_reason": order.hold_reason,
+        "promised_delivery": order.promised_delivery.isoformat()
+        if order.promised_delivery
+        else None,
+        "packing": {
+            "instructions": packing.get("instructions", []),
+            "insured": bool(packing.get("insured", False)),
+            "inserts": packing.get("inserts", []),
+        },
+        "messages": _messages(session, order.id),
+        "events": _events(session, order.id),
+        "artifacts": _artifacts(session, order.id),
+    }
+
+
+def _messages(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(Message).where(Message.order_id == order_id).order_by(Message.id))
+    return [
+        {
+            "template": m.template,
+            "version": m.version,
+            "class": m.msg_class,
+            "status": m.status,
+            "reason": m.reason,
+            "message_id": m.message_id,
+            "sent_at": m.sent_at.isoformat() if m.sent_at else None,
+        }
+        for m in rows
+    ]
+
+
+def _events(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+    )
+    return [
+        {
+            "at": e.at.isoformat(),
+            "kind": e.kind,
+            "from": e.from_state,
+            "to": e.to_state,
+            "actor": e.actor,
+            "detail": e.detail,
+        }
+        for e in rows
+    ]
+
+
+def _artifacts(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(Artifact).where(Artifact.order_id == order_id).order_by(Artifact.id)
+    )
+    return [{"kind": a.kind, "ref": a.ref, "sha256": a.sha256, "size": a.size} for a in rows]
+
+
+def report(session: Session) -> dict[str, Any]:
+    """Orders by state, holds by reason, messages by status, quarantine by reason."""
+    from tasks.verify import reason_codes
+
+    holds: Counter[str] = Counter()
+    for (reason,) in session.execute(select(Order.hold_reason).where(Order.state == "on_hold")):
+        holds.update(reason_codes(reason))
+    quarantine: Counter[str] = Counter()
+    for (reasons,) in session.execute(select(Quarantine.reasons).where(Quarantine.status == "open")):
+        quarantine.update({_quarantine_label(r) for r in reasons})
+    return {
+        "orders_by_state": _count_by(session, Order.state),
+        "holds_by_reason": dict(holds.most_common()),
+        "messages_by_status": _count_by(session, Message.status),
+        "quarantine_by_reason": dict(quarantine.most_common()),
+    }
+
+
+def _quarantine_label(reason: dict[str, Any]) -> str:
+    return f"{reason.get('field', '?')}: {reason.get('reason', '?')}"[:120]
+
+
+def _count_by(session: Session, column: Any) -> dict[str, int]:
+    rows = session.execute(select(column, func.count()).group_by(column).order_by(column))
+    return {str(value): count for value, count in rows}

@@ -1,0 +1,256 @@
+"""Verification: may this order be packed? Payment, catalog and stock, address, e-mail, risk.
+
+Rules come from configs/verification.yaml. A failing rule holds the order with reason codes
+(`code: detail; ...`) that operators see in the timeline and in reports; cancelled orders close.
+Stock is reserved (decremented) only for orders that pass, in order-id order, so two orders
+in one batch cannot both take the last item.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session
+
+from tasks.config import VerificationConfig
+from tasks.runtime import Runtime, StageResult
+from tasks.store.journal import (
+    CANCELLED,
+    ON_HOLD,
+    RECEIVED,
+    VERIFIED,
+    Transition,
+    apply_transitions,
+    claim_orders,
+)
+from tasks.store.models import Order, Product
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One reason an order cannot proceed as it is."""
+
+    code: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}" if self.detail else self.code
+
+
+def format_reasons(findings: Sequence[Finding]) -> str:
+    return "; ".join(str(f) for f in findings)[:500]
+
+
+def reason_codes(hold_reason: str | None) -> list[str]:
+    """The codes in a stored hold reason, for grouping in reports."""
+    if not hold_reason:
+        return []
+    return [part.split(":", 1)[0].strip() for part in hold_reason.split(";") if part.strip()]
+
+
+# --- the rules: each returns the findings for one order -------------------------------------
+
+
+def cancellation(order: Order, rules: VerificationConfig) -> Finding | None:
+    if order.cancelled_at is not None:
+        return Finding("cancelled", f"cancelled at source {order.cancelled_at:%Y-%m-%d %H:%M}")
+    if order.financial_status in rules.payment.cancel:
+        return Finding("cancelled", f"payment {order.financial_status}")
+    return None
+
+
+def payment_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
+    if order.financial_status in rules.payment.proceed:
+        return []
+    return [Finding("payment_not_captured", order.financial_status or "unknown")]
+
+
+def email_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
+    if not order.email:
+        return [Finding("email_missing", "")]
+    if not re.fullmatch(rules.email.pattern, order.email):
+        return [Finding("email_invalid", order.email)]
+    return []
+
+
+def address_findings(address: dict, rules: VerificationConfig) -> list[Finding]:
+    country = (address.get("country_code") or "").upper()
+    if country and country not in rules.address.ship_to:
+        return [Finding("address_unsupported_country", country)]
+    country_rules = rules.address.countries.get(country)
+    required = list(rules.address.required) + (country_rules.required if country_rules else [])
+    missing = [name for name in required if not str(address.get(name) or "").strip()]
+    findings = [Finding("address_incomplete", ", ".join(missing))] if missing else []
+    zip_code = str(address.get("zip") or "").strip()
+    pattern = country_rules.zip_pattern if country_rules else None
+    if zip_code and pattern and not re.fullmatch(pattern, zip_code):
+        findings.append(Finding("address_invalid_zip", f"{zip_code} ({country})"))
+    return findings
+
+
+def risk_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
+    risk = rules.risk
+    findings = []
+    limit = risk.max_order_value.get(order.currency)
+    if limit is not None and order.total > limit:
+        findings.append(Finding("high_value", f"{order.total} {order.currency} > {limit}"))
+    big = [line.sku or line.title for line in order.lines if line.quantity > risk.max_line_quantity]
+    if big:
+        findings.append(Finding("risk_quantity", ", ".join(big)))
+    flagged = sorted(set(order.tags or []) & set(risk.hold_tags))
+    if flagged:
+        findings.append(Finding("risk_flagged", "tag " + ", ".join(flagged)))
+    score = _risk_score(order.note_attributes.get(risk.risk_attribute))
+    if score is not None and score > risk.max_risk_score:
+        findings.append(Finding("risk_flagged", f"score {score:.2f}"))
+    return findings
+
+
+def _risk_score(raw: object) -> float | None:
+    """A risk score as 0..1; sources send either 0..1 or 0..100."""
+    try:
+        score = Decimal(str(raw)) if raw is not None else None
+    except InvalidOperation:
+        return None
+    if score is None or not score.is_finite():
+        return None
+    return float(score / 100 if score > 1 else score)
+
+
+def catalog_findings(
+    order: Order, products: dict[str, Product], available: dict[str, int]
+) -> list[Finding]:
+    """Unknown SKUs, and lines the remaining stock cannot cover."""
+    wanted = demand(order)
+    unknown = sorted(sku for sku in wanted if sku not in products)
+    unknown += [line.title for line in order.lines if not line.sku and not line.gift_card]
+    findings = [Finding("unknown_sku", ", ".join(unknown))] if unknown else []
+    short = sorted(
+        f"{sku} (want {qty}, have {max(available[sku], 0)})"
+        for sku, qty in wanted.items()
+        if sku in products and qty > available[sku]
+    )
+    if short:
+        findings.append(Finding("out_of_stock", ", ".join(short)))
+    return findings
+
+
+def demand(order: Order) -> Counter[str]:
+    """Units wanted per SKU (gift cards and SKU-less lines need no stock)."""
+    wanted: Counter[str] = Counter()
+    for line in order.lines:
+        if line.sku and not line.gift_card:
+            wanted[line.sku] += line.quantity
+    return wanted
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def assess(
+    order: Order, rules: VerificationConfig, products: dict[str, Product], available: dict[str, int]
+) -> Transition:
+    """The order's verification outcome; reserves its stock in `available` when it passes."""
+    cancelled = cancellation(order, rules)
+    if cancelled:
+        return Transition(order.id, CANCELLED, reason=str(cancelled))
+    findings = (
+        payment_findings(order, rules)
+        + email_findings(order, rules)
+        + address_findings(order.shipping_address or {}, rules)
+        + catalog_findings(order, products, available)
+        + risk_findings(order, rules)
+    )
+    if findings:
+        codes = [f.code for f in findings]
+        return Transition(order.id, ON_HOLD, reason=format_reasons(findings), detail={"codes": codes})
+    for sku, qty in demand(order).items():
+        available[sku] -= qty
+    return Transition(order.id, VERIFIED)
+
+
+def load_products(session: Session, orders: Sequence[Order]) -> dict[str, Product]:
+    skus = {line.sku for order in orders for line in order.lines if line.sku}
+    if not skus:
+        return {}
+    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+
+
+def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime) -> StageResult:
+    """Verify a batch of received orders: verified, on hold (with reasons) or cancelled."""
+    rules = rt.config.verification
+    orders = claim_orders(session, order_ids, RECEIVED)
+    products = load_products(session, orders)
+    available = {sku: p.stock for sku, p in products.items()}
+    transitions = [assess(order, rules, products, available) for order in orders]
+    verified = [t.order_id for t in transitions if t.to_state == VERIFIED]
+    if rules.stock.reserve:
+        reserve_stock(session, {o.id: o for o in orders}, verified, now)
+    apply_transitions(session, "verify", RECEIVED, transitions, now)
+    return _result("verify", transitions, skipped=len(order_ids) - len(orders))
+
+
+def reserve_stock(
+    session: Session, orders: dict[int, Order], order_ids: Sequence[int], now: datetime
+) -> None:
+    """Take the orders' units out of catalog stock (one executemany) and mark them reserved."""
+    units: Counter[str] = Counter()
+    for order_id in order_ids:
+        units.update(demand(orders[order_id]))
+    if units:
+        table = Product.__table__
+        statement = (
+            update(table)
+            .where(table.c.sku == bindparam("b_sku"))
+            .values(stock=table.c.stock - bindparam("b_qty"), updated_at=now)
+        )
+        session.connection().execute(statement, [{"b_sku": s, "b_qty": q} for s, q in units.items()])
+    if order_ids:
+        session.execute(update(Order).where(Order.id.in_(order_ids)).values(stock_reserved=True))
+
+
+def _result(stage: str, transitions: Sequence[Transition], skipped: int) -> StageResult:
+    states = Counter(t.to_state for t in transitions)
+    codes = Counter(code for t in transitions for code in t.detail.get("codes", []))
+    return StageResult(
+        stage=stage,
+        advanced=states[VERIFIED],
+        held=states[ON_HOLD],
+        closed=states[CANCELLED],
+        skipped=skipped,
+        details=dict(codes),
+    )
+
+
+# --- operator decisions on held orders ----------------------------------------------------------
+
+
+def release_holds(
+    session: Session, order_ids: Sequence[int], now: datetime, actor: str, note: str = ""
+) -> list[int]:
+    """Approve held orders despite their reasons; their stock is reserved (it may backorder)."""
+    orders = claim_orders(session, order_ids, ON_HOLD)
+    released = [o.id for o in orders]
+    reserve_stock(session, {o.id: o for o in orders}, released, now)
+    detail = {"decision": "release", "note": note}
+    transitions = [Transition(o.id, VERIFIED, detail={**detail, "was": o.hold_reason}) for o in orders]
+    apply_transitions(session, "verify", ON_HOLD, transitions, now, actor=actor)
+    return released
+
+
+def cancel_holds(
+    session: Session, order_ids: Sequence[int], now: datetime, actor: str, note: str = ""
+) -> list[int]:
+    """Cancel held orders; nothing further happens to them."""
+    orders = claim_orders(session, order_ids, ON_HOLD)
+    detail = {"decision": "cancel", "note": note}
+    reason = f"cancelled by operator: {note}" if note else "cancelled by operator"
+    transitions = [Transition(o.id, CANCELLED, reason=reason, detail=detail) for o in orders]
+    apply_transitions(session, "verify", ON_HOLD, transitions, now, actor=actor)
+    return [o.id for o in orders]
