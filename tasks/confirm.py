@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, update
@@ -102,6 +103,7 @@ def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str,
             "currency": order.currency,
             "locale": locale,
             "lines": [line_context(line) for line in order.lines],
+            "items_total": str(sum((ln.unit_price * ln.quantity for ln in order.lines), Decimal(0))),
             "subtotal": str(order.subtotal),
             "discounts": str(order.discounts),
             "discount_codes": discount_codes(order.discount_codes),

@@ -24,7 +24,7 @@ from tasks.store.db import make_engine, session_factory
 from tasks.store.migrate import ensure_schema
 from tasks.store.models import Base
 
-pytest_plugins = ["tests.fixtures_smtp"]
+pytest_plugins = ["tests.fixtures_smtp", "tests.fixtures_s3"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"

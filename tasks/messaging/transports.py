@@ -53,11 +53,11 @@ class Transport(Protocol):
 # --- file: one zip bundle of .eml files per batch in the artifact store -------------------
 
 
-def bundle_key_prefix(messages: list[OutgoingMail]) -> str:
-    """`mail/yyyy/mm/dd/<hash>`: the day of the batch's Date header, the hash of its keys."""
+def bundle_key(messages: list[OutgoingMail]) -> str:
+    """`mail/yyyy/mm/dd/<hash>.zip`: the day of the batch's Date header, the hash of its keys."""
     day = messages[0].email["Date"].datetime
     digest = hashlib.sha256("\n".join(m.effect_key for m in messages).encode()).hexdigest()
-    return f"mail/{day:%Y/%m/%d}/{digest[:16]}"
+    return f"mail/{day:%Y/%m/%d}/{digest[:16]}.zip"
 
 
 def member_name(effect_key: str) -> str:
@@ -74,8 +74,8 @@ class FileTransport:
         if not messages:
             return []
         members = {member_name(m.effect_key): m.wire_bytes() for m in messages}
-        bundle = self.archive.put_bundle(bundle_key_prefix(messages), members)
-        return [SendOutcome("sent", artifact_ref=f"{bundle.ref}#{name}") for name in members]
+        refs = self.archive.put_bundle(bundle_key(messages), members)
+        return [SendOutcome("sent", artifact_ref=refs[name]) for name in members]
 
 
 # --- smtp: one connection per batch --------------------------------------------------------

@@ -23,40 +23,8 @@ from tests.factories import add_customer, add_order
 KEY_OF = "order:{}:confirm:confirmation:v1"
 
 
-@dataclass(frozen=True)
-class FakeBundleRef:
-    ref: str
-
-
-class FolderArchive:
-    """Stand-in for tasks/archive.py (not written yet): zip bundles in a folder, read back by ref.
-
-    Same interface as the real store's `put_bundle(key_prefix, members) -> BundleRef`; refs of
-    members are "<bundle ref>#<member name>". Swap for the real file:// store when it lands.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.puts = 0
-
-    def put_bundle(self, key_prefix: str, members: dict[str, bytes]) -> FakeBundleRef:
-        path = self.root / f"{key_prefix}.zip"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(path, "x") as bundle:  # "x": never overwrite, like the real store
-            for name, data in members.items():
-                bundle.writestr(name, data)
-        self.puts += 1
-        return FakeBundleRef(ref=f"file://{path}")
-
-    def get(self, ref: str) -> bytes:
-        location, _, member = ref.partition("#")
-        with zipfile.ZipFile(location.removeprefix("file://")) as bundle:
-            return bundle.read(member)
-
-
 @pytest.fixture
 def rt(runtime, tmp_path):
-    runtime.archive = FolderArchive(tmp_path / "archive")  # replaces the cached_property
     return runtime
 
 
@@ -140,7 +108,7 @@ def test_confirm_runs_a_constant_number_of_queries(engine, rt, now):
     assert single == batch and single <= 9  # BEGIN, 3 loads, 5 writes
 
 
-def test_dispatch_sends_through_the_file_transport(engine, rt, now):
+def test_dispatch_sends_through_the_file_transport(engine, rt, now, tmp_path):
     with session_scope(engine) as session:
         order = packed_order(session, now, gift_note="<b>For you</b>")
         order_id, order_name = order.id, order.name
@@ -153,7 +121,7 @@ def test_dispatch_sends_through_the_file_transport(engine, rt, now):
 
     assert result.as_dict() == {"sent": 1, "failed": 0, "deferred": 0, "unknown": 0}
     assert again.as_dict() == {"sent": 0, "failed": 0, "deferred": 0, "unknown": 0}
-    assert rt.archive.puts == 1
+    assert len(list((tmp_path / "artifacts" / "mail").rglob("*.zip"))) == 1
     with session_scope(engine) as session:
         message = session.scalars(select(Message)).one()
     assert (message.status, message.attempts, message.sent_at) == ("sent", 1, now)

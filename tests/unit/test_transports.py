@@ -15,7 +15,7 @@ from tasks.messaging.transports import (
     FileTransport,
     OutgoingMail,
     SesTransport,
-    bundle_key_prefix,
+    bundle_key,
     member_name,
 )
 
@@ -30,46 +30,41 @@ def mail(row_id: int, key: str, sent: datetime = SENT) -> OutgoingMail:
     return OutgoingMail(row_id, key, "hello@northwind.example", f"c{row_id}@example.com", message)
 
 
-@dataclass(frozen=True)
-class Ref:
-    ref: str
-
-
-class MemoryArchive:
-    """Records put_bundle calls; the real store is tested with tasks/archive.py."""
+class RecordingArchive:
+    """Records put_bundle calls; the real store is tested in test_archive and test_confirm."""
 
     def __init__(self) -> None:
         self.bundles: dict[str, dict[str, bytes]] = {}
 
-    def put_bundle(self, key_prefix: str, members: dict[str, bytes]) -> Ref:
-        self.bundles[key_prefix] = members
-        return Ref(f"mem://{key_prefix}.zip")
+    def put_bundle(self, key: str, members: dict[str, bytes]) -> dict[str, str]:
+        self.bundles[key] = members
+        return {name: f"mem://{key}#{name}" for name in members}
 
 
 def test_file_transport_writes_one_bundle_per_batch():
-    archive = MemoryArchive()
+    archive = RecordingArchive()
     batch = [mail(1, "order:1:confirm:confirmation:v1"), mail(2, "order:2:confirm:confirmation:v1")]
     outcomes = FileTransport(archive).send_batch(batch)
 
-    [(prefix, members)] = archive.bundles.items()
-    assert prefix.startswith("mail/2026/11/18/") and len(prefix.rsplit("/", 1)[1]) == 16
+    [(key, members)] = archive.bundles.items()
+    assert key.startswith("mail/2026/11/18/") and len(key.rsplit("/", 1)[1]) == len("x" * 16 + ".zip")
     assert list(members) == [
         "order_1_confirm_confirmation_v1.eml", "order_2_confirm_confirmation_v1.eml"
     ]
     assert b"Subject: hello 2\r\n" in members["order_2_confirm_confirmation_v1.eml"]
     assert [o.status for o in outcomes] == ["sent", "sent"]
-    assert outcomes[1].artifact_ref == f"mem://{prefix}.zip#order_2_confirm_confirmation_v1.eml"
+    assert outcomes[1].artifact_ref == f"mem://{key}#order_2_confirm_confirmation_v1.eml"
 
 
 def test_bundle_key_is_deterministic_per_batch():
     a, b = mail(1, "k:1"), mail(2, "k:2")
-    assert bundle_key_prefix([a, b]) == bundle_key_prefix([mail(1, "k:1"), mail(2, "k:2")])
-    assert bundle_key_prefix([a, b]) != bundle_key_prefix([a])
+    assert bundle_key([a, b]) == bundle_key([mail(1, "k:1"), mail(2, "k:2")])
+    assert bundle_key([a, b]) != bundle_key([a])
     assert member_name("order:7:confirm:confirmation:v2") == "order_7_confirm_confirmation_v2.eml"
 
 
 def test_empty_batch_writes_nothing():
-    archive = MemoryArchive()
+    archive = RecordingArchive()
     assert FileTransport(archive).send_batch([]) == []
     assert archive.bundles == {}
 

@@ -1,0 +1,352 @@
+"""`journeys` command line: thin commands over the flows and the store's queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from functools import wraps
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.config import ConfigError
+from tasks.settings import get_settings
+from tasks.store.db import engine_for, session_scope
+from tasks.store.migrate import ensure_schema, upgrade
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+ingest_app = typer.Typer(no_args_is_help=True, help="Load catalog and orders from files.")
+hold_app = typer.Typer(no_args_is_help=True, help="Orders on hold: list, release, cancel.")
+quarantine_app = typer.Typer(no_args_is_help=True, help="Records that could not be accepted.")
+app.add_typer(db_app, name="db")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(hold_app, name="hold")
+app.add_typer(quarantine_app, name="quarantine")
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="Override format detection (shopify|canonical|csv).")
+]
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
+
+
+def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn known input and config problems into a one-line message and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        from tasks.intake import IntakeError
+        from tasks.store.queries import OrderNotFound
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, IntakeError, ConfigError, OrderNotFound) as exc:
+            err_console.print(f"journeys: {exc}", style="red", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def app_engine():
+    """The app database, migrated to the newest schema on first use."""
+    engine = engine_for(get_settings().database_url)
+    ensure_schema(engine)
+    return engine
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def parse_instant(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--as-of {value!r} is not an ISO 8601 date-time") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+# --- db -------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest schema."""
+    upgrade(engine_for(get_settings().database_url))
+    console.print("database is at the newest schema")
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
+    """Read a file and ingest it chunk by chunk, one transaction per chunk."""
+    from tasks import intake
+
+    reader, writer = {
+        "orders": (intake.read_orders, intake.ingest_orders),
+        "products": (intake.read_products, intake.ingest_products),
+    }[kind]
+    total = intake.IntakeResult()
+    engine = app_engine()
+    for chunk in chunks(reader(path, fmt), get_settings().batch_size):
+        with session_scope(engine) as session:
+            total.add(writer(session, chunk, now))
+    return total.as_dict()
+
+
+def show_counts(title: str, counts: dict[str, int], as_json: bool) -> None:
+    if as_json:
+        print_json(counts)
+        return
+    table = Table(title=title)
+    for name in counts:
+        table.add_column(name, justify="right")
+    table.add_row(*(str(v) for v in counts.values()))
+    console.print(table)
+
+
+@ingest_app.command("orders")
+@user_errors
+def ingest_orders_cmd(path: Path, fmt: FormatOpt = None, as_json: JsonFlag = False) -> None:
+    """Ingest orders: Shopify order JSON Lines, canonical JSON Lines, or CSV (one row per line)."""
+    show_counts(f"orders from {path}", ingest_file("orders", path, fmt, datetime.now(UTC)), as_json)
+
+
+@ingest_app.command("products")
+@user_errors
+def ingest_products_cmd(path: Path, fmt: FormatOpt = None, as_json: JsonFlag = False) -> None:
+    """Ingest the catalog: Shopify product JSON Lines or CSV (sku,title,category,tags,...)."""
+    counts = ingest_file("products", path, fmt, datetime.now(UTC))
+    show_counts(f"products from {path}", counts, as_json)
+
+
+# --- run, order, report -----------------------------------------------------------------------
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="ISO 8601 instant.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Advance all due work as of an instant (default now), through the Prefect sweep flow."""
+    from flows.journey import sweep
+
+    app_engine()
+    result = sweep(as_of=parse_instant(as_of))
+    if as_json:
+        print_json(result)
+    else:
+        show_stage_table(result)
+
+
+def show_stage_table(result: dict[str, Any]) -> None:
+    table = Table(title="journey sweep")
+    for column in ("stage", "advanced", "held", "closed", "skipped"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name, s in result["stages"].items():
+        table.add_row(name, *(str(s[k]) for k in ("advanced", "held", "closed", "skipped")))
+    console.print(table)
+    console.print("messages: " + (", ".join(f"{k} {v}" for k, v in result["messages"].items()) or "none"))
+
+
+@app.command("order")
+@user_errors
+def order_cmd(external_id: str, as_json: JsonFlag = False) -> None:
+    """Show one order's journey: state, hold reason, packing, messages, timeline, artifacts."""
+    from tasks.store.queries import find_order, order_view
+
+    with session_scope(app_engine()) as session:
+        view = order_view(session, find_order(session, external_id))
+    if as_json:
+        print_json(view)
+    else:
+        show_order(view)
+
+
+def show_order(view: dict[str, Any]) -> None:
+    console.print(f"[bold]{view['name'] or view['external_id']}[/] ({view['source']} "
+                  f"{view['external_id']}): [bold]{view['state']}[/]")
+    if view["hold_reason"]:
+        console.print(f"held: {view['hold_reason']}", markup=False)
+    if view["promised_delivery"]:
+        console.print(f"promised delivery: {view['promised_delivery']}")
+    for item in view["packing"]["instructions"]:
+        console.print(f"  pack: [{item.get('kind')}] {item.get('text')}", markup=False)
+    timeline = Table(title="timeline")
+    for column in ("at", "event", "actor", "detail"):
+        timeline.add_column(column)
+    for e in view["events"]:
+        change = f"{e['from'] or ''} → {e['to']}" if e["to"] else e["kind"]
+        timeline.add_row(e["at"][:19], change, e["actor"], json.dumps(e["detail"])[:80])
+    console.print(timeline)
+    for m in view["messages"]:
+        console.print(f"  mail {m['template']} v{m['version']} ({m['class']}): {m['status']}"
+                      + (f" — {m['reason']}" if m["reason"] else ""), markup=False)
+    for a in view["artifacts"]:
+        console.print(f"  artifact {a['kind']}: {a['ref']}", markup=False)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(as_json: JsonFlag = False) -> None:
+    """Orders by state, holds by reason, messages by status, quarantine by reason."""
+    from tasks.store.queries import report
+
+    with session_scope(app_engine()) as session:
+        data = report(session)
+    if as_json:
+        print_json(data)
+    else:
+        show_report(data)
+
+
+def show_report(data: dict[str, dict[str, int]]) -> None:
+    for title, counts in data.items():
+        table = Table(title=title.replace("_", " "))
+        table.add_column("key")
+        table.add_column("count", justify="right")
+        for key, count in counts.items():
+            table.add_row(key, str(count))
+        console.print(table)
+
+
+# --- holds ----------------------------------------------------------------------------------
+
+
+@hold_app.command("list")
+@user_errors
+def hold_list(as_json: JsonFlag = False) -> None:
+    """Orders waiting for an operator, with their reasons."""
+    from sqlalchemy import select
+
+    from tasks.store.models import Order
+
+    with session_scope(app_engine()) as session:
+        rows = session.execute(
+            select(Order.external_id, Order.name, Order.hold_reason)
+            .where(Order.state == "on_hold").order_by(Order.id)
+        ).all()
+    held = [{"external_id": r[0], "name": r[1], "hold_reason": r[2]} for r in rows]
+    if as_json:
+        print_json(held)
+        return
+    table = Table(title=f"{len(held)} orders on hold")
+    for column in ("external_id", "name", "hold_reason"):
+        table.add_column(column)
+    for row in held:
+        table.add_row(row["external_id"], row["name"] or "", row["hold_reason"] or "")
+    console.print(table)
+
+
+def decide_hold(external_id: str, decision: str, note: str, actor: str) -> None:
+    from tasks.store.queries import find_order
+    from tasks.verify import cancel_holds, release_holds
+
+    decide = {"release": release_holds, "cancel": cancel_holds}[decision]
+    with session_scope(app_engine()) as session:
+        order = find_order(session, external_id)
+        if order.state != "on_hold":
+            raise UserError(f"order {external_id} is {order.state}, not on hold")
+        decide(session, [order.id], datetime.now(UTC), actor=actor, note=note)
+    console.print(f"order {external_id}: {decision}d")
+
+
+NoteOpt = Annotated[str, typer.Option("--note", help="Why; kept in the order's timeline.")]
+ActorOpt = Annotated[str, typer.Option("--by", help="Who decided (default: $USER).")]
+
+
+@hold_app.command("release")
+@user_errors
+def hold_release(external_id: str, note: NoteOpt = "", by: ActorOpt = "") -> None:
+    """Approve a held order: it continues to packing at the next run."""
+    decide_hold(external_id, "release", note, by or os.environ.get("USER", "operator"))
+
+
+@hold_app.command("cancel")
+@user_errors
+def hold_cancel(external_id: str, note: NoteOpt = "", by: ActorOpt = "") -> None:
+    """Cancel a held order."""
+    decide_hold(external_id, "cancel", note, by or os.environ.get("USER", "operator"))
+
+
+# --- quarantine -------------------------------------------------------------------------------
+
+
+@quarantine_app.command("list")
+@user_errors
+def quarantine_list(as_json: JsonFlag = False) -> None:
+    """Open quarantine entries with their reasons."""
+    from sqlalchemy import select
+
+    from tasks.store.models import Quarantine
+
+    with session_scope(app_engine()) as session:
+        rows = list(session.scalars(
+            select(Quarantine).where(Quarantine.status == "open").order_by(Quarantine.id)
+        ))
+        entries = [
+            {"id": q.id, "kind": q.kind, "source": q.source, "external_id": q.external_id,
+             "origin": q.origin, "reasons": q.reasons}
+            for q in rows
+        ]
+    if as_json:
+        print_json(entries)
+        return
+    table = Table(title=f"{len(entries)} records in quarantine")
+    for column in ("id", "kind", "external_id", "origin", "reasons"):
+        table.add_column(column)
+    for e in entries:
+        reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in e["reasons"])
+        table.add_row(str(e["id"]), e["kind"], e["external_id"] or "", e["origin"] or "", reasons)
+    console.print(table)
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    orders: Annotated[int, typer.Option("--orders", min=1, help="How many orders.")] = 300,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the synthetic data.")] = 7,
+) -> None:
+    """Generate a seeded catalog and orders, and run them through the journey."""
+    from flows.demo import run_demo
+
+    run_demo(orders, seed, console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

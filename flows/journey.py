@@ -1,0 +1,152 @@
+"""The journey flows: a sweep over every due order, and one order's journey.
+
+Orchestration only: which stage runs, in which order, on which batch. Each (stage, batch) is
+one Prefect task run with its own database transaction; the stage functions in tasks/ hold
+the logic. Running either flow twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+from tasks.confirm import confirm
+from tasks.messaging.outbox import dispatch
+from tasks.pack import pack
+
+from tasks.runtime import Runtime, StageResult
+from tasks.store.db import engine_for, session_scope
+from tasks.store.journal import due_order_ids
+from tasks.store.migrate import ensure_schema
+from tasks.store.queries import find_order
+from tasks.verify import verify
+
+StageFn = Callable[[Session, Sequence[int], datetime, Runtime], StageResult]
+
+# The first half of the journey, in order: step name → stage function.
+STAGES: dict[str, StageFn] = {"verify": verify, "pack": pack, "confirm": confirm}
+
+
+@cache
+def runtime() -> Runtime:
+    """Settings and config are read once per process (a worker runs many flows)."""
+    return Runtime.from_settings()
+
+
+@cache
+def app_engine() -> Engine:
+    engine = engine_for(runtime().settings.database_url)
+    ensure_schema(engine)
+    return engine
+
+
+@task(task_run_name="{stage}-batch-{batch_no}", cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def run_stage_batch(stage: str, batch_no: int, order_ids: list[int], now: datetime) -> StageResult:
+    """One stage over one batch, in one transaction: all of it happens, or none of it."""
+    with session_scope(app_engine()) as session:
+        return STAGES[stage](session, order_ids, now, runtime())
+
+
+@task(task_run_name="dispatch-batch-{batch_no}", cache_policy=NONE)
+def dispatch_batch(batch_no: int, now: datetime, order_ids: list[int] | None = None) -> dict:
+    """Send due outbox messages (no retries here: the outbox itself retries deferred mail)."""
+    with session_scope(app_engine()) as session:
+        result = dispatch(session, now, runtime(), limit=runtime().settings.batch_size,
+                          order_ids=order_ids)
+        return result.as_dict()
+
+
+def due_batches(stage: str, now: datetime, batch_size: int):
+    """Yield batches of due order ids for a stage, paging by id so the sweep always ends."""
+    after_id = 0
+    while True:
+        with session_scope(app_engine()) as session:
+            ids = due_order_ids(session, stage, now, batch_size, after_id=after_id)
+        if not ids:
+            return
+        yield ids
+        after_id = ids[-1]
+
+
+def run_stages(now: datetime, batch_size: int) -> dict[str, StageResult]:
+    results = {stage: StageResult(stage) for stage in STAGES}
+    for stage in STAGES:
+        for batch_no, ids in enumerate(due_batches(stage, now, batch_size), start=1):
+            results[stage].add(run_stage_batch(stage, batch_no, ids, now))
+    return results
+
+
+def dispatch_all(now: datetime, order_ids: list[int] | None = None) -> dict[str, int]:
+    """Dispatch until a batch sends nothing new (deferred mail waits for a later run)."""
+    totals: dict[str, int] = {}
+    for batch_no in range(1, 10_000):
+        outcome = dispatch_batch(batch_no, now, order_ids)
+        for key, value in outcome.items():
+            totals[key] = totals.get(key, 0) + value
+        if sum(outcome.values()) == 0:
+            break
+    return totals
+
+
+def summary(results: dict[str, StageResult], messages: dict[str, int]) -> dict[str, Any]:
+    stages = {
+        name: {
+            "advanced": r.advanced, "held": r.held, "closed": r.closed,
+            "skipped": r.skipped, "details": r.details,
+        }
+        for name, r in results.items()
+    }
+    return {"stages": stages, "messages": messages}
+
+
+def summary_markdown(now: datetime, report: dict[str, Any]) -> str:
+    lines = [f"# Journey sweep as of {now.isoformat()}", "",
+             "| stage | advanced | held | closed | skipped |", "|---|---|---|---|---|"]
+    for name, s in report["stages"].items():
+        lines.append(f"| {name} | {s['advanced']} | {s['held']} | {s['closed']} | {s['skipped']} |")
+    lines += ["", "| messages | count |", "|---|---|"]
+    lines += [f"| {status} | {count} |" for status, count in report["messages"].items()]
+    return "\n".join(lines)
+
+
+@flow(name="journey-sweep", log_prints=True)
+def sweep(as_of: datetime | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Advance every due order through verification, packing and confirmation, then send mail.
+
+    `as_of` is the business clock (default: now); every stage sees the same instant.
+    """
+    now = as_of or datetime.now(UTC)
+    size = batch_size or runtime().settings.batch_size
+    results = run_stages(now, size)
+    report = summary(results, dispatch_all(now))
+    create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
+    get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)
+    return report
+
+
+@flow(name="order-journey", log_prints=True)
+def order_journey(order_id: str, as_of: datetime | None = None) -> dict[str, Any]:
+    """Advance one order (by its source id or name) through every step that is due now."""
+    now = as_of or datetime.now(UTC)
+    with session_scope(app_engine()) as session:
+        internal_id = find_order(session, order_id).id
+    results = {stage: StageResult(stage) for stage in STAGES}
+    for stage in STAGES:
+        with session_scope(app_engine()) as session:
+            due = due_order_ids(session, stage, now, 1, after_id=internal_id - 1)
+        if due == [internal_id]:
+            results[stage] = run_stage_batch(stage, 1, [internal_id], now)
+    report = summary(results, dispatch_all(now, [internal_id]))
+    get_run_logger().info("order %s as of %s: %s", order_id, now.isoformat(), report)
+    return report
+
+
+if __name__ == "__main__":
+    sweep()

@@ -1,0 +1,198 @@
+"""Packing slips and invoices: HTML rendered from configs/templates/documents/.
+
+Templates are operator-editable, so they run in Jinja2's sandbox with autoescape and
+StrictUndefined, and are parsed once per process. The context is plain data with display-ready
+strings (money, dates) built from the order and the packing plan stored with it.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, get_day_names
+from babel.numbers import format_currency
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from tasks.config import Config, StoreConfig
+from tasks.store.models import Order, OrderLine
+
+DOCUMENT_KINDS = ("packing_slip", "invoice")
+ADDRESS_CITY_LINE = ("city", "province_code", "zip")
+
+
+@lru_cache(maxsize=4)
+def template_environment(templates_dir: Path) -> SandboxedEnvironment:
+    """One sandboxed environment per template folder; it caches parsed templates."""
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(templates_dir),
+        autoescape=True,
+        undefined=StrictUndefined,
+        auto_reload=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def documents_dir(config: Config) -> Path:
+    return config.dir / "templates" / "documents"
+
+
+def render_document(templates_dir: Path, kind: str, context: dict[str, Any]) -> str:
+    return template_environment(templates_dir).get_template(f"{kind}.html").render(context)
+
+
+def render_order_documents(
+    order: Order, packing: dict[str, Any], config: Config
+) -> dict[str, bytes]:
+    """{kind: UTF-8 HTML} for every document an order gets at packing."""
+    context = document_context(order, packing, config.store)
+    return {
+        kind: render_document(documents_dir(config), kind, context).encode()
+        for kind in DOCUMENT_KINDS
+    }
+
+
+def format_money(amount: Decimal, currency: str, locale: str) -> str:
+    """Same behaviour as tasks.messaging.money.format_money; local to avoid a cross-team import."""
+    return format_currency(amount, currency, locale=locale)
+
+
+def document_locale(order: Order, store: StoreConfig) -> str:
+    """The order's locale if babel knows it, else the customer's, else the store default."""
+    customer_locale = order.customer.locale if order.customer else None
+    for candidate in (order.locale, customer_locale):
+        if not candidate:
+            continue
+        try:
+            return str(Locale.parse(candidate.replace("-", "_")))
+        except (UnknownLocaleError, ValueError):
+            continue
+    return store.default_locale
+
+
+def document_context(order: Order, packing: dict[str, Any], store: StoreConfig) -> dict[str, Any]:
+    locale = document_locale(order, store)
+
+    def money(amount: Decimal) -> str:
+        return format_money(amount, order.currency, locale)
+
+    return {
+        "lang": locale.split("_")[0],
+        "store": store.model_dump(),
+        "order": _order_summary(order, store, locale),
+        "ship_to": address_lines(order.shipping_address or {}),
+        "items": [_item(line, money) for line in order.lines],
+        "totals": _totals(order, money),
+        "packing": _packing_summary(packing, locale, money),
+        "gift_note": (order.gift_note or "").strip() or None,
+    }
+
+
+def _order_summary(order: Order, store: StoreConfig, locale: str) -> dict[str, Any]:
+    placed = order.placed_at.astimezone(ZoneInfo(store.timezone))
+    return {
+        "name": order.name or order.external_id,
+        "external_id": order.external_id,
+        "date": format_date(placed.date(), format="long", locale=locale),
+        "email": order.email,
+        "shipping_method": order.shipping_title,
+    }
+
+
+def address_lines(address: dict[str, Any]) -> list[str]:
+    """A postal address as display lines, skipping empty parts."""
+    name = address.get("name") or " ".join(
+        str(address[k]) for k in ("first_name", "last_name") if address.get(k)
+    )
+    city_line = " ".join(str(address[k]) for k in ADDRESS_CITY_LINE if address.get(k))
+    country = address.get("country") or address.get("country_code")
+    parts = [
+        name,
+        address.get("company"),
+        address.get("address1"),
+        address.get("address2"),
+        city_line,
+        country,
+    ]
+    return [str(part) for part in parts if part]
+
+
+def _item(line: OrderLine, money: Any) -> dict[str, Any]:
+    return {
+        "sku": line.sku or "",
+        "title": line.title,
+        "variant": line.variant_title,
+        "quantity": line.quantity,
+        "unit_price": money(line.unit_price),
+        "line_total": money(line.unit_price * line.quantity),
+    }
+
+
+def _totals(order: Order, money: Any) -> dict[str, Any]:
+    codes = [
+        str(d["code"]) for d in order.discount_codes or [] if isinstance(d, dict) and d.get("code")
+    ]
+    return {
+        "subtotal": money(order.subtotal),
+        "discounts": money(-order.discounts) if order.discounts else None,
+        "discount_codes": ", ".join(codes),
+        "shipping": money(order.shipping),
+        "tax": money(order.tax),
+        "taxes_included": order.taxes_included,
+        "total": money(order.total),
+    }
+
+
+def _packing_summary(packing: dict[str, Any], locale: str, money: Any) -> dict[str, Any]:
+    instructions = packing.get("instructions", [])
+    return {
+        "materials": [i for i in instructions if i["kind"] == "material"],
+        "handling": [i for i in instructions if i["kind"] == "handling"],
+        "labels": packing.get("labels", []),
+        "carrier": carrier_notes(packing.get("carrier", {}), locale),
+        "insured_value": money(Decimal(packing["insured_value"]))
+        if packing.get("insured")
+        else None,
+        "inserts": [_insert_view(insert, locale) for insert in packing.get("inserts", [])],
+    }
+
+
+def _insert_view(insert: dict[str, Any], locale: str) -> dict[str, Any]:
+    """An insert with its expiry date (if any) formatted for the reader."""
+    if "expires_on" not in insert:
+        return insert
+    expires = format_date(date.fromisoformat(insert["expires_on"]), format="long", locale=locale)
+    return {**insert, "expires": expires}
+
+
+def carrier_notes(carrier: dict[str, Any], locale: str) -> list[str]:
+    """The combined carrier constraints as short sentences for the packer."""
+    notes = []
+    if carrier.get("max_transit_days") is not None:
+        notes.append(f"Service of at most {carrier['max_transit_days']} transit days")
+    if carrier.get("ship_weekdays") is not None:
+        days = get_day_names("wide", locale=locale)
+        notes.append(
+            "Ship only on: "
+            + (
+                ", ".join(days[d] for d in carrier["ship_weekdays"])
+                or "no day satisfies every rule"
+            )
+        )
+    if carrier.get("methods") is not None:
+        notes.append(
+            "Methods: " + (", ".join(carrier["methods"]) or "no method satisfies every rule")
+        )
+    if carrier.get("no_air"):
+        notes.append("Ground only - no air transport")
+    if carrier.get("signature"):
+        notes.append("Signature required on delivery")
+    return notes
