@@ -56,7 +56,24 @@ def run_demo(orders: int, seed: int, console: Console) -> None:
         progress.update(step, advance=1, description="done")
     with session_scope(app_engine()) as session:
         totals = report(session)
+        examples = example_orders(session)
     show_summary(console, products, intake, result, totals, order_file)
+    for state, external_id in examples.items():
+        console.print(f"  a {state} order: journeys order {external_id}")
+
+
+def example_orders(session) -> dict[str, str]:
+    """One order id per interesting state, for the operator to look at next."""
+    from sqlalchemy import func, select
+
+    from tasks.store.models import Order
+
+    rows = session.execute(
+        select(Order.state, func.min(Order.external_id))
+        .where(Order.state.in_(("confirmed", "on_hold", "cancelled")))
+        .group_by(Order.state)
+    )
+    return dict(rows.all())
 
 
 def show_summary(console: Console, products: dict, intake: dict, result: dict, totals: dict,

@@ -68,7 +68,7 @@ CATALOG: tuple[_Item, ...] = (
     _Item("BLT-002", "Woven Stretch Belt", "Belts", "accessories", "38.00", 150),
     _Item("GLS-001", "Crystal Wine Glasses (Set of 4)", "Glassware", "Fragile, Glass, barware",
           "89.00", 1600),
-    _Item("GLS-002", "Hand-Blown Carafe", "Glassware", "fragile, glass", "72.00", 900, stock=1),
+    _Item("GLS-002", "Hand-Blown Carafe", "Glassware", "fragile, glass", "72.00", 900, stock=3),
     _Item("GLS-003", "Recycled Glass Tumblers (Set of 6)", "Glassware", "fragile, glass",
           "46.00", 1400),
     _Item("CER-001", "Stoneware Mug", "Ceramics", "fragile, ceramic, kitchen", "26.00", 420,
@@ -81,7 +81,7 @@ CATALOG: tuple[_Item, ...] = (
           attributes=consumable(45)),
     _Item("FOD-001", "Artisan Chocolate Box", "Food", "perishable, gift", "36.00", 450),
     _Item("FOD-002", "Smoked Salmon Gift Pack", "Food", "perishable, chilled, gift", "58.00", 700,
-          stock=2),
+          stock=12),
     _Item("SKN-001", "Vitamin C Face Serum 30ml", "Skincare", "liquid, serum", "48.00", 120,
           attributes=consumable(30)),
     _Item("SKN-002", "Hydrating Cleanser 200ml", "Skincare", "liquid, cleanser", "24.00", 260,
@@ -184,7 +184,7 @@ def _variant(
         "sku": f"NW-{item.code}{suffix}",
         "price": item.price,
         "grams": item.grams,
-        "inventory_quantity": item.stock if item.stock is not None else rng.randint(8, 120),
+        "inventory_quantity": item.stock if item.stock is not None else rng.randint(60, 400),
         "position": position,
     }
 
