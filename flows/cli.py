@@ -34,10 +34,12 @@ app.add_typer(hold_app, name="hold")
 app.add_typer(quarantine_app, name="quarantine")
 
 console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+AsOfOpt = Annotated[
+    str | None, typer.Option("--as-of", help="ISO 8601 instant to act as of (default: now).")
+]
 FormatOpt = Annotated[
     str | None, typer.Option("--format", help="Override format detection (shopify|canonical|csv).")
 ]
@@ -58,7 +60,7 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except (UserError, IntakeError, ConfigError, OrderNotFound) as exc:
-            err_console.print(f"journeys: {exc}", style="red", markup=False, highlight=False)
+            sys.stderr.write(f"journeys: {exc}\n")  # one line, never wrapped by rich
             raise typer.Exit(2) from None
 
     return wrapper
@@ -134,16 +136,21 @@ def show_counts(title: str, counts: dict[str, int], as_json: bool) -> None:
 
 @ingest_app.command("orders")
 @user_errors
-def ingest_orders_cmd(path: Path, fmt: FormatOpt = None, as_json: JsonFlag = False) -> None:
+def ingest_orders_cmd(
+    path: Path, fmt: FormatOpt = None, as_of: AsOfOpt = None, as_json: JsonFlag = False
+) -> None:
     """Ingest orders: Shopify order JSON Lines, canonical JSON Lines, or CSV (one row per line)."""
-    show_counts(f"orders from {path}", ingest_file("orders", path, fmt, datetime.now(UTC)), as_json)
+    counts = ingest_file("orders", path, fmt, parse_instant(as_of))
+    show_counts(f"orders from {path}", counts, as_json)
 
 
 @ingest_app.command("products")
 @user_errors
-def ingest_products_cmd(path: Path, fmt: FormatOpt = None, as_json: JsonFlag = False) -> None:
+def ingest_products_cmd(
+    path: Path, fmt: FormatOpt = None, as_of: AsOfOpt = None, as_json: JsonFlag = False
+) -> None:
     """Ingest the catalog: Shopify product JSON Lines or CSV (sku,title,category,tags,...)."""
-    counts = ingest_file("products", path, fmt, datetime.now(UTC))
+    counts = ingest_file("products", path, fmt, parse_instant(as_of))
     show_counts(f"products from {path}", counts, as_json)
 
 
@@ -152,10 +159,7 @@ def ingest_products_cmd(path: Path, fmt: FormatOpt = None, as_json: JsonFlag = F
 
 @app.command("run")
 @user_errors
-def run_cmd(
-    as_of: Annotated[str | None, typer.Option("--as-of", help="ISO 8601 instant.")] = None,
-    as_json: JsonFlag = False,
-) -> None:
+def run_cmd(as_of: AsOfOpt = None, as_json: JsonFlag = False) -> None:
     """Advance all due work as of an instant (default now), through the Prefect sweep flow."""
     from flows.journey import sweep
 

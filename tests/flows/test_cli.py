@@ -1,0 +1,117 @@
+"""The `journeys` CLI as an operator uses it: JSON shapes, one-line errors, idempotent reruns."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.demo_data import demo_catalog
+from tests.conftest import FIXTURES
+
+AS_OF = "2026-11-18T10:00:00+00:00"
+
+
+@pytest.fixture
+def cli(engine, flow_env, tmp_path):
+    """Run `journeys ARGS` in-process against this test's database; returns (code, out, err)."""
+    runner = CliRunner()
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(p) + "\n" for p in demo_catalog(7)))
+
+    def run(*args: str):
+        result = runner.invoke(app, list(args))
+        return result.exit_code, result.stdout, result.stderr
+
+    assert run("ingest", "products", str(catalog), "--json")[0] == 0
+    return run
+
+
+def test_ingest_prints_counts_and_rerun_is_all_duplicates(cli):
+    code, out, _ = cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--json")
+    assert code == 0
+    assert json.loads(out) == {"received": 3, "accepted": 3, "updated": 0, "duplicates": 0,
+                               "quarantined": 0}
+    code, out, _ = cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--json")
+    assert json.loads(out)["duplicates"] == 3
+
+
+def test_bad_records_are_quarantined_and_the_rest_accepted(cli, tmp_path):
+    good = (FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0]
+    bad = json.loads(good) | {"id": 99, "line_items": []}
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join([good, json.dumps(bad), "{not json"]) + "\n")
+
+    code, out, _ = cli("ingest", "orders", str(mixed), "--json")
+    assert code == 0
+    assert json.loads(out) | {} == {"received": 3, "accepted": 1, "updated": 0, "duplicates": 0,
+                                    "quarantined": 2}
+    entries = json.loads(cli("quarantine", "list", "--json")[1])
+    reasons = sorted(r["field"] for e in entries for r in e["reasons"])
+    assert reasons == ["_record", "line_items"]
+    assert all(e["origin"].startswith("mixed.jsonl:") for e in entries)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "cannot detect format"),
+    (b"", "empty"),
+])
+def test_unreadable_files_give_one_line_not_a_traceback(cli, tmp_path, content, expected):
+    path = tmp_path / "orders.bin"
+    path.write_bytes(content)
+    code, out, err = cli("ingest", "orders", str(path), "--as-of", AS_OF)
+    assert code == 2 and out == ""
+    assert expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_file_and_unknown_order_are_one_line_errors(cli, tmp_path):
+    code, _, err = cli("ingest", "orders", str(tmp_path / "nope.jsonl"))
+    assert code == 2 and "Traceback" not in err and "nope.jsonl" in err
+    code, _, err = cli("order", "does-not-exist")
+    assert code == 2 and err.strip() == "journeys: no order with id or name 'does-not-exist'"
+
+
+def test_run_then_order_json_shows_the_whole_journey(cli):
+    cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--as-of", AS_OF)
+    code, out, _ = cli("run", "--as-of", AS_OF, "--json")
+    assert code == 0 and json.loads(out)["stages"]["confirm"]["advanced"] == 3
+
+    view = json.loads(cli("order", "5432100001", "--json")[1])
+    assert view["state"] == "confirmed" and view["hold_reason"] is None
+    assert view["promised_delivery"] == "2026-11-24"
+    assert isinstance(view["packing"]["instructions"], list)
+    assert isinstance(view["packing"]["insured"], bool)
+    [message] = view["messages"]
+    assert {k: message[k] for k in ("template", "class", "status", "reason")} == {
+        "template": "confirmation", "class": "transactional", "status": "sent", "reason": None}
+    assert [e["to"] for e in view["events"]] == ["received", "verified", "packed", "confirmed"]
+    assert sorted(a["kind"] for a in view["artifacts"]) == ["invoice", "packing_slip"]
+    assert cli("order", "#1001", "--json")[1] == cli("order", "5432100001", "--json")[1]
+
+
+def test_held_order_released_by_operator_goes_on_to_confirmation(cli, tmp_path):
+    order = json.loads((FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0])
+    order["financial_status"] = "pending"
+    path = tmp_path / "unpaid.jsonl"
+    path.write_text(json.dumps(order) + "\n")
+    cli("ingest", "orders", str(path), "--as-of", AS_OF)
+    cli("run", "--as-of", AS_OF)
+    held = json.loads(cli("hold", "list", "--json")[1])
+    assert held == [{"external_id": "5432100001", "name": "#1001",
+                     "hold_reason": "payment_not_captured: pending"}]
+    assert json.loads(cli("report", "--json")[1])["holds_by_reason"] == {"payment_not_captured": 1}
+
+    code, _, _ = cli("hold", "release", "5432100001", "--note", "paid by bank transfer",
+                     "--by", "ops@northwind")
+    assert code == 0
+    assert cli("hold", "release", "5432100001")[0] == 2  # no longer on hold: a clear refusal
+    after_decision = datetime.now(UTC) + timedelta(minutes=1)  # the operator decides "now"
+    cli("run", "--as-of", after_decision.isoformat())
+    view = json.loads(cli("order", "5432100001", "--json")[1])
+    assert view["state"] == "confirmed"
+    decision = next(e for e in view["events"] if e["actor"] == "ops@northwind")
+    assert decision["detail"]["note"] == "paid by bank transfer"
