@@ -178,7 +178,8 @@ def show_stage_table(result: dict[str, Any]) -> None:
     for name, s in result["stages"].items():
         table.add_row(name, *(str(s[k]) for k in ("advanced", "held", "closed", "skipped")))
     console.print(table)
-    console.print("messages: " + (", ".join(f"{k} {v}" for k, v in result["messages"].items()) or "none"))
+    sent = ", ".join(f"{k} {v}" for k, v in result["messages"].items())
+    console.print(f"messages: {sent or 'none'}")
 
 
 @app.command("order")

@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from tasks.demo_data import demo_catalog, demo_orders
 
+from tasks.demo_data import demo_catalog, demo_orders
 from tasks.store.db import session_scope
 
 DEMO_DIR = Path("var/demo")

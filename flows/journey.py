@@ -17,10 +17,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+
 from tasks.confirm import confirm
 from tasks.messaging.outbox import dispatch
 from tasks.pack import pack
-
 from tasks.runtime import Runtime, StageResult
 from tasks.store.db import engine_for, session_scope
 from tasks.store.journal import due_order_ids

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from tasks.config import Config
 from tasks.delivery import estimate_delivery, resolve_method
-from tasks.messaging.money import resolve_locale
+from tasks.messaging.money import address_lines, order_locale
 from tasks.messaging.outbox import enqueue, order_message
 from tasks.runtime import Runtime, StageResult
 from tasks.store.journal import CONFIRMED, PACKED, Transition, apply_transitions, claim_orders
@@ -84,15 +84,14 @@ def confirmation_message(
     )
 
 
-def order_locale(order: Order, cfg: Config) -> str:
-    """The order's locale, else the customer's, else the store's, as `ll_CC`."""
+def locale_of(order: Order, cfg: Config) -> str:
     customer_locale = order.customer.locale if order.customer else None
-    return str(resolve_locale(order.locale or customer_locale or cfg.store.default_locale))
+    return order_locale(order.locale, customer_locale, cfg.store.default_locale)
 
 
 def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str, Any]:
     """A JSON snapshot of what the e-mail shows, so a resend shows exactly the same thing."""
-    locale = order_locale(order, cfg)
+    locale = locale_of(order, cfg)
     method = shipping_method(order, cfg)
     return {
         "store": store_context(cfg),
@@ -103,7 +102,7 @@ def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str,
             "currency": order.currency,
             "locale": locale,
             "lines": [line_context(line) for line in order.lines],
-            "items_total": str(sum((ln.unit_price * ln.quantity for ln in order.lines), Decimal(0))),
+            "items_total": str(items_total(order)),
             "subtotal": str(order.subtotal),
             "discounts": str(order.discounts),
             "discount_codes": discount_codes(order.discount_codes),
@@ -118,6 +117,11 @@ def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str,
             "promised_delivery": promised.isoformat(),
         },
     }
+
+
+def items_total(order: Order) -> Decimal:
+    """The goods before discounts (Shopify's subtotal is after them)."""
+    return sum((line.unit_price * line.quantity for line in order.lines), Decimal(0))
 
 
 def store_context(cfg: Config) -> dict[str, Any]:
@@ -147,13 +151,3 @@ def discount_codes(entries: list[Any]) -> list[str]:
     """Shopify gives `[{code, amount, type}]`; plain strings are accepted too."""
     codes = (entry if isinstance(entry, str) else entry.get("code") for entry in entries or [])
     return [code for code in codes if code]
-
-
-def address_lines(address: dict[str, Any], locale: str) -> list[str]:
-    """Name, street, `city province zip`, country name in the customer's language."""
-    code = address.get("country_code") or ""
-    country = resolve_locale(locale).territories.get(code.upper(), address.get("country") or code)
-    city = " ".join(str(address[k]) for k in ("city", "province_code", "zip") if address.get(k))
-    parts = (address.get("name"), address.get("company"), address.get("address1"),
-             address.get("address2"), city, country)
-    return [str(part) for part in parts if part]

@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, get_day_names
-from babel.numbers import format_currency
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from tasks.config import Config, StoreConfig
+from tasks.messaging.money import address_lines, format_money, order_locale
 from tasks.store.models import Order, OrderLine
 
 DOCUMENT_KINDS = ("packing_slip", "invoice")
-ADDRESS_CITY_LINE = ("city", "province_code", "zip")
 
 
 @lru_cache(maxsize=4)
@@ -60,22 +58,9 @@ def render_order_documents(
     }
 
 
-def format_money(amount: Decimal, currency: str, locale: str) -> str:
-    """Same behaviour as tasks.messaging.money.format_money; local to avoid a cross-team import."""
-    return format_currency(amount, currency, locale=locale)
-
-
 def document_locale(order: Order, store: StoreConfig) -> str:
-    """The order's locale if babel knows it, else the customer's, else the store default."""
     customer_locale = order.customer.locale if order.customer else None
-    for candidate in (order.locale, customer_locale):
-        if not candidate:
-            continue
-        try:
-            return str(Locale.parse(candidate.replace("-", "_")))
-        except (UnknownLocaleError, ValueError):
-            continue
-    return store.default_locale
+    return order_locale(order.locale, customer_locale, store.default_locale)
 
 
 def document_context(order: Order, packing: dict[str, Any], store: StoreConfig) -> dict[str, Any]:
@@ -88,7 +73,7 @@ def document_context(order: Order, packing: dict[str, Any], store: StoreConfig) 
         "lang": locale.split("_")[0],
         "store": store.model_dump(),
         "order": _order_summary(order, store, locale),
-        "ship_to": address_lines(order.shipping_address or {}),
+        "ship_to": address_lines(order.shipping_address or {}, locale),
         "items": [_item(line, money) for line in order.lines],
         "totals": _totals(order, money),
         "packing": _packing_summary(packing, locale, money),
@@ -105,24 +90,6 @@ def _order_summary(order: Order, store: StoreConfig, locale: str) -> dict[str, A
         "email": order.email,
         "shipping_method": order.shipping_title,
     }
-
-
-def address_lines(address: dict[str, Any]) -> list[str]:
-    """A postal address as display lines, skipping empty parts."""
-    name = address.get("name") or " ".join(
-        str(address[k]) for k in ("first_name", "last_name") if address.get(k)
-    )
-    city_line = " ".join(str(address[k]) for k in ADDRESS_CITY_LINE if address.get(k))
-    country = address.get("country") or address.get("country_code")
-    parts = [
-        name,
-        address.get("company"),
-        address.get("address1"),
-        address.get("address2"),
-        city_line,
-        country,
-    ]
-    return [str(part) for part in parts if part]
 
 
 def _item(line: OrderLine, money: Any) -> dict[str, Any]:

@@ -169,7 +169,8 @@ def assess(
     )
     if findings:
         codes = [f.code for f in findings]
-        return Transition(order.id, ON_HOLD, reason=format_reasons(findings), detail={"codes": codes})
+        reason = format_reasons(findings)
+        return Transition(order.id, ON_HOLD, reason=reason, detail={"codes": codes})
     for sku, qty in demand(order).items():
         available[sku] -= qty
     return Transition(order.id, VERIFIED)
@@ -210,7 +211,8 @@ def reserve_stock(
             .where(table.c.sku == bindparam("b_sku"))
             .values(stock=table.c.stock - bindparam("b_qty"), updated_at=now)
         )
-        session.connection().execute(statement, [{"b_sku": s, "b_qty": q} for s, q in units.items()])
+        rows = [{"b_sku": sku, "b_qty": qty} for sku, qty in units.items()]
+        session.connection().execute(statement, rows)
     if order_ids:
         session.execute(update(Order).where(Order.id.in_(order_ids)).values(stock_reserved=True))
 
@@ -239,7 +241,9 @@ def release_holds(
     released = [o.id for o in orders]
     reserve_stock(session, {o.id: o for o in orders}, released, now)
     detail = {"decision": "release", "note": note}
-    transitions = [Transition(o.id, VERIFIED, detail={**detail, "was": o.hold_reason}) for o in orders]
+    transitions = [
+        Transition(o.id, VERIFIED, detail={**detail, "was": o.hold_reason}) for o in orders
+    ]
     apply_transitions(session, "verify", ON_HOLD, transitions, now, actor=actor)
     return released
 

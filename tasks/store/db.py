@@ -74,5 +74,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:
-    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
+    bind = session_or_engine
+    if isinstance(bind, Session):
+        bind = bind.get_bind()
     return bind.dialect.name == "postgresql"

@@ -116,7 +116,8 @@ def apply_transitions(
     _update_orders(session, from_state, transitions, now)
     _close_steps(session, step, transitions, now)
     record_events(session, [_event_row(t, from_state, now, actor) for t in transitions])
-    for next_step in sorted({NEXT_STEP[t.to_state] for t in transitions if t.to_state in NEXT_STEP}):
+    next_steps = sorted({NEXT_STEP[t.to_state] for t in transitions if t.to_state in NEXT_STEP})
+    for next_step in next_steps:
         ids = [t.order_id for t in transitions if NEXT_STEP.get(t.to_state) == next_step]
         reopen_step(session, ids, next_step, now)
     return [t.order_id for t in transitions]

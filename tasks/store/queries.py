@@ -99,7 +99,8 @@ def report(session: Session) -> dict[str, Any]:
     for (reason,) in session.execute(select(Order.hold_reason).where(Order.state == "on_hold")):
         holds.update(reason_codes(reason))
     quarantine: Counter[str] = Counter()
-    for (reasons,) in session.execute(select(Quarantine.reasons).where(Quarantine.status == "open")):
+    open_entries = select(Quarantine.reasons).where(Quarantine.status == "open")
+    for (reasons,) in session.execute(open_entries):
         quarantine.update({_quarantine_label(r) for r in reasons})
     return {
         "orders_by_state": _count_by(session, Order.state),

@@ -11,7 +11,6 @@ from tasks.settings import Settings
 from tests.fixtures_s3 import S3Server
 
 
-
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
     return s3_server.create_bucket()

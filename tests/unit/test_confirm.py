@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import email
-import zipfile
-from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from email.policy import default as default_policy
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event, select

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -47,7 +47,7 @@ def test_file_transport_writes_one_bundle_per_batch():
     outcomes = FileTransport(archive).send_batch(batch)
 
     [(key, members)] = archive.bundles.items()
-    assert key.startswith("mail/2026/11/18/") and len(key.rsplit("/", 1)[1]) == len("x" * 16 + ".zip")
+    assert re.fullmatch(r"mail/2026/11/18/[0-9a-f]{16}\.zip", key)
     assert list(members) == [
         "order_1_confirm_confirmation_v1.eml", "order_2_confirm_confirmation_v1.eml"
     ]

@@ -5,10 +5,10 @@ Revises:
 Create Date: 2026-11-22 16:33:35.076903
 """
 
-from alembic import op
 import sqlalchemy as sa
-import tasks.store.models
+from alembic import op
 
+import tasks.store.models
 
 revision = '0001'
 down_revision = None
