@@ -214,13 +214,14 @@ def load_products(session: Session, orders: Sequence[Order]) -> dict[str, Produc
     return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
 
 
-def effect_key(order_id: int, kind: str) -> str:
-    return f"order:{order_id}:{STAGE}:{kind}:v{DOCUMENT_VERSION}"
+def effect_key(order: Order, kind: str) -> str:
+    """Includes the order's payload hash: an order changed before confirmation gets new papers."""
+    return f"order:{order.id}:{STAGE}:{kind}:v{DOCUMENT_VERSION}:{order.payload_hash[:12]}"
 
 
 def existing_documents(session: Session, orders: Sequence[Order]) -> dict[str, str]:
     """effect key → ref for documents already archived (a reopened step must not redo them)."""
-    keys = [effect_key(o.id, kind) for o in orders for kind in DOCUMENT_KINDS]
+    keys = [effect_key(o, kind) for o in orders for kind in DOCUMENT_KINDS]
     rows = session.execute(
         select(Artifact.effect_key, Artifact.ref).where(Artifact.effect_key.in_(keys))
     )
@@ -250,6 +251,7 @@ def archive_documents(
 ) -> list[dict[str, Any]]:
     """One bundle PUT for the batch; returns the artifact rows to record."""
     folders = {o.id: member_folder(o) for o in orders}
+    by_id = {o.id: o for o in orders}
     members = {
         f"{folders[oid]}/{kind}.html": data
         for oid, docs in rendered.items()
@@ -260,7 +262,7 @@ def archive_documents(
     refs = archive.put_bundle(bundle_key(members, now), members)
     return [
         {
-            "effect_key": effect_key(oid, kind),
+            "effect_key": effect_key(by_id[oid], kind),
             "order_id": oid,
             "kind": kind,
             "ref": refs[f"{folders[oid]}/{kind}.html"],
@@ -294,13 +296,14 @@ def archive_new_documents(
 ) -> int:
     """Render and archive documents not recorded yet, fill in each plan's refs; return the count."""
     refs = existing_documents(session, orders)
-    missing = [o for o in orders if any(effect_key(o.id, k) not in refs for k in DOCUMENT_KINDS)]
+    missing = [o for o in orders if any(effect_key(o, k) not in refs for k in DOCUMENT_KINDS)]
     rendered = {o.id: render_order_documents(o, plans[o.id], rt.config) for o in missing}
     artifacts = archive_documents(rt.archive, rendered, missing, now)
     insert_ignoring_duplicates(session, Artifact, artifacts, ["effect_key"])
     refs = {row["effect_key"]: row["ref"] for row in artifacts} | refs  # recorded refs win
-    for oid, plan in plans.items():
-        plan["documents"] = {kind: refs[effect_key(oid, kind)] for kind in DOCUMENT_KINDS}
+    for order in orders:
+        documents = {kind: refs[effect_key(order, kind)] for kind in DOCUMENT_KINDS}
+        plans[order.id]["documents"] = documents
     return len(artifacts)
 
 

@@ -391,7 +391,7 @@ def test_pack_archives_verified_documents_with_artifact_rows(packed, runtime) ->
         rows = session.scalars(select(Artifact).order_by(Artifact.effect_key)).all()
         first = session.scalars(select(Order).where(Order.external_id == "1001")).one()
     assert len(rows) == 4 and {r.order_id for r in rows} == set(ids)
-    slip_row = next(r for r in rows if r.effect_key == effect_key(first.id, "packing_slip"))
+    slip_row = next(r for r in rows if r.effect_key == effect_key(first, "packing_slip"))
     assert slip_row.kind == "packing_slip" and slip_row.created_at == NOW
     assert slip_row.ref.endswith(f"#{first.id}-1001/packing_slip.html")
     assert first.packing["documents"]["packing_slip"] == slip_row.ref
