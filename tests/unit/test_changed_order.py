@@ -16,6 +16,8 @@ from tasks.store.models import Artifact, Message, Order, Product
 from tasks.verify import verify
 from tests.conftest import FIXTURES
 
+SKU = "NW-APP-001-M"  # the first line of the first Shopify fixture order
+
 
 def _ingest(engine, path, now):
     with session_scope(engine) as session:
@@ -40,7 +42,7 @@ def test_change_before_confirmation_repacks_with_new_documents(engine, runtime, 
     _stage(engine, verify, now, runtime)
     _stage(engine, pack, now, runtime)
     with session_scope(engine) as session:
-        stock_after_first = session.scalar(select(Product.stock).where(Product.sku == "NW-APP-001-M"))
+        stock_after_first = session.scalar(select(Product.stock).where(Product.sku == SKU))
 
     changed = dict(original, line_items=[dict(original["line_items"][0], quantity=3)])
     second = tmp_path / "second.jsonl"
@@ -55,7 +57,7 @@ def test_change_before_confirmation_repacks_with_new_documents(engine, runtime, 
         slips = session.scalars(select(Artifact).where(Artifact.kind == "packing_slip")
                                 .order_by(Artifact.id)).all()
         message = session.scalars(select(Message)).one()
-        stock = session.scalar(select(Product.stock).where(Product.sku == "NW-APP-001-M"))
+        stock = session.scalar(select(Product.stock).where(Product.sku == SKU))
     assert order.state == "confirmed"
     assert len(slips) == 2 and order.packing["documents"]["packing_slip"] == slips[1].ref
     assert stock == stock_after_first + 1 - 3  # the old reservation released, the new one taken
