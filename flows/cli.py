@@ -15,8 +15,10 @@ from typing import Annotated, Any, TypeVar
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import ArgumentError
 
 from tasks.config import ConfigError
 from tasks.settings import get_settings
@@ -33,7 +35,7 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(hold_app, name="hold")
 app.add_typer(quarantine_app, name="quarantine")
 
-console = Console()
+console = Console(markup=False)  # customer text like "[/x]" must print as-is, never as markup
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
@@ -60,8 +62,14 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except (UserError, IntakeError, ConfigError, OrderNotFound) as exc:
-            sys.stderr.write(f"journeys: {exc}\n")  # one line, never wrapped by rich
-            raise typer.Exit(2) from None
+            message = str(exc)
+        except ValidationError as exc:  # a JOURNEYS_* setting with a bad value
+            first = exc.errors()[0]
+            message = f"setting JOURNEYS_{str(first['loc'][0]).upper()}: {first['msg']}"
+        except ArgumentError as exc:
+            message = f"JOURNEYS_DATABASE_URL: {exc}"
+        sys.stderr.write(f"journeys: {message}\n")  # one line, never wrapped by rich
+        raise typer.Exit(2)
 
     return wrapper
 
@@ -197,14 +205,15 @@ def order_cmd(external_id: str, as_json: JsonFlag = False) -> None:
 
 
 def show_order(view: dict[str, Any]) -> None:
-    console.print(f"[bold]{view['name'] or view['external_id']}[/] ({view['source']} "
-                  f"{view['external_id']}): [bold]{view['state']}[/]")
+    title = view["name"] or view["external_id"]
+    source = f"{view['source']} {view['external_id']}"
+    console.print(f"{title} ({source}): {view['state']}", style="bold")
     if view["hold_reason"]:
-        console.print(f"held: {view['hold_reason']}", markup=False)
+        console.print(f"held: {view['hold_reason']}")
     if view["promised_delivery"]:
         console.print(f"promised delivery: {view['promised_delivery']}")
     for item in view["packing"]["instructions"]:
-        console.print(f"  pack: [{item.get('kind')}] {item.get('text')}", markup=False)
+        console.print(f"  pack: [{item.get('kind')}] {item.get('text')}")
     timeline = Table(title="timeline")
     for column in ("at", "event", "actor", "detail"):
         timeline.add_column(column)
@@ -214,9 +223,9 @@ def show_order(view: dict[str, Any]) -> None:
     console.print(timeline)
     for m in view["messages"]:
         console.print(f"  mail {m['template']} v{m['version']} ({m['class']}): {m['status']}"
-                      + (f" — {m['reason']}" if m["reason"] else ""), markup=False)
+                      + (f" — {m['reason']}" if m["reason"] else ""))
     for a in view["artifacts"]:
-        console.print(f"  artifact {a['kind']}: {a['ref']}", markup=False)
+        console.print(f"  artifact {a['kind']}: {a['ref']}")
 
 
 @app.command("report")

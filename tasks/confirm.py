@@ -30,7 +30,7 @@ def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runti
     """Confirm the batch's packed orders with the same few statements, whatever its size."""
     orders = claim_orders(session, order_ids, PACKED)
     cfg = rt.config
-    promised = {order.id: promised_delivery(order, cfg) for order in orders}
+    promised = {order.id: promised_delivery(order, now, cfg) for order in orders}
     enqueue(session, [confirmation_message(o, promised[o.id], cfg, now) for o in orders], now)
     set_promised_delivery(session, promised)
     transitions = [
@@ -50,9 +50,11 @@ def shipping_method(order: Order, cfg: Config) -> str:
     return resolve_method(order.shipping_code, order.shipping_title, cfg.shipping)
 
 
-def promised_delivery(order: Order, cfg: Config) -> date:
+def promised_delivery(order: Order, now: datetime, cfg: Config) -> date:
+    """Counted from when the order was placed, or from now if it was held past that point."""
     country = (order.shipping_address or {}).get("country_code")
-    return estimate_delivery(order.placed_at, shipping_method(order, cfg), country, cfg.shipping)
+    start = max(order.placed_at, now)
+    return estimate_delivery(start, shipping_method(order, cfg), country, cfg.shipping)
 
 
 def set_promised_delivery(session: Session, promised: dict[int, date]) -> None:

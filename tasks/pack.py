@@ -120,7 +120,8 @@ def _intersection(options: Iterable[list[Any] | None]) -> list[Any] | None:
 
 
 def goods_value(order: Order) -> Decimal:
-    return (order.subtotal - order.discounts).quantize(CENT)
+    """The goods after discounts: `subtotal` already is that (as Shopify's subtotal_price)."""
+    return order.subtotal.quantize(CENT)
 
 
 def insurance(order: Order, lines: Sequence[LineFacts], rules: InsuranceRules) -> dict[str, Any]:

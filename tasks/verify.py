@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from email.errors import MessageError
+from email.headerregistry import Address
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -74,9 +76,18 @@ def payment_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
 def email_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
     if not order.email:
         return [Finding("email_missing", "")]
-    if not re.fullmatch(rules.email.pattern, order.email):
+    if not re.fullmatch(rules.email.pattern, order.email) or not _mailable(order.email):
         return [Finding("email_invalid", order.email)]
     return []
+
+
+def _mailable(address: str) -> bool:
+    """The mail builder must accept it too (it refuses e.g. `a..b@x.com`, which a regex lets by)."""
+    try:
+        parsed = Address(addr_spec=address)
+    except (MessageError, ValueError, IndexError, AttributeError):
+        return False
+    return not getattr(parsed, "defects", None) and parsed.addr_spec == address
 
 
 def address_findings(address: dict, rules: VerificationConfig) -> list[Finding]:
@@ -188,7 +199,7 @@ def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtim
     rules = rt.config.verification
     orders = claim_orders(session, order_ids, RECEIVED)
     products = load_products(session, orders)
-    available = {sku: p.stock for sku, p in products.items()}
+    available = {sku: p.stock - p.reserved for sku, p in products.items()}
     transitions = [assess(order, rules, products, available) for order in orders]
     verified = [t.order_id for t in transitions if t.to_state == VERIFIED]
     if rules.stock.reserve:
@@ -200,7 +211,11 @@ def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtim
 def reserve_stock(
     session: Session, orders: dict[int, Order], order_ids: Sequence[int], now: datetime
 ) -> None:
-    """Take the orders' units out of catalog stock (one executemany) and mark them reserved."""
+    """Reserve the orders' units (one executemany) and mark the orders as holding stock.
+
+    Reservations are kept apart from `stock`, so re-ingesting the catalog feed (which reports
+    stock on hand) never wipes them out.
+    """
     units: Counter[str] = Counter()
     for order_id in order_ids:
         units.update(demand(orders[order_id]))
@@ -209,7 +224,7 @@ def reserve_stock(
         statement = (
             update(table)
             .where(table.c.sku == bindparam("b_sku"))
-            .values(stock=table.c.stock - bindparam("b_qty"), updated_at=now)
+            .values(reserved=table.c.reserved + bindparam("b_qty"), updated_at=now)
         )
         rows = [{"b_sku": sku, "b_qty": qty} for sku, qty in units.items()]
         session.connection().execute(statement, rows)

@@ -277,9 +277,12 @@ def _flag(value: Any) -> bool:
 
 def _decimal(value: Any, field: str) -> Decimal:
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value))
     except InvalidOperation:
         raise MappingError(field, f"not a number: {value!r}") from None
+    if not number.is_finite():
+        raise MappingError(field, f"not a finite number: {value!r}")
+    return number
 
 
 def _validate(

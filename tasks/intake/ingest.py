@@ -306,7 +306,7 @@ def _lines_by_order(session: Session, order_ids: list[int]) -> dict[int, list[di
 
 
 def _release_stock(session: Session, reserved: list[list[dict[str, Any]]]) -> None:
-    """Give back the stock verification reserved for the old lines."""
+    """Release what verification reserved for the old lines."""
     quantities: Counter[str] = Counter()
     for lines in reserved:
         for line in lines:
@@ -316,7 +316,7 @@ def _release_stock(session: Session, reserved: list[list[dict[str, Any]]]) -> No
         return
     table = Product.__table__
     statement = (update(table).where(table.c.sku == bindparam("b_sku"))
-                 .values(stock=table.c.stock + bindparam("b_quantity")))
+                 .values(reserved=table.c.reserved - bindparam("b_quantity")))
     session.connection().execute(
         statement, [{"b_sku": sku, "b_quantity": qty} for sku, qty in quantities.items()]
     )

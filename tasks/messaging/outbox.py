@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -136,7 +137,7 @@ def prepare_mails(
         try:
             rendered = renderer.render(row.template, row.context)
             outgoing.append(build_mail(row, rendered, now, cfg))
-        except (TemplateError, LookupError, ValueError) as exc:
+        except (TemplateError, LookupError, ValueError, MessageError, AttributeError) as exc:
             reason = f"cannot build: {type(exc).__name__}: {exc}"
             failures[row.id] = SendOutcome("failed", reason[:500])
     return outgoing, failures

@@ -53,11 +53,17 @@ class Transport(Protocol):
 # --- file: one zip bundle of .eml files per batch in the artifact store -------------------
 
 
-def bundle_key(messages: list[OutgoingMail]) -> str:
-    """`mail/yyyy/mm/dd/<hash>.zip`: the day of the batch's Date header, the hash of its keys."""
+def bundle_key(messages: list[OutgoingMail], members: dict[str, bytes]) -> str:
+    """`mail/yyyy/mm/dd/<hash>.zip`: the batch's day and a hash of its content.
+
+    Content-addressed, so a retry after a crash (same mail, new Date header) writes a new
+    bundle instead of colliding with the one the crashed attempt left behind.
+    """
     day = messages[0].email["Date"].datetime
-    digest = hashlib.sha256("\n".join(m.effect_key for m in messages).encode()).hexdigest()
-    return f"mail/{day:%Y/%m/%d}/{digest[:16]}.zip"
+    digest = hashlib.sha256()
+    for name, data in sorted(members.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return f"mail/{day:%Y/%m/%d}/{digest.hexdigest()[:16]}.zip"
 
 
 def member_name(effect_key: str) -> str:
@@ -74,7 +80,7 @@ class FileTransport:
         if not messages:
             return []
         members = {member_name(m.effect_key): m.wire_bytes() for m in messages}
-        refs = self.archive.put_bundle(bundle_key(messages), members)
+        refs = self.archive.put_bundle(bundle_key(messages, members), members)
         return [SendOutcome("sent", artifact_ref=refs[name]) for name in members]
 
 

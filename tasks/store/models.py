@@ -114,7 +114,9 @@ class Product(Base):
     title: Mapped[str] = mapped_column(String(500))
     category: Mapped[str | None] = mapped_column(String(100), index=True)
     tags: Mapped[list[str]] = mapped_column(default=list)
-    stock: Mapped[int] = mapped_column(Integer, default=0)
+    stock: Mapped[int] = mapped_column(Integer, default=0)  # on hand, as the catalog feed says
+    # Units verified orders hold and the feed may not know of yet; available = stock - reserved.
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
     grams: Mapped[int] = mapped_column(Integer, default=0)
     price: Mapped[Decimal | None]
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -82,7 +82,8 @@ def test_run_then_order_json_shows_the_whole_journey(cli):
 
     view = json.loads(cli("order", "5432100001", "--json")[1])
     assert view["state"] == "confirmed" and view["hold_reason"] is None
-    assert view["promised_delivery"] == "2026-11-24"
+    # confirmed on the 18th (before the 14:00 cutoff): dispatch 19th + 4 US transit days
+    assert view["promised_delivery"] == "2026-11-25"
     assert isinstance(view["packing"]["instructions"], list)
     assert isinstance(view["packing"]["insured"], bool)
     [message] = view["messages"]

@@ -42,7 +42,7 @@ def test_change_before_confirmation_repacks_with_new_documents(engine, runtime, 
     _stage(engine, verify, now, runtime)
     _stage(engine, pack, now, runtime)
     with session_scope(engine) as session:
-        stock_after_first = session.scalar(select(Product.stock).where(Product.sku == SKU))
+        reserved_after_first = session.scalar(select(Product.reserved).where(Product.sku == SKU))
 
     changed = dict(original, line_items=[dict(original["line_items"][0], quantity=3)])
     second = tmp_path / "second.jsonl"
@@ -57,10 +57,10 @@ def test_change_before_confirmation_repacks_with_new_documents(engine, runtime, 
         slips = session.scalars(select(Artifact).where(Artifact.kind == "packing_slip")
                                 .order_by(Artifact.id)).all()
         message = session.scalars(select(Message)).one()
-        stock = session.scalar(select(Product.stock).where(Product.sku == SKU))
+        reserved = session.scalar(select(Product.reserved).where(Product.sku == SKU))
     assert order.state == "confirmed"
     assert len(slips) == 2 and order.packing["documents"]["packing_slip"] == slips[1].ref
-    assert stock == stock_after_first + 1 - 3  # the old reservation released, the new one taken
+    assert reserved == reserved_after_first - 1 + 3  # the old reservation released, new one taken
     assert [line["quantity"] for line in message.context["order"]["lines"]] == [3]
     new_slip = runtime.archive.get(slips[1].ref).decode()
     assert "Stoneware" not in new_slip and "Stoneware" in runtime.archive.get(slips[0].ref).decode()

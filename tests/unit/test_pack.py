@@ -128,9 +128,10 @@ def test_carrier_without_constraints_and_with_conflicts() -> None:
 
 def test_insurance_by_value_threshold_or_category(cfg) -> None:
     rules = cfg.packing.insurance  # threshold 300, categories jewelry/electronics
-    cheap = Order(subtotal=Decimal("310"), discounts=Decimal("10"))
+    # subtotal is the goods after discounts (Shopify's subtotal_price): not reduced again
+    cheap = Order(subtotal=Decimal("300"), discounts=Decimal("10"))
     assert insurance(cheap, [facts(category="home")], rules)["insured"] is False
-    pricey = Order(subtotal=Decimal("310.01"), discounts=Decimal("10"))
+    pricey = Order(subtotal=Decimal("300.01"), discounts=Decimal("10"))
     assert insurance(pricey, [], rules) == {
         "insured": True,
         "insured_value": "300.01",
@@ -363,7 +364,7 @@ def test_pack_plans_documents_and_advances_the_batch(packed, runtime) -> None:
         "no_air": False,
         "signature": True,
     }
-    assert (plan["insured"], plan["insured_value"]) == (True, "754.00")
+    assert (plan["insured"], plan["insured_value"]) == (True, "764.00")
     assert plan["insurance_reasons"] == ["goods value above 300", "category jewelry"]
 
 

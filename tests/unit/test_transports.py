@@ -56,10 +56,16 @@ def test_file_transport_writes_one_bundle_per_batch():
     assert outcomes[1].artifact_ref == f"mem://{key}#order_2_confirm_confirmation_v1.eml"
 
 
-def test_bundle_key_is_deterministic_per_batch():
+def key_of(messages: list[OutgoingMail]) -> str:
+    return bundle_key(messages, {member_name(m.effect_key): m.wire_bytes() for m in messages})
+
+
+def test_bundle_key_is_content_addressed():
     a, b = mail(1, "k:1"), mail(2, "k:2")
-    assert bundle_key([a, b]) == bundle_key([mail(1, "k:1"), mail(2, "k:2")])
-    assert bundle_key([a, b]) != bundle_key([a])
+    assert key_of([a, b]) == key_of([mail(1, "k:1"), mail(2, "k:2")])
+    assert key_of([a, b]) != key_of([a])
+    # a retry of the same mail later the same day is new content, so it never collides
+    assert key_of([a]) != key_of([mail(1, "k:1", sent=SENT.replace(hour=11))])
     assert member_name("order:7:confirm:confirmation:v2") == "order_7_confirm_confirmation_v2.eml"
 
 

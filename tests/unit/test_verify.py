@@ -66,8 +66,8 @@ def test_verify_outcomes_and_reasons(engine, runtime, now):
         assert "high_value" in orders[too_many.id].hold_reason
         assert orders[cancelled.id].state == "cancelled"
         assert orders[flagged.id].hold_reason == "risk_flagged: tag fraud-suspected"
-        stock = session.scalar(select(Product.stock).where(Product.sku == "MUG-1"))
-        assert stock == 8  # reserved for the one verified order only
+        mug = session.scalars(select(Product).where(Product.sku == "MUG-1")).one()
+        assert (mug.stock, mug.reserved) == (10, 2)  # reserved for the one verified order only
         assert due_order_ids(session, "pack", now, 100) == [ok.id]
 
 
@@ -80,7 +80,8 @@ def test_last_unit_goes_to_the_first_order_only(engine, runtime, now):
     with session_factory(engine)() as session:
         states = dict(session.execute(select(Order.id, Order.state)).all())
         assert states == {first.id: "verified", second.id: "on_hold"}
-        assert session.scalar(select(Product.stock).where(Product.sku == "RING-1")) == 1
+        ring = session.scalars(select(Product).where(Product.sku == "RING-1")).one()
+        assert ring.stock - ring.reserved == 1
 
 
 def test_verify_twice_changes_nothing(engine, runtime, now):
@@ -91,7 +92,7 @@ def test_verify_twice_changes_nothing(engine, runtime, now):
     again = _run_verify(engine, runtime, now + timedelta(minutes=5), [order.id])
     assert (again.advanced, again.held, again.skipped) == (0, 0, 1)
     with session_factory(engine)() as session:
-        assert session.scalar(select(Product.stock).where(Product.sku == "TEE-1")) == 97
+        assert session.scalar(select(Product.reserved).where(Product.sku == "TEE-1")) == 3
         assert session.scalar(select(func.count()).select_from(OrderEvent)) == 1
         assert session.scalar(select(func.count()).select_from(Step)) == 2  # verify + pack
 

@@ -2,13 +2,13 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 16:33:35.076903
+Create Date: 2026-11-22 17:11:40.797102
 """
 
-import sqlalchemy as sa
 from alembic import op
-
+import sqlalchemy as sa
 import tasks.store.models
+
 
 revision = '0001'
 down_revision = None
@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.Column('category', sa.String(length=100), nullable=True),
     sa.Column('tags', sa.JSON(), nullable=False),
     sa.Column('stock', sa.Integer(), nullable=False),
+    sa.Column('reserved', sa.Integer(), nullable=False),
     sa.Column('grams', sa.Integer(), nullable=False),
     sa.Column('price', tasks.store.models.Money(precision=18, scale=4), nullable=True),
     sa.Column('attributes', sa.JSON(), nullable=False),
@@ -101,7 +102,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=30), nullable=False),
     sa.Column('hold_reason', sa.String(length=500), nullable=True),
     sa.Column('promised_delivery', sa.Date(), nullable=True),
-    sa.Column('packing', sa.JSON(), nullable=True),
+    sa.Column('packing', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('stock_reserved', sa.Boolean(), nullable=False),
     sa.Column('received_at', tasks.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', tasks.store.models.UTCDateTime(timezone=True), nullable=False),
