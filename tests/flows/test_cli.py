@@ -116,3 +116,25 @@ def test_held_order_released_by_operator_goes_on_to_confirmation(cli, tmp_path):
     assert view["state"] == "confirmed"
     decision = next(e for e in view["events"] if e["actor"] == "ops@northwind")
     assert decision["detail"]["note"] == "paid by bank transfer"
+
+
+def test_customer_text_is_printed_verbatim_never_as_markup(cli, tmp_path):
+    order = json.loads((FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0])
+    order |= {"name": "[/x] #1001", "financial_status": "pending"}
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(order) + "\n")
+    cli("ingest", "orders", str(path), "--as-of", AS_OF)
+    cli("run", "--as-of", AS_OF)
+    code, out, err = cli("hold", "list")
+    assert code == 0 and "[/x] #1001" in out and "Traceback" not in err
+    code, out, _ = cli("order", "5432100001")
+    assert code == 0 and out.startswith("[/x] #1001 (shopify 5432100001): on_hold")
+
+
+def test_non_finite_money_is_quarantined_not_a_crash(cli, tmp_path):
+    order = json.loads((FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0])
+    order["shipping_lines"][0]["price"] = "sNaN"
+    path = tmp_path / "nan.jsonl"
+    path.write_text(json.dumps(order) + "\n")
+    code, out, _ = cli("ingest", "orders", str(path), "--json")
+    assert code == 0 and json.loads(out)["quarantined"] == 1

@@ -9,7 +9,14 @@ from sqlalchemy import func, select
 from tasks.store.db import session_factory
 from tasks.store.journal import due_order_ids
 from tasks.store.models import Order, OrderEvent, Product, Step
-from tasks.verify import address_findings, cancel_holds, reason_codes, release_holds, verify
+from tasks.verify import (
+    address_findings,
+    cancel_holds,
+    email_findings,
+    reason_codes,
+    release_holds,
+    verify,
+)
 from tests.factories import add_catalog, add_order
 
 
@@ -115,3 +122,12 @@ def test_operator_release_and_cancel(engine, runtime, now):
                                .order_by(OrderEvent.id.desc())).first()
         assert last.actor == "ops@store" and last.detail["note"] == "paid by phone"
         assert due_order_ids(session, "pack", now, 10) == [held.id]
+
+
+def test_addresses_the_mailer_would_refuse_are_held(cfg):
+    from tasks.store.models import Order
+
+    rules = cfg.verification
+    for bad in ("john..doe@example.com", "a@b@example.com", ".a@example.com"):
+        assert [f.code for f in email_findings(Order(email=bad), rules)] == ["email_invalid"], bad
+    assert email_findings(Order(email="ada.lovelace+shop@example.co.uk"), rules) == []
