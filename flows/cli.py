@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
-from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -95,12 +94,6 @@ def parse_instant(value: str | None) -> datetime:
     return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
 
 
-def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 # --- db -------------------------------------------------------------------------------------
 
 
@@ -125,7 +118,7 @@ def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[s
     }[kind]
     total = intake.IntakeResult()
     engine = app_engine()
-    for chunk in chunks(reader(path, fmt), get_settings().batch_size):
+    for chunk in intake.chunks(reader(path, fmt), get_settings().batch_size):
         with session_scope(engine) as session:
             total.add(writer(session, chunk, now))
     return total.as_dict()

@@ -32,10 +32,6 @@ class StageResult:
         for key, value in other.details.items():
             self.details[key] = self.details.get(key, 0) + value
 
-    @property
-    def touched(self) -> int:
-        return self.advanced + self.held + self.closed + self.skipped + self.quarantined
-
 
 @dataclass
 class Runtime:

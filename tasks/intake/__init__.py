@@ -1,7 +1,7 @@
 """Order and catalog intake: read files in any supported format, store them idempotently."""
 
 from tasks.intake.formats import IntakeError, read_orders, read_products
-from tasks.intake.ingest import IntakeResult, ingest_orders, ingest_products
+from tasks.intake.ingest import IntakeResult, chunks, ingest_orders, ingest_products
 from tasks.intake.schema import OrderIn, ProductIn, Rejected
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "OrderIn",
     "ProductIn",
     "Rejected",
+    "chunks",
     "ingest_orders",
     "ingest_products",
     "read_orders",

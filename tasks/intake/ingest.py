@@ -74,7 +74,8 @@ class _OrderPlan:
 # ---------------------------------------------------------------- shared helpers
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of up to `size` items, reading the iterable lazily."""
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
@@ -134,7 +135,7 @@ def ingest_orders(
 ) -> IntakeResult:
     """Store new orders, apply changes to unconfirmed ones, quarantine the rest."""
     result = IntakeResult()
-    for chunk in _chunks(items, CHUNK):
+    for chunk in chunks(items, CHUNK):
         result.add(_ingest_order_chunk(session, chunk, now))
     return result
 
@@ -415,7 +416,7 @@ def ingest_products(
 ) -> IntakeResult:
     """Upsert catalog products by SKU (unchanged ones are duplicates); quarantine bad rows."""
     result = IntakeResult()
-    for chunk in _chunks(items, CHUNK):
+    for chunk in chunks(items, CHUNK):
         result.add(_ingest_product_chunk(session, chunk, now))
     return result
 
