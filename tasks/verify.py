@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from tasks.config import VerificationConfig
 from tasks.runtime import Runtime, StageResult
+from tasks.store.db import is_postgres
 from tasks.store.journal import (
     CANCELLED,
     ON_HOLD,
@@ -191,7 +192,11 @@ def load_products(session: Session, orders: Sequence[Order]) -> dict[str, Produc
     skus = {line.sku for order in orders for line in order.lines if line.sku}
     if not skus:
         return {}
-    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+    query = select(Product).where(Product.sku.in_(skus)).order_by(Product.sku)
+    if is_postgres(session):
+        # Concurrent batches must not both reserve the last unit; sku order avoids deadlocks.
+        query = query.with_for_update(of=Product)
+    return {p.sku: p for p in session.scalars(query)}
 
 
 def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime) -> StageResult:

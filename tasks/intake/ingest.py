@@ -18,6 +18,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session
 
 from tasks.intake.schema import OrderIn, ProductIn, Rejected
+from tasks.store.db import is_postgres
 from tasks.store.journal import (
     ON_HOLD,
     PACKED,
@@ -179,6 +180,8 @@ def _existing_orders(session: Session, keys: list[Key]) -> dict[Key, RowMapping]
         table.c.external_id.in_({ext for _, ext in keys}),
         table.c.source.in_({source for source, _ in keys}),
     )
+    if is_postgres(session):
+        query = query.with_for_update()  # a concurrent sweep must not move them mid-change
     rows = session.execute(query).mappings()
     wanted = set(keys)
     return {key: row for row in rows if (key := (row["source"], row["external_id"])) in wanted}

@@ -80,7 +80,9 @@ def _text_values(value: Any) -> Any:
 
 # Bounds are the store's column sizes, so a record that fits the schema also fits the table.
 INT_MAX = 2_147_483_647
-Money = Annotated[Decimal, Field(ge=0, lt=10**14)]  # finite (pydantic rejects NaN/inf)
+MONEY_LIMIT = Decimal(10) ** 14  # the store's NUMERIC(18, 4) holds up to 10^14 exclusive
+# Finite (pydantic rejects NaN/inf), at most 4 decimals: what the database stores exactly.
+Money = Annotated[Decimal, Field(ge=0, lt=MONEY_LIMIT, decimal_places=4)]
 Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 
@@ -224,6 +226,8 @@ class OrderIn(Canonical):
         if self.total is None:
             tax = ZERO if self.taxes_included else self.tax
             self.total = self.subtotal + self.shipping.price + tax
+        if max(goods, self.total) >= MONEY_LIMIT:
+            raise ValueError(f"order value {max(goods, self.total)} is too large to store")
         return self
 
     def canonical_json(self) -> str:

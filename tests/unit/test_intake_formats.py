@@ -260,3 +260,20 @@ def test_bad_product_rows_reject_and_good_variants_survive(tmp_path):
     assert _fields(first) == {"weight": "Input should be greater than or equal to 0"}
     assert _fields(second)["attributes"].startswith("not valid JSON")
     assert second.origin == "p.csv:line 3"
+
+
+def test_amounts_the_database_cannot_store_exactly_are_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    from tasks.intake.schema import OrderIn
+
+    base = {"external_id": "X1", "email": "a@example.com", "placed_at": "2026-11-17T10:00:00Z",
+            "currency": "USD", "financial_status": "paid"}
+    line = {"title": "T", "quantity": 1, "unit_price": "10.00"}
+    assert OrderIn.model_validate({**base, "lines": [line]}).total == 10
+    with pytest.raises(ValidationError, match="decimal places"):
+        OrderIn.model_validate({**base, "lines": [line | {"unit_price": "10.00005"}]})
+    with pytest.raises(ValidationError, match="too large"):
+        OrderIn.model_validate({**base, "lines": [line | {"unit_price": "99999999999999",
+                                                          "quantity": 1000}]})
