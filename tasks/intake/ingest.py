@@ -193,8 +193,8 @@ def _plan_orders(latest: dict[Key, OrderIn], existing: dict[Key, RowMapping]) ->
         payload_hash, row = order.payload_hash(), existing.get(key)
         if row is None:
             plan.new.append((order, payload_hash))
-        elif row["payload_hash"] == payload_hash:
-            plan.duplicates += 1
+        elif payload_hash == row["payload_hash"] or payload_hash in row["previous_hashes"]:
+            plan.duplicates += 1  # the same version again, or an older one arriving late
         elif row["state"] in CHANGEABLE_STATES:
             plan.changed.append((order, payload_hash, row))
         else:
@@ -245,7 +245,7 @@ def _insert_orders(
     if not new:
         return {}
     rows = [_order_values(order, payload_hash, customer_ids) | _fresh_journey(now)
-            | {"received_at": now} for order, payload_hash in new]
+            | {"received_at": now, "previous_hashes": []} for order, payload_hash in new]
     session.execute(Order.__table__.insert(), rows)
     return {key: row["id"] for key, row in
             _existing_orders(session, [_key(order) for order, _ in new]).items()}
@@ -288,7 +288,8 @@ def _apply_changes(
     reserved = [old_lines[row["id"]] for _, _, row in changed if row["stock_reserved"]]
     _release_stock(session, reserved)
     rows = [_order_values(order, payload_hash, customer_ids) | _fresh_journey(now)
-            | {"id": row["id"], "expected_state": row["state"]}
+            | {"id": row["id"], "expected_state": row["state"],
+               "previous_hashes": [*row["previous_hashes"], row["payload_hash"]]}
             for order, payload_hash, row in changed]
     _bulk_update(session, Order.__table__, rows, where={"id": "id", "state": "expected_state"},
                  fixed={"packing": null()})  # SQL NULL, not JSON null: old packing is stale

@@ -132,6 +132,8 @@ class Order(Base):
     external_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(String(64))  # the store's display number, e.g. #1001
     payload_hash: Mapped[str] = mapped_column(String(64))
+    # Hashes of versions this order replaced: a late or repeated older version is a duplicate.
+    previous_hashes: Mapped[list[str]] = mapped_column(default=list)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     email: Mapped[str] = mapped_column(String(320))
     currency: Mapped[str] = mapped_column(String(3))

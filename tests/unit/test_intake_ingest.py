@@ -334,3 +334,23 @@ def test_values_too_long_for_a_column_are_quarantined_not_a_database_error(engin
     with session_factory(engine)() as session:
         fields = sorted(q.reasons[0]["field"] for q in session.scalars(select(Quarantine)))
     assert fields == ["line_items[0].sku", "name"]
+
+
+def test_versions_split_across_chunks_rerun_as_duplicates(engine, tmp_path, now, monkeypatch):
+    """v1 and v2 of one order in different chunks: the rerun is all duplicates, no rollback."""
+    monkeypatch.setattr("tasks.intake.ingest.CHUNK", 1)
+    v1 = _shopify_record(0)
+    v2 = dict(v1, note="Please leave at the back door")
+    path = _write_jsonl(tmp_path, "both.jsonl", [v1, v2])
+    first = _ingest_file(engine, path, now)
+    assert (first["accepted"], first["updated"]) == (1, 1)
+    before = _counts(engine)
+
+    again = _ingest_file(engine, path, now.replace(hour=12))
+    late_v1 = _ingest_file(engine, _write_jsonl(tmp_path, "late.jsonl", [v1]), now.replace(hour=13))
+
+    assert (again["duplicates"], again["updated"]) == (2, 0)
+    assert (late_v1["duplicates"], late_v1["updated"]) == (1, 0)
+    assert _counts(engine) == before
+    with session_factory(engine)() as session:
+        assert _order(session, str(v1["id"])).gift_note == "Please leave at the back door"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 17:11:40.797102
+Create Date: 2026-11-22 17:24:57.104892
 """
 
 from alembic import op
@@ -77,6 +77,7 @@ def upgrade() -> None:
     sa.Column('external_id', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=True),
     sa.Column('payload_hash', sa.String(length=64), nullable=False),
+    sa.Column('previous_hashes', sa.JSON(), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
