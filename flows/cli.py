@@ -56,11 +56,12 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         from tasks.intake import IntakeError
+        from tasks.intake.release import QuarantineNotFound
         from tasks.store.queries import OrderNotFound
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, IntakeError, ConfigError, OrderNotFound) as exc:
+        except (UserError, IntakeError, ConfigError, OrderNotFound, QuarantineNotFound) as exc:
             message = str(exc)
         except ValidationError as exc:  # a JOURNEYS_* setting with a bad value
             first = exc.errors()[0]
@@ -334,6 +335,39 @@ def quarantine_list(as_json: JsonFlag = False) -> None:
         reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in e["reasons"])
         table.add_row(str(e["id"]), e["kind"], e["external_id"] or "", e["origin"] or "", reasons)
     console.print(table)
+
+
+@quarantine_app.command("show")
+@user_errors
+def quarantine_show(entry_id: int) -> None:
+    """One entry: where it came from, why, and the record exactly as received."""
+    from tasks.intake.release import get_entry
+
+    with session_scope(app_engine()) as session:
+        e = get_entry(session, entry_id)
+        print_json({"id": e.id, "kind": e.kind, "source": e.source, "external_id": e.external_id,
+                    "origin": e.origin, "status": e.status, "reasons": e.reasons,
+                    "created_at": e.created_at, "released_at": e.released_at,
+                    "payload": e.payload})
+
+
+@quarantine_app.command("release")
+@user_errors
+def quarantine_release(
+    entry_id: int,
+    fixed: Annotated[Path | None, typer.Option("--fixed", help="File with the corrected record.")]
+    = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Re-validate an entry (or its corrected version) and feed it back in; twice is a no-op."""
+    from tasks.intake.release import release
+
+    with session_scope(app_engine()) as session:
+        outcome = release(session, entry_id, parse_instant(as_of), fixed)
+    if outcome.status == "still_rejected":
+        reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in outcome.reasons)
+        raise UserError(f"quarantine entry {entry_id} still rejected: {reasons}")
+    console.print(f"quarantine entry {entry_id}: {outcome.status.replace('_', ' ')}")
 
 
 # --- demo -------------------------------------------------------------------------------------

@@ -138,3 +138,29 @@ def test_non_finite_money_is_quarantined_not_a_crash(cli, tmp_path):
     path.write_text(json.dumps(order) + "\n")
     code, out, _ = cli("ingest", "orders", str(path), "--json")
     assert code == 0 and json.loads(out)["quarantined"] == 1
+
+
+def test_quarantine_show_and_release_with_a_corrected_record(cli, tmp_path):
+    record = json.loads((FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0])
+    broken = json.loads(json.dumps(record))
+    broken["line_items"][0]["price"] = "-98.00"
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(broken) + "\n")
+    assert json.loads(cli("ingest", "orders", str(path), "--json")[1])["quarantined"] == 1
+    [entry] = json.loads(cli("quarantine", "list", "--json")[1])
+
+    shown = json.loads(cli("quarantine", "show", str(entry["id"]))[1])
+    assert json.loads(shown["payload"]) == broken and shown["status"] == "open"
+    code, _, err = cli("quarantine", "release", str(entry["id"]))
+    assert code == 2 and "still rejected: line_items[0].price" in err
+
+    fixed = tmp_path / "fixed.jsonl"
+    fixed.write_text(json.dumps(record) + "\n")
+    code, out, _ = cli("quarantine", "release", str(entry["id"]), "--fixed", str(fixed))
+    assert code == 0 and "released" in out
+    assert json.loads(cli("order", "5432100001", "--json")[1])["state"] == "received"
+    assert json.loads(cli("quarantine", "list", "--json")[1]) == []
+    code, out, _ = cli("quarantine", "release", str(entry["id"]), "--fixed", str(fixed))
+    assert code == 0 and "already released" in out
+    assert json.loads(cli("report", "--json")[1])["orders_by_state"] == {"received": 1}
+    assert cli("quarantine", "show", "999")[0] == 2
