@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -110,8 +111,10 @@ def db_upgrade() -> None:
 
 
 def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
-    """Read a file and ingest it chunk by chunk, one transaction per chunk."""
+    """Read a file and ingest it chunk by chunk, one transaction per chunk; then its manifest."""
     from tasks import intake
+    from tasks.manifest import intake_manifest, record_manifest, require_balanced
+    from tasks.runtime import Runtime
 
     reader, writer = {
         "orders": (intake.read_orders, intake.ingest_orders),
@@ -122,6 +125,10 @@ def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[s
     for chunk in intake.chunks(reader(path, fmt), get_settings().batch_size):
         with session_scope(engine) as session:
             total.add(writer(session, chunk, now))
+    manifest = intake_manifest(uuid.uuid4().hex, f"ingest-{kind}", now, total.as_dict())
+    with session_scope(engine) as session:
+        record_manifest(session, manifest, Runtime.from_settings().archive)
+    require_balanced(manifest)
     return total.as_dict()
 
 
@@ -236,14 +243,20 @@ def report_cmd(as_json: JsonFlag = False) -> None:
         show_report(data)
 
 
-def show_report(data: dict[str, dict[str, int]]) -> None:
+def show_report(data: dict[str, dict[str, Any]]) -> None:
     for title, counts in data.items():
         table = Table(title=title.replace("_", " "))
         table.add_column("key")
         table.add_column("count", justify="right")
         for key, count in counts.items():
-            table.add_row(key, str(count))
+            table.add_row(key, describe_run(count) if isinstance(count, dict) else str(count))
         console.print(table)
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    """A manifest in one line: received = processed + quarantined + deferred + duplicates."""
+    return (f"{run['at'][:19]}: {run['received']} = {run['processed']} + {run['quarantined']} "
+            f"+ {run['deferred']} + {run['duplicates']} (unexplained {run['unexplained']})")
 
 
 # --- holds ----------------------------------------------------------------------------------

@@ -7,18 +7,21 @@ the logic. Running either flow twice changes nothing the second time.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from tasks.confirm import confirm
+from tasks.manifest import Manifest, record_manifest, require_balanced
 from tasks.messaging.outbox import dispatch
 from tasks.pack import pack
 from tasks.runtime import Runtime, StageResult
@@ -51,7 +54,9 @@ def app_engine() -> Engine:
 def run_stage_batch(stage: str, batch_no: int, order_ids: list[int], now: datetime) -> StageResult:
     """One stage over one batch, in one transaction: all of it happens, or none of it."""
     with session_scope(app_engine()) as session:
-        return STAGES[stage](session, order_ids, now, runtime())
+        result = STAGES[stage](session, order_ids, now, runtime())
+    result.received = len(order_ids)
+    return result
 
 
 @task(task_run_name="dispatch-batch-{batch_no}", cache_policy=NONE)
@@ -95,6 +100,31 @@ def dispatch_all(now: datetime, order_ids: list[int] | None = None) -> dict[str,
     return totals
 
 
+def sweep_manifest(results: dict[str, StageResult], now: datetime) -> Manifest:
+    """Every (order, stage) the sweep took up: moved, held or closed, or deferred to later."""
+    run_id = str(flow_run.id or uuid.uuid4())
+    manifest = Manifest(run_id, "sweep", now)
+    for r in results.values():
+        manifest.received += r.received
+        manifest.processed += r.advanced + r.held + r.closed
+        manifest.quarantined += r.quarantined
+        manifest.deferred += r.skipped
+    return manifest
+
+
+@task(cache_policy=NONE)
+def publish_manifest(manifest: Manifest) -> str:
+    """Archive and record the run's books in their own transaction, then insist they balance."""
+    with session_scope(app_engine()) as session:
+        ref = record_manifest(session, manifest, runtime().archive)
+    counts = manifest.counts()
+    create_table_artifact([{"count": k, "value": v} for k, v in counts.items()] +
+                          [{"count": "archived at", "value": ref}],
+                          key=f"{manifest.kind}-manifest", description="Run accounting")
+    require_balanced(manifest)
+    return ref
+
+
 def summary(results: dict[str, StageResult], messages: dict[str, int]) -> dict[str, Any]:
     stages = {
         name: {
@@ -127,6 +157,9 @@ def sweep(as_of: datetime | None = None, batch_size: int | None = None) -> dict[
     results = run_stages(now, size)
     report = summary(results, dispatch_all(now))
     create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
+    manifest = sweep_manifest(results, now)
+    report["manifest"] = manifest.counts()
+    publish_manifest(manifest)
     get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)
     return report
 

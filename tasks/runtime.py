@@ -19,6 +19,7 @@ class StageResult:
     """Counts a stage reports for one batch; the flow adds them up per run."""
 
     stage: str
+    received: int = 0  # set by the caller from the ids it passed, not by the stage itself
     advanced: int = 0
     held: int = 0
     closed: int = 0
@@ -27,7 +28,7 @@ class StageResult:
     details: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: StageResult) -> None:
-        for name in ("advanced", "held", "closed", "skipped", "quarantined"):
+        for name in ("received", "advanced", "held", "closed", "skipped", "quarantined"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for key, value in other.details.items():
             self.details[key] = self.details.get(key, 0) + value

@@ -287,3 +287,17 @@ class Quarantine(Base):
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | released
     created_at: Mapped[datetime]
     released_at: Mapped[datetime | None]
+
+
+class RunManifest(Base):
+    """What one run received and what became of it; received must equal the accounted sum."""
+
+    __tablename__ = "run_manifests"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)  # ingest-orders | sweep | ...
+    at: Mapped[datetime]
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    balanced: Mapped[bool] = mapped_column(Boolean)
+    ref: Mapped[str | None] = mapped_column(String(500))  # the archived manifest JSON

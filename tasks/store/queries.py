@@ -93,6 +93,7 @@ def _artifacts(session: Session, order_id: int) -> list[dict[str, Any]]:
 
 def report(session: Session) -> dict[str, Any]:
     """Orders by state, holds by reason, messages by status, quarantine by reason."""
+    from tasks.manifest import latest_manifests
     from tasks.verify import reason_codes
 
     holds: Counter[str] = Counter()
@@ -107,6 +108,7 @@ def report(session: Session) -> dict[str, Any]:
         "holds_by_reason": dict(holds.most_common()),
         "messages_by_status": _count_by(session, Message.status),
         "quarantine_by_reason": dict(quarantine.most_common()),
+        "latest_runs": latest_manifests(session),
     }
 
 

@@ -164,3 +164,35 @@ def test_quarantine_show_and_release_with_a_corrected_record(cli, tmp_path):
     assert code == 0 and "already released" in out
     assert json.loads(cli("report", "--json")[1])["orders_by_state"] == {"received": 1}
     assert cli("quarantine", "show", "999")[0] == 2
+
+
+def test_every_run_writes_a_balanced_archived_manifest(cli, flow_env, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    good = (FIXTURES / "orders_shopify.jsonl").read_text()
+    path.write_text(good + good.splitlines()[0] + "\n" + "{broken\n")
+    cli("ingest", "orders", str(path), "--as-of", AS_OF)
+    cli("run", "--as-of", AS_OF)
+
+    runs = json.loads(cli("report", "--json")[1])["latest_runs"]
+    ingest, sweep = runs["ingest-orders"], runs["sweep"]
+    assert {k: ingest[k] for k in ("received", "processed", "quarantined", "duplicates",
+                                   "unexplained")} == {
+        "received": 5, "processed": 3, "quarantined": 1, "duplicates": 1, "unexplained": 0}
+    assert (sweep["received"], sweep["processed"], sweep["unexplained"]) == (9, 9, 0)
+    archived = json.loads(flow_env.runtime().archive.get(sweep["ref"]))
+    assert archived["run_id"] == sweep["run_id"] and archived["unexplained"] == 0
+    assert "/manifests/2026/11/18/sweep/" in sweep["ref"]
+
+
+def test_an_unbalanced_run_is_recorded_and_fails_loudly(engine, runtime, now):
+    from tasks.manifest import Manifest, UnbalancedRun, record_manifest, require_balanced
+    from tasks.store.db import session_scope
+    from tasks.store.queries import report
+
+    books = Manifest("r-1", "sweep", now, received=10, processed=7, quarantined=1, duplicates=1)
+    with session_scope(engine) as session:
+        record_manifest(session, books, runtime.archive)
+    with pytest.raises(UnbalancedRun, match="does not balance"):
+        require_balanced(books)
+    with session_scope(engine) as session:
+        assert report(session)["latest_runs"]["sweep"]["unexplained"] == 1
