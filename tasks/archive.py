@@ -189,9 +189,12 @@ class S3Store(ArtifactStore):
         endpoint_url: str | None = None,
         sse: str | None = None,
         max_attempts: int = 5,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
     ) -> None:
+        """`max_attempts` counts every attempt, the first included; timeouts are in seconds."""
         self.bucket, self.prefix, self.sse = bucket, prefix.strip("/"), sse
-        self.client = _s3_client(endpoint_url, max_attempts)
+        self.client = _s3_client(endpoint_url, max_attempts, connect_timeout, read_timeout)
 
     def ref_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
@@ -242,11 +245,14 @@ class S3Store(ArtifactStore):
         return data, response.get("Metadata", {}).get("sha256")
 
 
-def _s3_client(endpoint_url: str | None, max_attempts: int) -> Any:
+def _s3_client(
+    endpoint_url: str | None, max_attempts: int, connect_timeout: float, read_timeout: float
+) -> Any:
     config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        connect_timeout=5,
-        read_timeout=30,
+        # botocore's `max_attempts` counts retries (N+1 requests); `total_max_attempts` is N.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         # We verify our own SHA-256; the SDK's default CRC checksums trip some S3-compatibles.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -265,9 +271,17 @@ def _s3_errors(what: str) -> Iterator[None]:
         yield
     except ClientError as error:
         message = error.response.get("Error", {}).get("Message", "")
-        raise ArchiveError(f"S3 {what} failed: {_error_code(error)}: {message}") from error
+        attempts = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) + 1
+        after = f" (after {attempts} attempts)" if attempts > 1 else ""
+        text = f"{_error_code(error)}: {message}{after}"
+        raise ArchiveError(_one_line(f"S3 {what} failed: {text}")) from error
     except BotoCoreError as error:
-        raise ArchiveError(f"S3 {what} failed: {error}") from error
+        raise ArchiveError(_one_line(f"S3 {what} failed: {error}")) from error
+
+
+def _one_line(text: str) -> str:
+    """Server-supplied messages may hold newlines; an operator's log line must not."""
+    return " ".join(text.split())
 
 
 def open_store(url: str, settings: Settings) -> ArtifactStore:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from typing import Any, TypeVar
@@ -44,6 +44,9 @@ T = TypeVar("T")
 Key = tuple[str, str]
 
 
+COUNTS = ("received", "accepted", "updated", "duplicates", "quarantined")
+
+
 @dataclass
 class IntakeResult:
     """What became of each record: received = accepted + updated + duplicates + quarantined."""
@@ -53,13 +56,16 @@ class IntakeResult:
     updated: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    # One compact GX validation result per gated chunk, for the run's archive.
+    validations: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def add(self, other: IntakeResult) -> None:
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
+        for name, value in self.as_dict().items():
+            setattr(self, name, value + getattr(other, name))
+        self.validations += other.validations
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in COUNTS}
 
 
 @dataclass
@@ -132,34 +138,46 @@ def _quarantine_row(record: Rejected, now: datetime) -> dict[str, Any]:
 
 
 def ingest_orders(
-    session: Session, items: Iterable[OrderIn | Rejected], now: datetime
+    session: Session,
+    items: Iterable[OrderIn | Rejected],
+    now: datetime,
+    max_failure_rate: float = 1.0,
 ) -> IntakeResult:
-    """Store new orders, apply changes to unconfirmed ones, quarantine the rest."""
+    """Store new orders, apply changes to unconfirmed ones, quarantine the rest.
+
+    Each chunk passes the orders quality gate (Great Expectations) first; a chunk whose
+    failure rate exceeds `max_failure_rate` raises GateFailed before anything is written.
+    """
     result = IntakeResult()
     for chunk in chunks(items, CHUNK):
-        result.add(_ingest_order_chunk(session, chunk, now))
+        result.add(_ingest_order_chunk(session, chunk, now, max_failure_rate))
     return result
 
 
 def _ingest_order_chunk(
-    session: Session, chunk: list[OrderIn | Rejected], now: datetime
+    session: Session, chunk: list[OrderIn | Rejected], now: datetime, max_failure_rate: float
 ) -> IntakeResult:
+    from tasks.quality.gate import as_rejected, gate_orders  # GX loads only when intake runs
+
     rejected = [item for item in chunk if isinstance(item, Rejected)]
     latest = _latest_per_key([item for item in chunk if isinstance(item, OrderIn)])
-    plan = _plan_orders(latest, _existing_orders(session, list(latest)))
+    passed, refused, gate = gate_orders(list(latest.values()), now, max_failure_rate)
+    gated = [as_rejected(order, reasons) for order, reasons in refused]
+    plan = _plan_orders({_key(o): o for o in passed}, _existing_orders(session, list(latest)))
     to_write = [order for order, _ in plan.new] + [order for order, _, _ in plan.changed]
     customer_ids = upsert_customers(session, to_write, now)
     order_ids = _insert_orders(session, plan.new, customer_ids, now)
     order_ids |= _apply_changes(session, plan.changed, customer_ids, now)
     _insert_lines(session, [(order_ids[_key(order)], order) for order in to_write])
     _start_journeys(session, [(order_ids[_key(o)], o.source) for o, _ in plan.new], now)
-    quarantined, known = quarantine_records(session, rejected + plan.locked, now)
+    quarantined, known = quarantine_records(session, rejected + gated + plan.locked, now)
     return IntakeResult(
         received=len(chunk),
         accepted=len(plan.new),
         updated=len(plan.changed),
         duplicates=len(chunk) - len(rejected) - len(latest) + plan.duplicates + known,
         quarantined=quarantined,
+        validations=[gate.to_json()],
     )
 
 
