@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -58,11 +57,13 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         from tasks.intake import IntakeError
         from tasks.intake.release import QuarantineNotFound
+        from tasks.quality.gate import GateFailed
         from tasks.store.queries import OrderNotFound
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, IntakeError, ConfigError, OrderNotFound, QuarantineNotFound) as exc:
+        except (UserError, IntakeError, ConfigError, OrderNotFound, QuarantineNotFound,
+                GateFailed) as exc:
             message = str(exc)
         except ValidationError as exc:  # a JOURNEYS_* setting with a bad value
             first = exc.errors()[0]
@@ -111,25 +112,14 @@ def db_upgrade() -> None:
 
 
 def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
-    """Read a file and ingest it chunk by chunk, one transaction per chunk; then its manifest."""
-    from tasks import intake
-    from tasks.manifest import intake_manifest, record_manifest, require_balanced
-    from tasks.runtime import Runtime
+    """Through the ingest flow: quality gate per batch, one transaction per batch, manifest."""
+    from flows.intake import ingest
+    from tasks.intake import read_orders, read_products
 
-    reader, writer = {
-        "orders": (intake.read_orders, intake.ingest_orders),
-        "products": (intake.read_products, intake.ingest_products),
-    }[kind]
-    total = intake.IntakeResult()
-    engine = app_engine()
-    for chunk in intake.chunks(reader(path, fmt), get_settings().batch_size):
-        with session_scope(engine) as session:
-            total.add(writer(session, chunk, now))
-    manifest = intake_manifest(uuid.uuid4().hex, f"ingest-{kind}", now, total.as_dict())
-    with session_scope(engine) as session:
-        record_manifest(session, manifest, Runtime.from_settings().archive)
-    require_balanced(manifest)
-    return total.as_dict()
+    # Refuse an unreadable file before a flow run (and a Prefect server) is started for it.
+    next(iter({"orders": read_orders, "products": read_products}[kind](path, fmt)), None)
+    app_engine()
+    return ingest(kind, str(path), fmt, now)
 
 
 def show_counts(title: str, counts: dict[str, int], as_json: bool) -> None:

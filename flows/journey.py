@@ -10,24 +10,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from flows.common import app_engine, publish_manifest, runtime
 from tasks.confirm import confirm
-from tasks.manifest import Manifest, record_manifest, require_balanced
+from tasks.manifest import Manifest
 from tasks.messaging.outbox import dispatch
 from tasks.pack import pack
 from tasks.runtime import Runtime, StageResult
-from tasks.store.db import engine_for, session_scope
+from tasks.store.db import session_scope
 from tasks.store.journal import due_order_ids
-from tasks.store.migrate import ensure_schema
 from tasks.store.queries import find_order
 from tasks.verify import verify
 
@@ -35,19 +33,6 @@ StageFn = Callable[[Session, Sequence[int], datetime, Runtime], StageResult]
 
 # The first half of the journey, in order: step name → stage function.
 STAGES: dict[str, StageFn] = {"verify": verify, "pack": pack, "confirm": confirm}
-
-
-@cache
-def runtime() -> Runtime:
-    """Settings and config are read once per process (a worker runs many flows)."""
-    return Runtime.from_settings()
-
-
-@cache
-def app_engine() -> Engine:
-    engine = engine_for(runtime().settings.database_url)
-    ensure_schema(engine)
-    return engine
 
 
 @task(task_run_name="{stage}-batch-{batch_no}", cache_policy=NONE, retries=2, retry_delay_seconds=2)
@@ -110,19 +95,6 @@ def sweep_manifest(results: dict[str, StageResult], now: datetime) -> Manifest:
         manifest.quarantined += r.quarantined
         manifest.deferred += r.skipped
     return manifest
-
-
-@task(cache_policy=NONE)
-def publish_manifest(manifest: Manifest) -> str:
-    """Archive and record the run's books in their own transaction, then insist they balance."""
-    with session_scope(app_engine()) as session:
-        ref = record_manifest(session, manifest, runtime().archive)
-    counts = manifest.counts()
-    create_table_artifact([{"count": k, "value": v} for k, v in counts.items()] +
-                          [{"count": "archived at", "value": ref}],
-                          key=f"{manifest.kind}-manifest", description="Run accounting")
-    require_balanced(manifest)
-    return ref
 
 
 def summary(results: dict[str, StageResult], messages: dict[str, int]) -> dict[str, Any]:

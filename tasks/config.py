@@ -165,6 +165,15 @@ class MessagingConfig(Strict):
     templates: dict[str, TemplateSpec]
 
 
+class QualityConfig(Strict):
+    max_failure_rate: float = Field(default=0.2, ge=0, le=1)
+    min_rows_for_threshold: int = Field(default=20, ge=1)
+
+    def failure_limit(self, rows: int) -> float:
+        """The threshold for a batch of `rows` records (1.0: never fail the whole batch)."""
+        return self.max_failure_rate if rows >= self.min_rows_for_threshold else 1.0
+
+
 class Config(Strict):
     """All business config; `dir` is where it was read from (templates live under it)."""
 
@@ -174,9 +183,10 @@ class Config(Strict):
     packing: PackingConfig
     shipping: ShippingConfig
     messaging: MessagingConfig
+    quality: QualityConfig
 
 
-SECTIONS = ("store", "verification", "packing", "shipping", "messaging")
+SECTIONS = ("store", "verification", "packing", "shipping", "messaging", "quality")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

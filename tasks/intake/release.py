@@ -56,6 +56,8 @@ def release(
         return ReleaseOutcome("still_rejected", [{"field": "_record", "reason": "no record"}])
     if rejected:
         return ReleaseOutcome("still_rejected", [r for item in rejected for r in item.reasons])
+    if entry.kind == "order" and (refused := _gate_reasons(items, now)):
+        return ReleaseOutcome("still_rejected", refused)
     counts = READERS[entry.kind][1](session, items, now).as_dict()
     refused = _not_taken(session, items) if entry.kind == "order" else []
     if refused:
@@ -77,6 +79,14 @@ def _read_record(entry: Quarantine, fixed: Path | None) -> list[Any]:
         path = Path(folder) / f"quarantine-{entry.id}{suffix}"
         path.write_text(entry.payload.rstrip("\n") + "\n", encoding="utf-8")
         return list(reader(path, None))
+
+
+def _gate_reasons(orders: list[Any], now: datetime) -> list[dict[str, Any]]:
+    """The data-quality gate's reasons, checked before intake so nothing is re-quarantined."""
+    from tasks.quality.gate import gate_orders
+
+    _, refused, _ = gate_orders(orders, now, max_failure_rate=1.0)
+    return [reason for _, reasons in refused for reason in reasons]
 
 
 def _not_taken(session: Session, orders: list[Any]) -> list[dict[str, Any]]:

@@ -196,3 +196,59 @@ def test_an_unbalanced_run_is_recorded_and_fails_loudly(engine, runtime, now):
         require_balanced(books)
     with session_scope(engine) as session:
         assert report(session)["latest_runs"]["sweep"]["unexplained"] == 1
+
+
+def _orders_file(tmp_path, name, count, spoil=None):
+    """`count` copies of the first Shopify fixture order with distinct ids; `spoil(i, o)` edits."""
+    base = json.loads((FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0])
+    lines = []
+    for i in range(count):
+        order = json.loads(json.dumps(base)) | {"id": 7000 + i, "name": f"#{7000 + i}"}
+        lines.append(json.dumps(spoil(i, order) if spoil else order))
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_rows_failing_the_quality_gate_are_quarantined_with_the_check(cli, tmp_path):
+    def wrong_total(i, order):
+        return order | {"total_price": "999.99"} if i == 4 else order
+
+    path = _orders_file(tmp_path, "ten.jsonl", 10, wrong_total)
+    counts = json.loads(cli("ingest", "orders", str(path), "--as-of", AS_OF, "--json")[1])
+    assert (counts["accepted"], counts["quarantined"]) == (9, 1)
+    [entry] = json.loads(cli("quarantine", "list", "--json")[1])
+    assert entry["external_id"] == "7004"
+    assert entry["reasons"][0]["field"] == "total_mismatch"
+    assert entry["reasons"][0]["check"] == "expect_column_values_to_be_between"
+
+
+def test_a_batch_over_the_failure_threshold_fails_and_stores_nothing(cli, flow_env, tmp_path):
+    def from_the_future(i, order):
+        return order | {"created_at": "2026-12-24T10:00:00Z"} if i < 6 else order
+
+    path = _orders_file(tmp_path, "future.jsonl", 25, from_the_future)
+    code, out, err = cli("ingest", "orders", str(path), "--as-of", AS_OF)
+    assert code == 2 and out == ""
+    assert err.strip() == ("journeys: orders batch failed the quality gate: 6 of 25 rows (24.0%) "
+                           "failed, above the 20% threshold")
+    report = json.loads(cli("report", "--json")[1])
+    assert report["orders_by_state"] == {} and report["quarantine_by_reason"] == {}
+    archived = list((flow_env.runtime().archive.root / "quality").rglob("*.json"))
+    assert len(archived) == 1
+    assert json.loads(archived[0].read_text())["batches"][0]["stats"]["failed_rows"] == 6
+
+
+def test_release_re_runs_the_quality_gate(cli, tmp_path):
+    def wrong_total(i, order):
+        return order | {"total_price": "999.99"}
+
+    cli("ingest", "orders", str(_orders_file(tmp_path, "one.jsonl", 1, wrong_total)),
+        "--as-of", AS_OF)
+    [entry] = json.loads(cli("quarantine", "list", "--json")[1])
+    code, _, err = cli("quarantine", "release", str(entry["id"]), "--as-of", AS_OF)
+    assert code == 2 and "still rejected: total_mismatch" in err
+    fixed = _orders_file(tmp_path, "fixed.jsonl", 1)
+    code, _, _ = cli("quarantine", "release", str(entry["id"]), "--fixed", str(fixed),
+                     "--as-of", AS_OF)
+    assert code == 0 and json.loads(cli("order", "7000", "--json")[1])["state"] == "received"
