@@ -249,6 +249,39 @@ def describe_run(run: dict[str, Any]) -> str:
             f"+ {run['deferred']} + {run['duplicates']} (unexplained {run['unexplained']})")
 
 
+@app.command("artifacts")
+@user_errors
+def artifacts_cmd(
+    external_id: str,
+    fetch: Annotated[Path | None, typer.Option("--fetch", help="Save verified copies here.")]
+    = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One order's archived documents and messages; --fetch downloads and verifies them."""
+    from tasks.archive import ArchiveError
+    from tasks.runtime import Runtime
+    from tasks.store.queries import find_order, order_artifacts
+
+    with session_scope(app_engine()) as session:
+        items = order_artifacts(session, find_order(session, external_id))
+    if fetch is not None:
+        archive = Runtime.from_settings().archive
+        fetch.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            try:
+                data = archive.get(item["ref"])  # SHA-256 verified on the way back
+            except ArchiveError as exc:
+                raise UserError(str(exc)) from None
+            item["saved_to"] = str(fetch / item["file"])
+            (fetch / item["file"]).write_bytes(data)
+    if as_json:
+        print_json(items)
+        return
+    for item in items:
+        console.print(f"{item['kind']:<14} {item['ref']}" +
+                      (f" -> {item['saved_to']}" if "saved_to" in item else ""))
+
+
 # --- holds ----------------------------------------------------------------------------------
 
 

@@ -91,6 +91,19 @@ def _artifacts(session: Session, order_id: int) -> list[dict[str, Any]]:
     return [{"kind": a.kind, "ref": a.ref, "sha256": a.sha256, "size": a.size} for a in rows]
 
 
+def order_artifacts(session: Session, order: Order) -> list[dict[str, Any]]:
+    """Documents and sent messages of one order, each with a file name to save it under."""
+    documents = [{"kind": a.kind, "ref": a.ref, "sha256": a.sha256, "file": f"{a.kind}.html"}
+                 for a in session.scalars(select(Artifact).where(Artifact.order_id == order.id)
+                                          .order_by(Artifact.id))]
+    messages = [{"kind": f"mail:{m.template}", "ref": m.artifact_ref, "sha256": None,
+                 "file": f"{m.template}-v{m.version}.eml"}
+                for m in session.scalars(select(Message).where(
+                    Message.order_id == order.id, Message.artifact_ref.like("%://%"))
+                    .order_by(Message.id))]
+    return documents + messages
+
+
 def report(session: Session) -> dict[str, Any]:
     """Orders by state, holds by reason, messages by status, quarantine by reason."""
     from tasks.manifest import latest_manifests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -252,3 +253,20 @@ def test_release_re_runs_the_quality_gate(cli, tmp_path):
     code, _, _ = cli("quarantine", "release", str(entry["id"]), "--fixed", str(fixed),
                      "--as-of", AS_OF)
     assert code == 0 and json.loads(cli("order", "7000", "--json")[1])["state"] == "received"
+
+
+def test_artifacts_lists_and_fetches_verified_copies(cli, tmp_path):
+    cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--as-of", AS_OF)
+    cli("run", "--as-of", AS_OF)
+    target = tmp_path / "fetched"
+    code, out, _ = cli("artifacts", "#1001", "--fetch", str(target), "--json")
+    items = json.loads(out)
+    assert code == 0
+    assert sorted(i["kind"] for i in items) == ["invoice", "mail:confirmation", "packing_slip"]
+    assert "Merino Crew Sweater" in (target / "packing_slip.html").read_text()
+    assert b"Message-ID: " in (target / "confirmation-v1.eml").read_bytes()
+    slip = next(i for i in items if i["kind"] == "packing_slip")
+    bundle = Path(slip["ref"].removeprefix("file://").split("#")[0])
+    bundle.write_bytes(b"tampered")
+    code, _, err = cli("artifacts", "#1001", "--fetch", str(tmp_path / "again"))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
