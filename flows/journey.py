@@ -7,13 +7,14 @@ the logic. Running either flow twice changes nothing the second time.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from sqlalchemy.orm import Session
@@ -23,6 +24,7 @@ from tasks.confirm import confirm
 from tasks.manifest import Manifest
 from tasks.messaging.outbox import dispatch
 from tasks.pack import pack
+from tasks.quality.outputs import OutputCheckFailed, check_outbox
 from tasks.runtime import Runtime, StageResult
 from tasks.store.db import session_scope
 from tasks.store.journal import due_order_ids
@@ -97,6 +99,23 @@ def sweep_manifest(results: dict[str, StageResult], now: datetime) -> Manifest:
     return manifest
 
 
+@task(cache_policy=NONE)
+def check_outputs(now: datetime) -> dict[str, Any]:
+    """Validate what this sweep confirmed; archive and publish the result; fail if it is wrong."""
+    with session_scope(app_engine()) as session:
+        result = check_outbox(session, now)
+    run_id = str(flow_run.id or uuid.uuid4())
+    body = json.dumps(result.to_json(), indent=2, sort_keys=True, default=str).encode()
+    ref = runtime().archive.put(f"quality/{now:%Y/%m/%d}/sweep/{run_id}-outbox.json", body,
+                                "application/json")
+    create_table_artifact([{"check": "outbox", "success": result.success, **result.stats}],
+                          key="journey-sweep-output-checks",
+                          description=f"Great Expectations output checks, archived at {ref}")
+    if not result.success:
+        raise OutputCheckFailed(f"outbox check failed: {result.to_json()['expectations']}")
+    return result.stats
+
+
 def summary(results: dict[str, StageResult], messages: dict[str, int]) -> dict[str, Any]:
     stages = {
         name: {
@@ -132,6 +151,8 @@ def sweep(as_of: datetime | None = None, batch_size: int | None = None) -> dict[
     manifest = sweep_manifest(results, now)
     report["manifest"] = manifest.counts()
     publish_manifest(manifest)
+    if results["confirm"].advanced:
+        report["output_checks"] = check_outputs(now)
     get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)
     return report
 

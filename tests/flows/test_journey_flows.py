@@ -39,6 +39,8 @@ def test_shopify_orders_journey_to_a_sent_confirmation(engine, flow_env, now, tm
 
     assert report["stages"]["confirm"]["advanced"] == 3
     assert report["messages"]["sent"] == 3
+    assert report["output_checks"]["rows"] == 3 and report["output_checks"]["failed_rows"] == 0
+    assert report["manifest"]["unexplained"] == 0
     with session_scope(engine) as session:
         order = session.scalars(select(Order).where(Order.external_id == "5432100001")).one()
         assert order.state == "confirmed" and order.promised_delivery is not None
