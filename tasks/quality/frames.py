@@ -86,3 +86,20 @@ def outbox_frame(
 
 def _lower(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
+
+
+def ledger_frame(entries: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Ledger entries plus, per row, its customer's approved balance and its order's reversal
+    excess (points reversed beyond what the order earned; must be <= 0).
+
+    Entry fields: source_key, customer_id, order_id, kind (earn | reverse | redeem ...),
+    status (pending | approved), points (signed).
+    """
+    frame = pd.DataFrame(list(entries), columns=["source_key", "customer_id", "order_id",
+                                                  "kind", "status", "points"])
+    approved = frame["points"].where(frame["status"] == "approved", 0)
+    frame["approved_balance"] = approved.groupby(frame["customer_id"]).transform("sum")
+    earned = frame["points"].where(frame["kind"] == "earn", 0).groupby(frame["order_id"])
+    reversed_ = (-frame["points"]).where(frame["kind"] == "reverse", 0).groupby(frame["order_id"])
+    frame["reversal_excess"] = reversed_.transform("sum") - earned.transform("sum")
+    return frame

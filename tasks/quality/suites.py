@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "expectations"
-KINDS = ("orders", "tracking_events", "feedback", "outbox")
+KINDS = ("orders", "tracking_events", "feedback", "outbox", "ledger")
 SPEC_KEYS = {"expectation", "kwargs", "meta"}
 
 
