@@ -59,7 +59,7 @@ def run_demo(orders: int, seed: int, console: Console) -> None:
         examples = example_orders(session)
     show_summary(console, products, intake, result, totals, order_file)
     for state, external_id in examples.items():
-        console.print(f"  a {state} order: journeys order {external_id}")
+        console.print(f"  {state.replace('_', ' ')}, e.g.: journeys order {external_id}")
 
 
 def example_orders(session) -> dict[str, str]:
