@@ -102,6 +102,9 @@ class Customer(Base):
     locale: Mapped[str | None] = mapped_column(String(20))
     timezone: Mapped[str | None] = mapped_column(String(64))
     birthday: Mapped[date | None] = mapped_column(Date)
+    birthday_captured_at: Mapped[datetime | None]  # offers skip birthdays told < 30 days ahead
+    loyalty_enrolled_at: Mapped[datetime | None]
+    loyalty_tier: Mapped[str | None] = mapped_column(String(30))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -159,6 +162,8 @@ class Order(Base):
     state: Mapped[str] = mapped_column(String(30))
     hold_reason: Mapped[str | None] = mapped_column(String(500))
     promised_delivery: Mapped[date | None] = mapped_column(Date)
+    shipped_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
     packing: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     stock_reserved: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime]
@@ -240,6 +245,9 @@ class Message(Base):
     version: Mapped[int] = mapped_column(Integer)
     msg_class: Mapped[str] = mapped_column(String(20))  # transactional | marketing
     priority: Mapped[int] = mapped_column(Integer, default=50)
+    # What the message is about beyond the order (a SKU, a category): caps such as "one review
+    # request per product per 12 months" are counted on it.
+    topic: Mapped[str | None] = mapped_column(String(100))
     to_addr: Mapped[str] = mapped_column(String(320))
     message_id: Mapped[str] = mapped_column(String(200))  # RFC 5322 Message-ID, stable
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -301,3 +309,109 @@ class RunManifest(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     balanced: Mapped[bool] = mapped_column(Boolean)
     ref: Mapped[str | None] = mapped_column(String(500))  # the archived manifest JSON
+
+
+class Shipment(Base):
+    """One parcel of an order; an order is delivered when all its shipments are."""
+
+    __tablename__ = "shipments"
+    __table_args__ = (UniqueConstraint("tracking_number", "carrier"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    carrier: Mapped[str] = mapped_column(String(60))  # AfterShip slug, e.g. ups, dhl
+    tracking_number: Mapped[str] = mapped_column(String(100), index=True)
+    tracking_url: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(30))  # AfterShip tag: InTransit, Delivered ...
+    substatus: Mapped[str | None] = mapped_column(String(40))  # e.g. Exception_011
+    expected_delivery: Mapped[date | None] = mapped_column(Date)
+    line_items: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    status_at: Mapped[datetime | None]  # time of the event that set `status`
+    shipped_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class TrackingEvent(Base):
+    """Every tracking event received, kept for the timeline even when stale or out of order."""
+
+    __tablename__ = "tracking_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(100), unique=True)
+    shipment_id: Mapped[int] = mapped_column(
+        ForeignKey("shipments.id", ondelete="CASCADE"), index=True
+    )
+    tag: Mapped[str] = mapped_column(String(30))
+    subtag: Mapped[str | None] = mapped_column(String(40))
+    message: Mapped[str | None] = mapped_column(String(500))
+    location: Mapped[str | None] = mapped_column(String(200))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    applied: Mapped[bool] = mapped_column(Boolean)  # False: stale, never moved the shipment
+
+
+class Suppression(Base):
+    """Addresses we must not mail marketing (or anything, for bounces): hashed, kept forever."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of lower(email)
+    reason: Mapped[str] = mapped_column(String(30))  # unsubscribe | bounce | complaint | erasure
+    source: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+
+
+class FeedbackResponse(Base):
+    """A customer's delivery survey answer."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    received_at: Mapped[datetime]
+
+
+class ServiceCase(Base):
+    """Service recovery for one order: a proposal, then an operator's decision."""
+
+    __tablename__ = "service_cases"
+    __table_args__ = (Index(None, "status"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    effect_key: Mapped[str] = mapped_column(String(200), unique=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[str] = mapped_column(String(200))
+    proposed: Mapped[str] = mapped_column(String(30))  # replacement | refund | keep_with_credit
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | resolved
+    decision: Mapped[str | None] = mapped_column(String(30))
+    refund_amount: Mapped[Decimal | None]
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+
+
+class LoyaltyEntry(Base):
+    """The append-only points ledger; a reversal is a new entry, never an edit."""
+
+    __tablename__ = "loyalty_ledger"
+    __table_args__ = (Index(None, "customer_id", "status"), Index(None, "status", "available_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(20))  # earn | reverse | approve | adjust
+    points: Mapped[int] = mapped_column(Integer)  # signed
+    status: Mapped[str] = mapped_column(String(20))  # pending | approved
+    rule_version: Mapped[str] = mapped_column(String(30))
+    basis: Mapped[Decimal | None]  # the money the points were computed on
+    available_at: Mapped[datetime | None]  # pending → approved when the return window closes
+    created_at: Mapped[datetime]
