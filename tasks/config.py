@@ -6,7 +6,7 @@ from datetime import date, time
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -218,3 +218,20 @@ def load_config(config_dir: Path) -> Config:
         except ValidationError as exc:
             raise ConfigError(_describe(exc, path)) from exc
     return Config(dir=config_dir, **sections)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def section(cfg: Config, name: str, model: type[T]) -> T:
+    """A further config file (configs/<name>.yaml) validated by the module that owns it."""
+    return _load_section(cfg.dir, name, model)
+
+
+@lru_cache(maxsize=32)
+def _load_section(config_dir: Path, name: str, model: type[T]) -> T:
+    path = config_dir / f"{name}.yaml"
+    try:
+        return model.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
