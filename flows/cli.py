@@ -20,6 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import ArgumentError
 
 from tasks.config import ConfigError
+from tasks.runtime import Runtime
 from tasks.settings import get_settings
 from tasks.store.db import engine_for, session_scope
 from tasks.store.migrate import ensure_schema, upgrade
@@ -29,10 +30,12 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Load catalog and orders from files.")
 hold_app = typer.Typer(no_args_is_help=True, help="Orders on hold: list, release, cancel.")
 quarantine_app = typer.Typer(no_args_is_help=True, help="Records that could not be accepted.")
+case_app = typer.Typer(no_args_is_help=True, help="Service cases: list and decide.")
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(hold_app, name="hold")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(case_app, name="case")
 
 console = Console(markup=False)  # customer text like "[/x]" must print as-is, never as markup
 T = TypeVar("T")
@@ -113,11 +116,10 @@ def db_upgrade() -> None:
 
 def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
     """Through the ingest flow: quality gate per batch, one transaction per batch, manifest."""
-    from flows.intake import ingest
-    from tasks.intake import read_orders, read_products
+    from flows.intake import ingest, read
 
     # Refuse an unreadable file before a flow run (and a Prefect server) is started for it.
-    next(iter({"orders": read_orders, "products": read_products}[kind](path, fmt)), None)
+    next(iter(read(kind, path, fmt)), None)
     app_engine()
     return ingest(kind, str(path), fmt, now)
 
@@ -153,17 +155,51 @@ def ingest_products_cmd(
     show_counts(f"products from {path}", counts, as_json)
 
 
+@ingest_app.command("shipments")
+@user_errors
+def ingest_shipments_cmd(
+    path: Path, fmt: FormatOpt = None, as_of: AsOfOpt = None, as_json: JsonFlag = False
+) -> None:
+    """Ingest shipments: Shopify fulfillments (or orders with fulfillments[]) or canonical."""
+    counts = ingest_file("shipments", path, fmt, parse_instant(as_of))
+    show_counts(f"shipments from {path}", counts, as_json)
+
+
+@ingest_app.command("events")
+@user_errors
+def ingest_events_cmd(
+    path: Path, fmt: FormatOpt = None, as_of: AsOfOpt = None, as_json: JsonFlag = False
+) -> None:
+    """Ingest tracking events: AfterShip webhook bodies or canonical events (JSON Lines)."""
+    counts = ingest_file("events", path, fmt, parse_instant(as_of))
+    show_counts(f"tracking events from {path}", counts, as_json)
+
+
+@ingest_app.command("feedback")
+@user_errors
+def ingest_feedback_cmd(path: Path, as_of: AsOfOpt = None, as_json: JsonFlag = False) -> None:
+    """Ingest delivery-survey answers (JSON Lines); low ratings and issues open service cases."""
+    counts = ingest_file("feedback", path, None, parse_instant(as_of))
+    show_counts(f"feedback from {path}", counts, as_json)
+
+
 # --- run, order, report -----------------------------------------------------------------------
 
 
 @app.command("run")
 @user_errors
-def run_cmd(as_of: AsOfOpt = None, as_json: JsonFlag = False) -> None:
+def run_cmd(
+    as_of: AsOfOpt = None,
+    daily: Annotated[bool, typer.Option("--daily", help="Also the daily work: late-parcel "
+                                        "watch, birthday offers, loyalty tiers.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Advance all due work as of an instant (default now), through the Prefect sweep flow."""
-    from flows.journey import sweep
+    from flows import journey
 
     app_engine()
-    result = sweep(as_of=parse_instant(as_of))
+    run = journey.daily if daily else journey.sweep
+    result = run(as_of=parse_instant(as_of))
     if as_json:
         print_json(result)
     else:
@@ -239,8 +275,17 @@ def show_report(data: dict[str, dict[str, Any]]) -> None:
         table.add_column("key")
         table.add_column("count", justify="right")
         for key, count in counts.items():
-            table.add_row(key, describe_run(count) if isinstance(count, dict) else str(count))
+            table.add_row(key, describe(count))
         console.print(table)
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, dict) and "unexplained" in value:
+        return describe_run(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in value.items())
+    return str(value)
 
 
 def describe_run(run: dict[str, Any]) -> str:
@@ -404,6 +449,79 @@ def quarantine_release(
         reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in outcome.reasons)
         raise UserError(f"quarantine entry {entry_id} still rejected: {reasons}")
     console.print(f"quarantine entry {entry_id}: {outcome.status.replace('_', ' ')}")
+
+
+# --- service cases -----------------------------------------------------------------------------
+
+
+@case_app.command("list")
+@user_errors
+def case_list(as_json: JsonFlag = False) -> None:
+    """Open service cases with their proposed resolution."""
+    from tasks.aftercare.service import open_cases
+
+    with session_scope(app_engine()) as session:
+        cases = open_cases(session)
+    if as_json:
+        print_json(cases)
+        return
+    table = Table(title=f"{len(cases)} open service cases")
+    for column in cases[0] if cases else ("id",):
+        table.add_column(column)
+    for case in cases:
+        table.add_row(*(str(value) for value in case.values()))
+    console.print(table)
+
+
+@case_app.command("decide")
+@user_errors
+def case_decide(
+    case_id: int,
+    decision: Annotated[str, typer.Option("--decision",
+                                          help="replacement | refund | keep_with_credit")],
+    note: NoteOpt = "",
+    refund: Annotated[str | None, typer.Option("--refund", help="Refund amount (refund only; "
+                                               "default the order total).")] = None,
+    by: ActorOpt = "",
+) -> None:
+    """Decide a case: the customer is told, and a refund reverses the order's points exactly."""
+    from decimal import Decimal, InvalidOperation
+
+    from tasks import loyalty
+    from tasks.aftercare.service import ServiceError, decide_case
+
+    try:
+        amount = Decimal(refund) if refund is not None else None
+    except InvalidOperation:
+        raise UserError(f"--refund {refund!r} is not an amount") from None
+    rt, now = Runtime.from_settings(), datetime.now(UTC)
+    with session_scope(app_engine()) as session:
+        try:
+            actor = by or os.environ.get("USER", "operator")
+            outcome = decide_case(session, case_id, decision, actor, note, now, rt,
+                                  refund_amount=amount)
+        except ServiceError as exc:
+            raise UserError(str(exc)) from None
+        if outcome.refund:
+            refund_entry = loyalty.Refund(outcome.refund.order_id, outcome.refund.amount,
+                                          outcome.refund.source_key)
+            loyalty.reverse_refunds(session, [refund_entry], now, rt)
+    console.print(f"case {case_id}: {outcome.decision}" + ("" if outcome.changed
+                                                           else " (already decided)"))
+
+
+@app.command("unsubscribe")
+@user_errors
+def unsubscribe_cmd(token: str) -> None:
+    """Suppress the address a signed unsubscribe link belongs to (what the web hook does)."""
+    from tasks.messaging.unsubscribe import UnsubscribeError, unsubscribe
+
+    with session_scope(app_engine()) as session:
+        try:
+            address = unsubscribe(session, token, datetime.now(UTC), source="cli")
+        except UnsubscribeError as exc:
+            raise UserError(str(exc)) from None
+    console.print(f"unsubscribed {address}")
 
 
 # --- demo -------------------------------------------------------------------------------------

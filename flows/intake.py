@@ -19,8 +19,34 @@ from tasks.manifest import intake_manifest
 from tasks.quality.gate import GateFailed
 from tasks.store.db import session_scope
 
-READERS = {"orders": intake.read_orders, "products": intake.read_products}
-WRITERS = {"orders": intake.ingest_orders, "products": intake.ingest_products}
+KINDS = ("orders", "products", "shipments", "events", "feedback")
+
+
+def read(kind: str, path: Path, fmt: str | None):
+    """The reader for a kind of input; each detects its format unless `fmt` is given."""
+    from tasks.aftercare.feedback import read_feedback
+    from tasks.tracking.formats import read_events, read_shipments
+
+    readers = {"orders": intake.read_orders, "products": intake.read_products,
+               "shipments": read_shipments, "events": read_events,
+               "feedback": lambda p, _fmt: read_feedback(p)}
+    return readers[kind](path, fmt)
+
+
+def write(kind: str, session, records: list[Any], now: datetime) -> intake.IntakeResult:
+    """Store one batch of a kind (orders pass the quality gate first)."""
+    from tasks.aftercare.feedback import ingest_feedback
+    from tasks.tracking.ingest import ingest_events, ingest_shipments
+
+    rt = runtime()
+    if kind == "orders":
+        limit = rt.config.quality.failure_limit(len(records))
+        return intake.ingest_orders(session, records, now, max_failure_rate=limit)
+    writers = {"products": lambda: intake.ingest_products(session, records, now),
+               "shipments": lambda: ingest_shipments(session, records, now, rt.config),
+               "events": lambda: ingest_events(session, records, now),
+               "feedback": lambda: ingest_feedback(session, records, now, rt)}
+    return writers[kind]()
 
 
 @task(task_run_name="ingest-{kind}-batch-{batch_no}", cache_policy=NONE)
@@ -29,10 +55,7 @@ def ingest_batch(
 ) -> intake.IntakeResult:
     """One batch in one transaction; a batch failing the quality gate stores nothing."""
     with session_scope(app_engine()) as session:
-        if kind == "orders":
-            limit = runtime().config.quality.failure_limit(len(records))
-            return intake.ingest_orders(session, records, now, max_failure_rate=limit)
-        return intake.ingest_products(session, records, now)
+        return write(kind, session, records, now)
 
 
 def archive_validations(run_id: str, kind: str, now: datetime, result: intake.IntakeResult) -> str:
@@ -53,10 +76,10 @@ def publish_validations(kind: str, result: intake.IntakeResult, ref: str) -> Non
 @flow(name="ingest")
 def ingest(kind: str, path: str, fmt: str | None = None, as_of: datetime | None = None
            ) -> dict[str, int]:
-    """Ingest `orders` or `products` from a file; prints nothing, returns the counts."""
+    """Ingest orders, products, shipments, tracking events or feedback from a file."""
     now = as_of or datetime.now(UTC)
     total = intake.IntakeResult()
-    records = READERS[kind](Path(path), fmt)
+    records = read(kind, Path(path), fmt)
     size = runtime().settings.batch_size
     run_id = str(flow_run.id or uuid.uuid4())
     for batch_no, batch in enumerate(intake.chunks(records, size), start=1):

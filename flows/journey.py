@@ -20,6 +20,10 @@ from prefect.runtime import flow_run
 from sqlalchemy.orm import Session
 
 from flows.common import app_engine, publish_manifest, runtime
+from tasks import loyalty
+from tasks.aftercare.feedback import feedback_request
+from tasks.aftercare.followups import birthday_offers, care_guide, cross_sell, replenishment
+from tasks.aftercare.reviews import review_request
 from tasks.confirm import confirm
 from tasks.manifest import Manifest
 from tasks.messaging.outbox import dispatch
@@ -29,12 +33,20 @@ from tasks.runtime import Runtime, StageResult
 from tasks.store.db import session_scope
 from tasks.store.journal import due_order_ids
 from tasks.store.queries import find_order
+from tasks.tracking.stage import delay_watch_ids, late_cases, track
 from tasks.verify import verify
 
 StageFn = Callable[[Session, Sequence[int], datetime, Runtime], StageResult]
 
-# The first half of the journey, in order: step name → stage function.
-STAGES: dict[str, StageFn] = {"verify": verify, "pack": pack, "confirm": confirm}
+# The journey, in order: step name → stage function. A step is a row with a due time; each
+# sweep runs whatever is due, so time-based steps (feedback after 2 days ...) need no waiting.
+STAGES: dict[str, StageFn] = {
+    "verify": verify, "pack": pack, "confirm": confirm,
+    "track": track, "open_late_case": late_cases,
+    "loyalty_earn": loyalty.earn, "loyalty_approve": loyalty.approve,
+    "feedback_request": feedback_request, "review_request": review_request,
+    "care_guide": care_guide, "cross_sell": cross_sell, "replenishment": replenishment,
+}
 
 
 @task(task_run_name="{stage}-batch-{batch_no}", cache_policy=NONE, retries=2, retry_delay_seconds=2)
@@ -154,6 +166,62 @@ def sweep(as_of: datetime | None = None, batch_size: int | None = None) -> dict[
     if results["confirm"].advanced:
         report["output_checks"] = check_outputs(now)
     get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)
+    return report
+
+
+def paged(query, size: int):
+    """Batches from `query(session, size, after_id)`, paging by id until it returns nothing."""
+    after_id = 0
+    while True:
+        with session_scope(app_engine()) as session:
+            ids = query(session, size, after_id)
+        if not ids:
+            return
+        yield ids
+        after_id = ids[-1]
+
+
+@task(task_run_name="{name}-batch-{batch_no}", cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def run_customer_batch(name: str, batch_no: int, customer_ids: list[int], now: datetime
+                       ) -> StageResult:
+    """Customer-level daily work (tiers) over one batch, in one transaction."""
+    with session_scope(app_engine()) as session:
+        result = loyalty.update_tiers(session, customer_ids, now, runtime())
+    result.received = len(customer_ids)
+    return result
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def send_birthday_offers(now: datetime) -> StageResult:
+    with session_scope(app_engine()) as session:
+        return birthday_offers(session, now, runtime())
+
+
+def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
+    """What only a daily run needs: late parcels without news, birthdays, tiers."""
+    timezone = runtime().config.store.timezone
+    results = {"delay_watch": StageResult("track"), "tiers": StageResult("tiers")}
+
+    def delayed(session, limit, after_id):
+        return delay_watch_ids(session, now, limit, timezone, after_id=after_id)
+
+    for batch_no, ids in enumerate(paged(delayed, size), start=1):
+        results["delay_watch"].add(run_stage_batch("track", batch_no, ids, now))
+    results["birthday"] = send_birthday_offers(now)
+    for batch_no, ids in enumerate(paged(loyalty.customers_with_points, size), start=1):
+        results["tiers"].add(run_customer_batch("tiers", batch_no, ids, now))
+    return results
+
+
+@flow(name="journey-daily", log_prints=True)
+def daily(as_of: datetime | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """The daily run: late-parcel watch, birthday offers and loyalty tiers, then a full sweep."""
+    now = as_of or datetime.now(UTC)
+    size = batch_size or runtime().settings.batch_size
+    extras = daily_work(now, size)
+    report = sweep(as_of=now, batch_size=size)
+    report["daily"] = {name: {"advanced": r.advanced, "skipped": r.skipped, "details": r.details}
+                       for name, r in extras.items()}
     return report
 
 

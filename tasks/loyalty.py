@@ -769,3 +769,10 @@ def tier_message(
         "topic": "loyalty", "to_addr": customer.email,
         "message_id": message_id_for(key, domain), "context": context, "not_before": now,
     }
+
+
+def customers_with_points(session: Session, limit: int, after_id: int = 0) -> list[int]:
+    """Customers with any ledger entry, by id after `after_id` (for the daily tier refresh)."""
+    query = (select(LoyaltyEntry.customer_id).where(LoyaltyEntry.customer_id > after_id)
+             .distinct().order_by(LoyaltyEntry.customer_id).limit(limit))
+    return list(session.scalars(query))

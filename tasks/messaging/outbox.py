@@ -2,7 +2,9 @@
 
 Transactional mail is at-least-once: a temporary failure or an unknown outcome leaves the row
 pending, and a resend carries the same Message-ID. Marketing mail is at-most-once: an unknown
-outcome is recorded as such and never resent.
+outcome is recorded as such and never resent. Before anything is rendered, the governor
+(tasks/messaging/governor.py) decides what of the claimed batch may go now; marketing mail
+carries a signed unsubscribe link and RFC 8058 one-click headers.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tasks.config import Config, TemplateSpec
+from tasks.messaging.governor import govern, record_decision
 from tasks.messaging.render import Rendered, one_line, renderer_for
 from tasks.messaging.transports import WIRE_POLICY, OutgoingMail, SendOutcome
+from tasks.messaging.unsubscribe import unsubscribe_url
 from tasks.runtime import Runtime
 from tasks.store.db import is_postgres
 from tasks.store.journal import insert_ignoring_duplicates
@@ -42,9 +46,13 @@ class DispatchResult:
     failed: int = 0
     deferred: int = 0
     unknown: int = 0
+    skipped: int = 0  # by the governor: suppressed or no consent
+    expired: int = 0  # by the governor: held past the message's expiry
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The four send outcomes always; the governor's skipped/expired when there were any."""
+        counts = asdict(self)
+        return {k: v for k, v in counts.items() if v or k not in ("skipped", "expired")}
 
 
 # --- enqueue ------------------------------------------------------------------------------
@@ -101,11 +109,17 @@ def dispatch(
     rows = claim_due_messages(session, now, limit, order_ids)
     if not rows:
         return DispatchResult()
-    outgoing, outcomes = prepare_mails(rows, now, rt.config)
-    # The governor (consent, caps, quiet hours) will filter `outgoing` here, before sending.
-    sent = rt.transport.send_batch(outgoing)
+    decision = govern(session, rows, now, rt)
+    record_decision(session, decision)
+    admitted = decision.admitted
+    links = {r.id: unsubscribe_url(r.to_addr, rt) for r in admitted if r.msg_class == MARKETING}
+    outgoing, outcomes = prepare_mails(admitted, now, rt.config, links)
+    sent = rt.transport.send_batch(outgoing) if outgoing else []
     outcomes.update({mail.row_id: outcome for mail, outcome in zip(outgoing, sent, strict=True)})
-    return record_outcomes(session, rows, outcomes, now)
+    result = record_outcomes(session, admitted, outcomes, now)
+    for name, count in decision.counts().items():
+        setattr(result, name, getattr(result, name) + count)
+    return result
 
 
 def claim_due_messages(
@@ -127,20 +141,44 @@ def claim_due_messages(
 
 
 def prepare_mails(
-    rows: Sequence[Row[Any]], now: datetime, cfg: Config
+    rows: Sequence[Row[Any]],
+    now: datetime,
+    cfg: Config,
+    unsubscribe_links: Mapping[int, str] | None = None,
 ) -> tuple[list[OutgoingMail], dict[int, SendOutcome]]:
-    """Render and build each mail; a message that cannot be built fails alone, with why."""
+    """Render and build each mail; a message that cannot be built fails alone, with why.
+
+    A row with an unsubscribe link (marketing) gets it as `unsubscribe_url` in its render
+    context and in its List-Unsubscribe header.
+    """
     renderer = renderer_for(cfg)
+    links = unsubscribe_links or {}
     outgoing: list[OutgoingMail] = []
     failures: dict[int, SendOutcome] = {}
     for row in rows:
         try:
-            rendered = renderer.render(row.template, row.context)
-            outgoing.append(build_mail(row, rendered, now, cfg))
+            link = links.get(row.id)
+            context = {**row.context, "unsubscribe_url": link} if link else row.context
+            rendered = renderer.render(row.template, context)
+            outgoing.append(build_mail(row, rendered, now, cfg, link))
         except (TemplateError, LookupError, ValueError, MessageError, AttributeError) as exc:
             reason = f"cannot build: {type(exc).__name__}: {exc}"
             failures[row.id] = SendOutcome("failed", reason[:500])
     return outgoing, failures
+
+
+class UnfoldedHeader(str):
+    """A header written on one line as is (a long URL must not become an RFC 2047 word)."""
+
+    def __new__(cls, name: str, value: str) -> UnfoldedHeader:
+        header = super().__new__(cls, clean_header(value))
+        header.name = name
+        return header
+
+    name: str
+
+    def fold(self, *, policy: Any) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
 
 
 def clean_header(value: str) -> str:
@@ -148,8 +186,13 @@ def clean_header(value: str) -> str:
     return one_line(value).replace("=?", "= ?")
 
 
-def build_mail(row: Row[Any], rendered: Rendered, now: datetime, cfg: Config) -> OutgoingMail:
-    """multipart/alternative (text, html) with sanitised headers and the stored Message-ID."""
+def build_mail(
+    row: Row[Any], rendered: Rendered, now: datetime, cfg: Config, unsubscribe: str | None = None
+) -> OutgoingMail:
+    """multipart/alternative (text, html) with sanitised headers and the stored Message-ID.
+
+    With an `unsubscribe` URL (marketing mail): List-Unsubscribe and RFC 8058 one-click headers.
+    """
     messaging, store = cfg.messaging, cfg.store
     customer_name = (row.context.get("customer") or {}).get("name") or ""
     email = EmailMessage(policy=WIRE_POLICY)
@@ -161,6 +204,9 @@ def build_mail(row: Row[Any], rendered: Rendered, now: datetime, cfg: Config) ->
     email["Subject"] = clean_header(rendered.subject)
     email["Date"] = format_datetime(now)
     email["Message-ID"] = row.message_id
+    if unsubscribe:
+        email["List-Unsubscribe"] = UnfoldedHeader("List-Unsubscribe", f"<{unsubscribe}>")
+        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     email.set_content(rendered.text)
     email.add_alternative(rendered.html, subtype="html")
     return OutgoingMail(row.id, row.effect_key, messaging.from_address, recipient.addr_spec, email)
@@ -200,6 +246,8 @@ def record_outcomes(
 ) -> DispatchResult:
     """One executemany UPDATE for the whole batch; counts by the status each row ended in."""
     values = [_update_values(row, outcomes[row.id], now) for row in rows]
+    if not values:
+        return DispatchResult()
     table = Message.__table__
     statement = (
         update(table)

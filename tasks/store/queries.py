@@ -106,6 +106,8 @@ def order_artifacts(session: Session, order: Order) -> list[dict[str, Any]]:
 
 def report(session: Session) -> dict[str, Any]:
     """Orders by state, holds by reason, messages by status, quarantine by reason."""
+    from tasks.aftercare.reviews import review_rates_by_rating
+    from tasks.loyalty import liability
     from tasks.manifest import latest_manifests
     from tasks.verify import reason_codes
 
@@ -121,6 +123,10 @@ def report(session: Session) -> dict[str, Any]:
         "holds_by_reason": dict(holds.most_common()),
         "messages_by_status": _count_by(session, Message.status),
         "quarantine_by_reason": dict(quarantine.most_common()),
+        "points_liability": liability(session),
+        "review_requests_by_rating": {
+            str(rating): rates for rating, rates in review_rates_by_rating(session).items()
+        },
         "latest_runs": latest_manifests(session),
     }
 

@@ -17,6 +17,7 @@ from tasks.runtime import Runtime
 from tasks.store.db import session_scope
 from tasks.store.models import Message
 from tests.conftest import FIXTURES
+from tests.factories import add_customer
 from tests.fixtures_smtp import free_port
 
 DOMAIN = "northwind.example"
@@ -38,8 +39,13 @@ def queue(engine, now, to_addr: str, msg_class: str = "transactional", **ctx: An
     """One pending outbox row (no order needed); returns its effect key."""
     key = f"test:{to_addr}:{msg_class}"
     data = ctx.pop("data", None) or context(**ctx)
+    customer_id = None
+    if msg_class == "marketing":  # the governor sends marketing only with consent, by day
+        with session_scope(engine) as session:
+            customer_id = add_customer(session, now, to_addr, accepts_marketing=True,
+                                       timezone="Europe/Berlin").id
     row = {
-        "effect_key": key, "order_id": None, "customer_id": None, "template": "confirmation",
+        "effect_key": key, "order_id": None, "customer_id": customer_id, "template": "confirmation",
         "version": 1, "msg_class": msg_class, "priority": 10, "to_addr": to_addr,
         "message_id": message_id_for(key, DOMAIN), "context": data, "not_before": now,
     }

@@ -1,0 +1,454 @@
+"""Value-add follow-ups after delivery (marketing): care guide, cross-sell, replenishment and
+the yearly birthday offer.
+
+The product rules live here (which guide, which picks, when a consumable runs out, whose
+birthday it is); consent, suppression, frequency caps and quiet hours are applied by the
+governor at send time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta
+from itertools import chain, zip_longest
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import extract, select
+from sqlalchemy.orm import Session
+
+from tasks.aftercare import (
+    AftercareConfig,
+    CareGuide,
+    aftercare_config,
+    base_context,
+    close_missing,
+    delivered_orders,
+    finish_steps,
+    keyed_message,
+    mail_domain,
+    reschedule_steps,
+)
+from tasks.config import Config
+from tasks.confirm import store_context
+from tasks.messaging.outbox import enqueue, message_id_for
+from tasks.runtime import Runtime, StageResult
+from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase
+
+CARE, CROSS, REPLENISH, BIRTHDAY = "care_guide", "cross_sell", "replenishment", "birthday"
+
+
+# ---------------------------------------------------------------- shared lookups
+
+
+def products_of(session: Session, orders: Sequence[Order]) -> dict[str, Product]:
+    """The catalog entries of the batch's lines, by SKU: one query."""
+    skus = {line.sku for order in orders for line in order.lines if line.sku}
+    if not skus:
+        return {}
+    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+
+
+def sent_topics(
+    session: Session, template: str, orders: Sequence[Order]
+) -> set[tuple[int, str | None]]:
+    """(customer, topic) pairs this template already went to through other orders."""
+    customers = {o.customer_id for o in orders}
+    if not customers:
+        return set()
+    query = select(Message.customer_id, Message.topic).where(
+        Message.template == template, Message.customer_id.in_(customers),
+        Message.order_id.not_in([o.id for o in orders]),
+    )
+    return {(c, t) for c, t in session.execute(query)}
+
+
+def per_key(cfg: Config, order: Order, step: str, topic: str) -> str:
+    """One message per order and topic (a category, a SKU)."""
+    return f"order:{order.id}:{step}:{topic}:v{cfg.messaging.templates[step].version}"
+
+
+def product_context(product: Product | None, line: OrderLine, cfg: Config) -> dict[str, Any]:
+    sku = line.sku or ""
+    return {"sku": sku, "title": product.title if product else line.title,
+            "url": f"{cfg.store.links_base_url.rstrip('/')}/products/{sku}"}
+
+
+def _finish(
+    session: Session, step: str, order_ids: Sequence[int], orders: Sequence[Order],
+    reasons: dict[int, str | None], now: datetime,
+) -> int:
+    """Mark the step done for the orders handled (with a reason if nothing was sent)."""
+    finish_steps(session, step, {o.id: reasons.get(o.id) for o in orders}, now)
+    return close_missing(session, step, order_ids, [o.id for o in orders], now)
+
+
+# ---------------------------------------------------------------- care guide
+
+
+def guide_for(
+    product: Product | None, cfg: AftercareConfig
+) -> tuple[str, CareGuide] | None:
+    """(topic, guide): the product's own care_guide attribute, else its category's guide.
+
+    The attribute may name another guide in the config (text) or override fields (object).
+    """
+    attributes = (product.attributes or {}) if product else {}
+    override = attributes.get("care_guide")
+    category = product.category if product else None
+    if isinstance(override, str) and override in cfg.care_guides:
+        return override, cfg.care_guides[override]
+    if isinstance(override, dict) and product is not None:
+        base = cfg.care_guides.get(category or "")
+        fields = {**(base.model_dump() if base else {}), **override}
+        if {"title", "body"} <= set(fields):
+            return f"sku:{product.sku}", CareGuide.model_validate(fields)
+    if category in cfg.care_guides:
+        return category, cfg.care_guides[category]  # type: ignore[return-value]
+    return None
+
+
+def care_guide(
+    session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
+) -> StageResult:
+    """One care guide per product category of the order, not repeated to the same customer."""
+    cfg = aftercare_config(rt.config)
+    orders = delivered_orders(session, order_ids)
+    products, seen = products_of(session, orders), sent_topics(session, CARE, orders)
+    rows, reasons = [], {}
+    for order in orders:
+        order_rows = care_messages(order, products, seen, cfg, rt.config, now)
+        rows += order_rows
+        reasons[order.id] = None if order_rows else "no new care guide for these products"
+    enqueue(session, rows, now)
+    closed = _finish(session, CARE, order_ids, orders, reasons, now)
+    return StageResult(stage=CARE, advanced=len(orders), closed=closed,
+                       details={"messages_enqueued": len(rows)})
+
+
+def care_messages(
+    order: Order, products: dict[str, Product], seen: set[tuple[int, str | None]],
+    cfg: AftercareConfig, config: Config, now: datetime,
+) -> list[dict[str, Any]]:
+    rows = []
+    for line in order.lines:
+        product = products.get(line.sku or "")
+        found = guide_for(product, cfg)
+        if found is None or (order.customer_id, found[0]) in seen:
+            continue
+        topic, guide = found
+        seen.add((order.customer_id, topic))
+        context = base_context(order, config)
+        context["product"] = product_context(product, line, config)
+        context["guide"] = guide.model_dump()
+        rows.append(keyed_message(config, order, CARE, CARE, context, now,
+                                  effect_key=per_key(config, order, CARE, topic), topic=topic))
+    return rows
+
+
+# ---------------------------------------------------------------- cross-sell
+
+
+def cross_sell(
+    session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
+) -> StageResult:
+    """Suggest in-stock products from related categories the customer has not bought."""
+    cfg = aftercare_config(rt.config)
+    orders = delivered_orders(session, order_ids)
+    refunded = refunded_orders(session, [o.id for o in orders])
+    products = products_of(session, orders)
+    anchors = {o.id: a for o in orders if o.id not in refunded
+               if (a := anchor_line(o, products, cfg)) is not None}
+    categories = {c for _, p in anchors.values() for c in cfg.cross_sell.affinity[p.category]}
+    stock = in_stock_by_category(session, categories)
+    owned = owned_skus(session, {o.customer_id for o in orders})
+    rows, reasons = [], {oid: "order refunded" for oid in refunded}
+    for order in orders:
+        if order.id in refunded:
+            continue
+        row = cross_sell_message(order, anchors.get(order.id), stock, owned, cfg, rt.config, now)
+        rows += [row] if row else []
+        reasons[order.id] = None if row else "no suitable products to suggest"
+    enqueue(session, rows, now)
+    closed = _finish(session, CROSS, order_ids, orders, reasons, now)
+    return StageResult(stage=CROSS, advanced=len(orders), closed=closed,
+                       details={"messages_enqueued": len(rows)})
+
+
+def refunded_orders(session: Session, order_ids: Sequence[int]) -> set[int]:
+    """Orders a service case refunded (returned): no selling on top of them."""
+    if not order_ids:
+        return set()
+    query = select(ServiceCase.order_id).where(
+        ServiceCase.order_id.in_(order_ids), ServiceCase.decision == "refund"
+    )
+    return set(session.scalars(query))
+
+
+def anchor_line(
+    order: Order, products: dict[str, Product], cfg: AftercareConfig
+) -> tuple[OrderLine, Product] | None:
+    """The order's most valuable line whose category has affinities."""
+    lines = [(line, products[line.sku]) for line in order.lines
+             if line.sku in products and products[line.sku].category in cfg.cross_sell.affinity]
+    return max(lines, key=lambda lp: (lp[0].unit_price, lp[1].sku), default=None)
+
+
+def in_stock_by_category(session: Session, categories: Iterable[str]) -> dict[str, list[Product]]:
+    """Available products (stock − reserved > 0) per category, best-priced first."""
+    categories = set(categories)
+    if not categories:
+        return {}
+    query = (
+        select(Product)
+        .where(Product.category.in_(categories), Product.stock - Product.reserved > 0)
+        .order_by(Product.category, Product.sku)
+    )
+    found: dict[str, list[Product]] = defaultdict(list)
+    for product in session.scalars(query):
+        found[product.category].append(product)  # type: ignore[index]
+    return found
+
+
+def owned_skus(session: Session, customer_ids: set[int]) -> dict[int, set[str]]:
+    """Every SKU each customer has ordered, in any order."""
+    if not customer_ids:
+        return {}
+    query = (
+        select(Order.customer_id, OrderLine.sku)
+        .join(OrderLine, OrderLine.order_id == Order.id)
+        .where(Order.customer_id.in_(customer_ids), OrderLine.sku.is_not(None))
+    )
+    owned: dict[int, set[str]] = defaultdict(set)
+    for customer_id, sku in session.execute(query):
+        owned[customer_id].add(sku)
+    return owned
+
+
+def choose_picks(
+    categories: Sequence[str], stock: dict[str, list[Product]], owned: set[str], limit: int
+) -> list[Product]:
+    """Up to `limit` products, taking from each related category in turn."""
+    columns = [[p for p in stock.get(c, []) if p.sku not in owned] for c in categories]
+    interleaved = (p for p in chain.from_iterable(zip_longest(*columns)) if p is not None)
+    return list(interleaved)[:limit]
+
+
+def cross_sell_message(
+    order: Order, anchor: tuple[OrderLine, Product] | None, stock: dict[str, list[Product]],
+    owned: dict[int, set[str]], cfg: AftercareConfig, config: Config, now: datetime,
+) -> dict[str, Any] | None:
+    if anchor is None:
+        return None
+    line, product = anchor
+    related = cfg.cross_sell.affinity[product.category]  # type: ignore[index]
+    picks = choose_picks(related, stock, owned.get(order.customer_id, set()),
+                         cfg.cross_sell.max_items)
+    if not picks:
+        return None
+    base = config.store.links_base_url.rstrip("/")
+    context = base_context(order, config)
+    context["product"] = product_context(product, line, config)
+    context["picks"] = [{"sku": p.sku, "title": p.title, "category": p.category,
+                         "price": str(p.price) if p.price is not None else None,
+                         "url": f"{base}/products/{p.sku}"} for p in picks]
+    return keyed_message(config, order, CROSS, CROSS, context, now, topic=product.category)
+
+
+# ---------------------------------------------------------------- replenishment
+
+
+def consumable_days(product: Product | None) -> int | None:
+    value = (product.attributes or {}).get("consumable_days") if product else None
+    try:
+        days = int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return days if days and days > 0 else None
+
+
+def replenishment_due(
+    delivered_at: datetime, days: int, quantity: int, lead_days: int
+) -> datetime:
+    """When a consumable is about to run out: delivery + days × quantity − lead days."""
+    return delivered_at + timedelta(days=days * quantity - lead_days)
+
+
+def replenishment(
+    session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
+) -> StageResult:
+    """Remind when a consumable runs low; not yet due → the step is due again at that time."""
+    cfg = aftercare_config(rt.config)
+    orders = delivered_orders(session, order_ids)
+    products = products_of(session, orders)
+    reordered = reordered_skus(session, orders)
+    rows, later, reasons = [], {}, {}
+    for order in orders:
+        due = consumable_lines(order, products, cfg, reordered)
+        for line, _ in (d for d in due if d[1] <= now):
+            rows.append(replenish_message(order, line, products, rt.config, now))
+        upcoming = [when for _, when in due if when > now]
+        if upcoming:
+            later[order.id] = min(upcoming)
+        elif not due:
+            reasons[order.id] = "no consumables to replenish"
+    enqueue(session, rows, now)
+    reschedule_steps(session, REPLENISH, later, "waiting until a consumable runs low", now)
+    done = [o for o in orders if o.id not in later]
+    finish_steps(session, REPLENISH, {o.id: reasons.get(o.id) for o in done}, now)
+    closed = close_missing(session, REPLENISH, order_ids, [o.id for o in orders], now)
+    return StageResult(stage=REPLENISH, advanced=len(done), held=len(later), closed=closed,
+                       details={"messages_enqueued": len(rows)})
+
+
+def consumable_lines(
+    order: Order, products: dict[str, Product], cfg: AftercareConfig,
+    reordered: set[tuple[int, str]],
+) -> list[tuple[OrderLine, datetime]]:
+    """(line, due) for the order's consumables the customer has not re-ordered since."""
+    due = []
+    for line in order.lines:
+        days = consumable_days(products.get(line.sku or ""))
+        if days is None or (order.id, line.sku) in reordered:
+            continue
+        when = replenishment_due(order.delivered_at, days, line.quantity,  # type: ignore[arg-type]
+                                 cfg.replenishment.lead_days)
+        due.append((line, when))
+    return due
+
+
+def reordered_skus(session: Session, orders: Sequence[Order]) -> set[tuple[int, str]]:
+    """(order, sku) where the same customer ordered that SKU again after this order."""
+    if not orders:
+        return set()
+    query = (
+        select(Order.id, Order.customer_id, Order.placed_at, OrderLine.sku)
+        .join(OrderLine, OrderLine.order_id == Order.id)
+        .where(Order.customer_id.in_({o.customer_id for o in orders}),
+               OrderLine.sku.is_not(None), Order.state != "cancelled")
+    )
+    later: dict[tuple[int, str], list[tuple[int, datetime]]] = defaultdict(list)
+    for order_id, customer_id, placed_at, sku in session.execute(query):
+        later[(customer_id, sku)].append((order_id, placed_at))
+    return {
+        (o.id, line.sku) for o in orders for line in o.lines if line.sku
+        if any(oid != o.id and at > o.placed_at for oid, at in later[(o.customer_id, line.sku)])
+    }
+
+
+def replenish_message(
+    order: Order, line: OrderLine, products: dict[str, Product], cfg: Config, now: datetime
+) -> dict[str, Any]:
+    sku = line.sku or ""
+    context = base_context(order, cfg)
+    context["product"] = product_context(products.get(sku), line, cfg)
+    return keyed_message(cfg, order, REPLENISH, REPLENISH, context, now,
+                         effect_key=per_key(cfg, order, REPLENISH, sku), topic=sku)
+
+
+# ---------------------------------------------------------------- birthday
+
+
+def birthday_in(year: int, birthday: date) -> date:
+    """The birthday's date in `year` (29 February is celebrated on the 28th otherwise)."""
+    try:
+        return birthday.replace(year=year)
+    except ValueError:
+        return date(year, 2, 28)
+
+
+def customer_zone(customer: Customer, fallback: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(customer.timezone or fallback)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(fallback)
+
+
+def birthday_key(customer_id: int, year: int) -> str:
+    return f"customer:{customer_id}:birthday:{year}"
+
+
+def birthday_offers(session: Session, now: datetime, rt: Runtime) -> StageResult:
+    """Birthday offers for customers whose birthday is today where they live, once a year."""
+    cfg = aftercare_config(rt.config).birthday
+    candidates = birthday_candidates(session, now)
+    rows, too_late = [], 0
+    for customer in candidates:
+        today = now.astimezone(customer_zone(customer, rt.config.store.timezone)).date()
+        birthday = birthday_in(today.year, customer.birthday)  # type: ignore[arg-type]
+        if birthday != today:
+            continue
+        if told_too_late(customer, birthday, cfg.min_capture_days, rt.config.store.timezone):
+            too_late += 1
+            continue
+        rows.append(birthday_message(customer, today, rt, now))
+    known = existing_keys(session, [row["effect_key"] for row in rows])
+    enqueue(session, rows, now)
+    return StageResult(stage=BIRTHDAY, received=len(candidates),
+                       advanced=len(rows) - len(known), skipped=too_late + len(known),
+                       details={"messages_enqueued": len(rows) - len(known),
+                                "captured_too_late": too_late})
+
+
+def birthday_candidates(session: Session, now: datetime) -> list[Customer]:
+    """Customers whose birthday month is this month anywhere on Earth (refined per zone)."""
+    days = [(now + timedelta(days=d)).date() for d in (-1, 0, 1)]
+    months = sorted({day.month for day in days})
+    query = select(Customer).where(
+        Customer.birthday.is_not(None), extract("month", Customer.birthday).in_(months)
+    ).order_by(Customer.id)
+    return list(session.scalars(query))
+
+
+def told_too_late(customer: Customer, birthday: date, min_days: int, fallback_tz: str) -> bool:
+    """A birthday given less than `min_days` before it gets no offer (abuse guard)."""
+    if customer.birthday_captured_at is None:
+        return False
+    zone = customer_zone(customer, fallback_tz)
+    captured = customer.birthday_captured_at.astimezone(zone).date()
+    return (birthday - captured).days < min_days
+
+
+def birthday_code(secret_key: str, customer_id: int, year: int, prefix: str) -> str:
+    """Deterministic per customer and year, unguessable without the secret."""
+    digest = hmac.new(secret_key.encode(), f"birthday:{customer_id}:{year}".encode(),
+                      hashlib.sha256).digest()
+    return f"{prefix}-{base64.b32encode(digest).decode()[:10]}"
+
+
+def birthday_message(
+    customer: Customer, today: date, rt: Runtime, now: datetime
+) -> dict[str, Any]:
+    """A customer-level outbox row (no order): keyed customer:{id}:birthday:{year}."""
+    config, rules = rt.config, aftercare_config(rt.config).birthday
+    spec = config.messaging.templates[BIRTHDAY]
+    key = birthday_key(customer.id, today.year)
+    first, last = customer.first_name, customer.last_name
+    context = {
+        "store": {**store_context(config), "links_base_url": config.store.links_base_url},
+        "customer": {"first_name": first, "name": " ".join(p for p in (first, last) if p)},
+        "offer": {
+            "code": birthday_code(rt.settings.secret_key, customer.id, today.year,
+                                  rules.code_prefix),
+            "percent_off": rules.percent_off,
+            "valid_until": (today + timedelta(days=rules.valid_days)).isoformat(),
+            "locale": customer.locale or config.store.default_locale,
+        },
+    }
+    return {
+        "effect_key": key, "order_id": None, "customer_id": customer.id, "template": BIRTHDAY,
+        "version": spec.version, "msg_class": spec.msg_class, "priority": spec.priority,
+        "topic": BIRTHDAY, "to_addr": customer.email,
+        "message_id": message_id_for(key, mail_domain(config)), "context": context,
+        "not_before": now,
+    }
+
+
+def existing_keys(session: Session, keys: Sequence[str]) -> set[str]:
+    if not keys:
+        return set()
+    return set(session.scalars(select(Message.effect_key).where(Message.effect_key.in_(keys))))

@@ -1,0 +1,195 @@
+"""Review requests, the compliant way (US FTC 16 CFR Part 465; Google's review policy).
+
+Every delivered order's customer is asked to review every product, the same way, whatever they
+said in the delivery survey: nothing here reads ratings or sentiment. The only hold is an open
+service case on the order (the step is due again later and goes out once the case is resolved).
+Limits that do apply to everyone alike: one request per customer and product per 12 months, and
+at most N requests per customer per 30 days; a request dropped by a limit is kept as a message
+row with status "skipped" and its reason, so it stays visible.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tasks.aftercare import (
+    ReviewRules,
+    aftercare_config,
+    base_context,
+    close_missing,
+    delivered_orders,
+    finish_steps,
+    keyed_message,
+    reschedule_steps,
+)
+from tasks.config import Config
+from tasks.messaging.outbox import enqueue
+from tasks.runtime import Runtime, StageResult
+from tasks.store.journal import insert_ignoring_duplicates
+from tasks.store.models import FeedbackResponse, Message, Order, OrderLine, Product, ServiceCase
+
+STEP = TEMPLATE = "review_request"
+SKIPPED = "skipped"
+HOLD_REASON = "held: service case open"
+CAP_WINDOW = timedelta(days=30)
+
+
+def review_request(
+    session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
+) -> StageResult:
+    """One request per delivered order and SKU; held while a service case is open."""
+    rules = aftercare_config(rt.config).reviews
+    orders = delivered_orders(session, order_ids)
+    held = orders_with_open_case(session, [o.id for o in orders])
+    due_again = now + timedelta(hours=rules.hold_retry_hours)
+    reschedule_steps(session, STEP, {oid: due_again for oid in held}, HOLD_REASON, now)
+    ready = [o for o in orders if o.id not in held]
+    asks, skips = plan_requests(session, ready, now, rules)
+    titles = product_titles(session, {line.sku for _, line in asks} | {s[1].sku for s in skips})
+    enqueue(session, [request_message(o, line, titles, rt.config, now) for o, line in asks], now)
+    store_skipped(session, skips, titles, rt.config, now)
+    finish_steps(session, STEP, {o.id: None for o in ready}, now)
+    closed = close_missing(session, STEP, order_ids, [o.id for o in orders], now)
+    return StageResult(stage=STEP, advanced=len(ready), held=len(held), closed=closed,
+                       details={"messages_enqueued": len(asks), "requests_skipped": len(skips)})
+
+
+def orders_with_open_case(session: Session, order_ids: Sequence[int]) -> set[int]:
+    if not order_ids:
+        return set()
+    query = select(ServiceCase.order_id).where(
+        ServiceCase.order_id.in_(order_ids), ServiceCase.status == "open"
+    )
+    return set(session.scalars(query))
+
+
+def reviewable_lines(order: Order) -> list[OrderLine]:
+    """One line per distinct SKU (gift cards and lines without a SKU have nothing to review)."""
+    seen: dict[str, OrderLine] = {}
+    for line in order.lines:
+        if line.sku and not line.gift_card:
+            seen.setdefault(line.sku, line)
+    return list(seen.values())
+
+
+def previous_requests(
+    session: Session, orders: Sequence[Order], now: datetime, rules: ReviewRules
+) -> list[tuple[int, str | None, datetime]]:
+    """(customer, sku, when) of review requests made to these customers by other orders."""
+    customers = {o.customer_id for o in orders}
+    if not customers:
+        return []
+    since = now - max(timedelta(days=rules.product_repeat_days), CAP_WINDOW)
+    query = select(Message.customer_id, Message.topic, Message.created_at).where(
+        Message.template == TEMPLATE, Message.customer_id.in_(customers),
+        Message.status != SKIPPED, Message.created_at >= since,
+        Message.order_id.not_in([o.id for o in orders]),
+    )
+    return [(c, t, at) for c, t, at in session.execute(query)]
+
+
+def plan_requests(
+    session: Session, orders: Sequence[Order], now: datetime, rules: ReviewRules
+) -> tuple[list[tuple[Order, OrderLine]], list[tuple[Order, OrderLine, str]]]:
+    """Which (order, line) to ask about and which to skip with a reason, customer by customer."""
+    repeat_since = now - timedelta(days=rules.product_repeat_days)
+    asked: dict[int, set[str]] = defaultdict(set)
+    recent: dict[int, int] = defaultdict(int)
+    for customer_id, sku, at in previous_requests(session, orders, now, rules):
+        if at >= repeat_since and sku:
+            asked[customer_id].add(sku)
+        if at >= now - CAP_WINDOW:
+            recent[customer_id] += 1
+    asks: list[tuple[Order, OrderLine]] = []
+    skips: list[tuple[Order, OrderLine, str]] = []
+    for order in sorted(orders, key=lambda o: (o.customer_id, o.id)):
+        for line in reviewable_lines(order):
+            why = _skip_reason(order.customer_id, line.sku, asked, recent, rules)
+            if why:
+                skips.append((order, line, why))
+                continue
+            asks.append((order, line))
+            asked[order.customer_id].add(line.sku)  # type: ignore[arg-type]
+            recent[order.customer_id] += 1
+    return asks, skips
+
+
+def _skip_reason(
+    customer_id: int, sku: str | None, asked: dict[int, set[str]], recent: dict[int, int],
+    rules: ReviewRules,
+) -> str | None:
+    if sku in asked[customer_id]:
+        return f"already asked to review {sku} within {rules.product_repeat_days} days"
+    if recent[customer_id] >= rules.per_customer_30_days:
+        return f"cap: {rules.per_customer_30_days} review requests per customer per 30 days"
+    return None
+
+
+def product_titles(session: Session, skus: set[str | None]) -> dict[str, str]:
+    skus = {s for s in skus if s}
+    if not skus:
+        return {}
+    query = select(Product.sku, Product.title).where(Product.sku.in_(skus))
+    return {sku: title for sku, title in session.execute(query)}
+
+
+def request_key(order: Order, sku: str, cfg: Config) -> str:
+    return f"order:{order.id}:{STEP}:{sku}:v{cfg.messaging.templates[TEMPLATE].version}"
+
+
+def request_message(
+    order: Order, line: OrderLine, titles: dict[str, str], cfg: Config, now: datetime
+) -> dict[str, Any]:
+    """The same request for everyone: product, and a link to write the review."""
+    sku = line.sku or ""
+    context = base_context(order, cfg)
+    context["product"] = {
+        "sku": sku, "title": titles.get(sku, line.title),
+        "review_url": f"{cfg.store.links_base_url.rstrip('/')}/reviews/new?sku={sku}&o={order.id}",
+    }
+    return keyed_message(cfg, order, STEP, TEMPLATE, context, now,
+                         effect_key=request_key(order, sku, cfg), topic=sku)
+
+
+def store_skipped(
+    session: Session, skips: Sequence[tuple[Order, OrderLine, str]], titles: dict[str, str],
+    cfg: Config, now: datetime,
+) -> None:
+    """Skipped requests as outbox rows that are never sent, each with its reason."""
+    rows = [
+        {**request_message(order, line, titles, cfg, now), "status": SKIPPED,
+         "reason": why[:500], "attempts": 0, "created_at": now}
+        for order, line, why in skips
+    ]
+    insert_ignoring_duplicates(session, Message, rows, ["effect_key"])
+
+
+def review_rates_by_rating(session: Session) -> dict[int | None, dict[str, float]]:
+    """Delivered orders and those asked for a review, by survey rating (None: no answer).
+
+    Equal rates across ratings show that requests do not depend on what customers said.
+    """
+    latest: dict[int, int] = {}
+    for order_id, rating in session.execute(
+        select(FeedbackResponse.order_id, FeedbackResponse.rating).order_by(FeedbackResponse.id)
+    ):
+        latest[order_id] = rating
+    delivered = session.scalars(select(Order.id).where(Order.delivered_at.is_not(None)))
+    requested = set(session.scalars(
+        select(Message.order_id).where(Message.template == TEMPLATE, Message.status != SKIPPED)
+        .distinct()
+    ))
+    table: dict[int | None, dict[str, float]] = {}
+    for order_id in delivered:
+        row = table.setdefault(latest.get(order_id), {"delivered": 0, "requested": 0})
+        row["delivered"] += 1
+        row["requested"] += order_id in requested
+    for row in table.values():
+        row["rate"] = row["requested"] / row["delivered"]
+    return table

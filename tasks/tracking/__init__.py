@@ -1,0 +1,1 @@
+"""Shipment tracking: shipments and carrier events in; shipped → delivered and what follows."""

@@ -1,0 +1,302 @@
+"""Reading shipment and tracking-event files (JSON Lines) into canonical records or rejections.
+
+Shipments: Shopify fulfillment objects, Shopify order objects with `fulfillments[]`, or our
+canonical shipment record. Events: AfterShip webhook bodies or our canonical event record.
+The format is recognised per record; `fmt` forces one. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from tasks.intake.formats import IntakeError, _json_records, _open, validation_reasons
+from tasks.intake.schema import Rejected, UTCDateTime
+
+SHIPMENT_FORMATS = ("shopify", "canonical")
+EVENT_FORMATS = ("aftership", "canonical")
+SHIPMENT, EVENT = "shipment", "tracking_event"
+
+# AfterShip's normalised delivery statuses (REFERENCE.md).
+TAGS = ("Pending", "InfoReceived", "InTransit", "OutForDelivery", "AttemptFail", "Delivered",
+        "AvailableForPickup", "Exception", "Expired")
+# Shopify's tracking_company → AfterShip courier slug; anything else is slugified.
+CARRIER_SLUGS = {
+    "ups": "ups", "usps": "usps", "fedex": "fedex", "dhl": "dhl", "dhl express": "dhl",
+    "dhl ecommerce": "dhl-global-mail", "canada post": "canada-post", "royal mail": "royal-mail",
+    "australia post": "australia-post", "dpd": "dpd", "gls": "gls", "ontrac": "ontrac",
+}
+FAILED_FULFILLMENT = ("cancelled", "error", "failure")
+
+
+def carrier_slug(value: Any) -> Any:
+    """'DHL Express' → 'dhl', 'Some Carrier' → 'some-carrier'; blank → None."""
+    if not isinstance(value, str) or not value.strip():
+        return None if value in (None, "") else value
+    name = value.strip().lower()
+    return CARRIER_SLUGS.get(name) or re.sub(r"[^a-z0-9]+", "-", name).strip("-") or None
+
+
+def _text(limit: int) -> Any:
+    """Required text of at most `limit` characters; numbers are kept as text."""
+    return Annotated[str, StringConstraints(min_length=1, max_length=limit, strip_whitespace=True),
+                     BeforeValidator(lambda v: str(v) if isinstance(v, int | float) else v)]
+
+
+def _clipped(limit: int) -> Any:
+    """Optional free text clipped to `limit` characters (carrier messages can be long)."""
+    return Annotated[str | None, BeforeValidator(
+        lambda v: (str(v).strip()[:limit] or None) if v is not None else None)]
+
+
+def _day(value: Any) -> Any:
+    """An ISO date, or the date part of an ISO date-time (AfterShip sends either)."""
+    if isinstance(value, str) and len(value) > 10 and value[10] in "T ":
+        return value[:10]
+    return value or None
+
+
+Carrier = Annotated[str, StringConstraints(min_length=1, max_length=60),
+                    BeforeValidator(carrier_slug)]
+OptionalCarrier = Annotated[str | None, StringConstraints(max_length=60),
+                            BeforeValidator(carrier_slug)]
+Day = Annotated[date | None, BeforeValidator(_day)]
+
+
+class Located(BaseModel):
+    """A record that remembers its raw text and file position, for quarantine."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    _raw: str = PrivateAttr(default="")
+    _origin: str | None = PrivateAttr(default=None)
+    _source: str = PrivateAttr(default="canonical")
+
+    def located(self, raw: str, origin: str | None, source: str) -> Any:
+        self._raw, self._origin, self._source = raw, origin, source
+        return self
+
+    def rejected(self, kind: str, reasons: list[dict[str, str]], key: str | None) -> Rejected:
+        """This record as a quarantine entry with `reasons` (built in code: its JSON)."""
+        raw = self._raw or self.model_dump_json()
+        return Rejected(kind, self._source, raw, reasons, self._origin, key)
+
+
+class ShipmentIn(Located):
+    """One parcel of an order, whatever format announced it."""
+
+    order_source: _text(20) = "canonical"
+    order_external_id: _text(64)
+    carrier: Carrier
+    tracking_number: _text(100)
+    tracking_url: _clipped(500) = None
+    shipped_at: UTCDateTime
+    line_items: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TrackingEventIn(Located):
+    """One carrier event for one tracking number."""
+
+    event_id: _text(100)
+    tracking_number: _text(100)
+    carrier: OptionalCarrier = None
+    tag: _text(30)
+    subtag: _clipped(40) = None
+    occurred_at: UTCDateTime
+    message: _clipped(500) = None
+    location: _clipped(200) = None
+    expected_delivery: Day = None
+
+    @field_validator("tag")
+    @classmethod
+    def _known_tag(cls, tag: str) -> str:
+        if tag not in TAGS:
+            raise ValueError(f"not an AfterShip status tag: {tag!r}")
+        return tag
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def read_shipments(path: Path | str, fmt: str | None = None) -> Iterator[ShipmentIn | Rejected]:
+    """Shipments from a JSON Lines file, in file order (an order object may hold several)."""
+    path = _checked(Path(path), fmt, SHIPMENT_FORMATS)
+    for number, text, data in _json_records(path):
+        origin = f"{path.name}:line {number}"
+        if isinstance(data, str):
+            yield Rejected(SHIPMENT, fmt or "unknown", text, _whole(data), origin)
+        else:
+            yield from shipments_from_json(data, fmt or shipment_format(data), text, origin)
+
+
+def read_events(path: Path | str, fmt: str | None = None) -> Iterator[TrackingEventIn | Rejected]:
+    """Tracking events from a JSON Lines file, one event per line, in file order."""
+    path = _checked(Path(path), fmt, EVENT_FORMATS)
+    for number, text, data in _json_records(path):
+        origin = f"{path.name}:line {number}"
+        if isinstance(data, str):
+            yield Rejected(EVENT, fmt or "unknown", text, _whole(data), origin)
+        else:
+            yield event_from_json(data, fmt or event_format(data), text, origin)
+
+
+def shipment_format(data: dict[str, Any]) -> str:
+    """Canonical records name `order_external_id`; everything else is Shopify's."""
+    return "canonical" if "order_external_id" in data else "shopify"
+
+
+def event_format(data: dict[str, Any]) -> str:
+    """AfterShip webhook bodies wrap the tracking in `msg`."""
+    return "aftership" if "msg" in data else "canonical"
+
+
+def _checked(path: Path, fmt: str | None, formats: tuple[str, ...]) -> Path:
+    if fmt is not None and fmt not in formats:
+        raise IntakeError(f"unknown format {fmt!r}; expected one of {', '.join(formats)}")
+    _open(path).close()  # a missing file is one line, not a traceback
+    return path
+
+
+def _whole(reason: str) -> list[dict[str, str]]:
+    return [{"field": "_record", "reason": reason}]
+
+
+def _validate(model: type[Located], data: dict[str, Any]) -> Located | list[dict[str, str]]:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return validation_reasons(exc)
+
+
+# ---------------------------------------------------------------- shipments
+
+
+def shipments_from_json(
+    data: dict[str, Any], fmt: str, raw: str, origin: str
+) -> list[ShipmentIn | Rejected]:
+    """One JSON object → its shipments (a Shopify order may carry several), or a rejection."""
+    try:
+        if fmt == "canonical":
+            mapped = [data]
+        elif isinstance(data.get("fulfillments"), list):
+            order_id = data.get("id")
+            mapped = [m for f in data["fulfillments"] for m in shopify_fulfillment(f, order_id)]
+        else:
+            mapped = shopify_fulfillment(data, data.get("order_id"))
+    except (TypeError, AttributeError, ValueError) as exc:
+        return [Rejected(SHIPMENT, fmt, raw, _whole(f"unexpected structure: {exc}"), origin)]
+    return [_shipment(item, fmt, raw, origin) for item in mapped]
+
+
+def _shipment(data: dict[str, Any], fmt: str, raw: str, origin: str) -> ShipmentIn | Rejected:
+    if "_rejected" in data:
+        return Rejected(SHIPMENT, fmt, raw, _whole(data["_rejected"]), origin,
+                        _short(data.get("order_external_id")))
+    result = _validate(ShipmentIn, data)
+    if isinstance(result, list):
+        return Rejected(SHIPMENT, fmt, raw, result, origin, _short(data.get("order_external_id")))
+    return result.located(raw, origin, fmt)
+
+
+def shopify_fulfillment(obj: dict[str, Any], order_id: Any) -> list[dict[str, Any]]:
+    """A Shopify fulfillment → one canonical shipment dict per tracking number."""
+    status = str(obj.get("status") or "").lower()
+    base = {"order_source": "shopify", "order_external_id": order_id,
+            "carrier": obj.get("tracking_company"), "shipped_at": obj.get("created_at"),
+            "line_items": [_shopify_item(item) for item in obj.get("line_items") or []]}
+    if status in FAILED_FULFILLMENT:
+        return [base | {"_rejected": f"fulfillment status is {status}: nothing was shipped"}]
+    numbers = obj.get("tracking_numbers") or [obj.get("tracking_number")]
+    urls = obj.get("tracking_urls") or [obj.get("tracking_url")]
+    return [base | {"tracking_number": number, "tracking_url": urls[i] if i < len(urls) else None}
+            for i, number in enumerate(numbers)]
+
+
+def _shopify_item(item: dict[str, Any]) -> dict[str, Any]:
+    fields = ("id", "sku", "title", "variant_title", "quantity")
+    return {name: item.get(name) for name in fields if item.get(name) is not None}
+
+
+def _short(value: Any) -> str | None:
+    return None if value is None else str(value)[:64]
+
+
+# ---------------------------------------------------------------- events
+
+
+def event_from_json(
+    data: dict[str, Any], fmt: str, raw: str, origin: str
+) -> TrackingEventIn | Rejected:
+    """One JSON event (AfterShip webhook body or canonical) → TrackingEventIn or a rejection."""
+    try:
+        mapped = aftership_event(data) if fmt == "aftership" else data
+    except (TypeError, AttributeError, ValueError) as exc:
+        return Rejected(EVENT, fmt, raw, _whole(f"unexpected structure: {exc}"), origin,
+                        _short(data.get("event_id")))
+    result = _validate(TrackingEventIn, mapped)
+    if isinstance(result, list):
+        if fmt == "aftership":
+            result = [r | {"field": _aftership_name(r["field"])} for r in result]
+        return Rejected(EVENT, fmt, raw, result, origin, _short(data.get("event_id")))
+    return result.located(raw, origin, fmt)
+
+
+def aftership_event(body: dict[str, Any]) -> dict[str, Any]:
+    """The webhook's current tag, timed by its latest checkpoint (or the webhook's `ts`)."""
+    msg = body.get("msg")
+    if not isinstance(msg, dict):
+        raise ValueError("msg is not an object")
+    checkpoints = [c for c in msg.get("checkpoints") or [] if isinstance(c, dict)]
+    latest = max(checkpoints, key=lambda c: _instant(c.get("checkpoint_time")), default={})
+    return {
+        "event_id": body.get("event_id"), "tracking_number": msg.get("tracking_number"),
+        "carrier": msg.get("slug"), "tag": msg.get("tag") or latest.get("tag"),
+        "subtag": msg.get("subtag") or latest.get("subtag"),
+        "occurred_at": latest.get("checkpoint_time") or _ts(body.get("ts")),
+        "message": latest.get("message"), "location": _location(latest.get("location")),
+        "expected_delivery": msg.get("expected_delivery"),
+    }
+
+
+def _instant(value: Any) -> datetime:
+    """For ordering checkpoints only: unparseable times sort first."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _ts(value: Any) -> Any:
+    """AfterShip's `ts` is Unix seconds; an ISO string is passed through."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=UTC)
+    return value
+
+
+def _location(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ", ".join(str(v) for v in value.values() if v) or None
+    return value
+
+
+AFTERSHIP_NAMES = {"tracking_number": "msg.tracking_number", "carrier": "msg.slug",
+                   "tag": "msg.tag", "subtag": "msg.subtag", "occurred_at": "ts",
+                   "expected_delivery": "msg.expected_delivery"}
+
+
+def _aftership_name(field: str) -> str:
+    return AFTERSHIP_NAMES.get(field, field)

@@ -1,0 +1,162 @@
+"""Follow-ups: care guides, cross-sell picks, replenishment timing, yearly birthday offers."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from tasks.aftercare.followups import (
+    birthday_offers,
+    care_guide,
+    cross_sell,
+    replenishment,
+)
+from tasks.messaging.render import renderer_for
+from tasks.store.db import session_scope
+from tasks.store.models import Message, Product, ServiceCase, Step
+from tests.factories import add_catalog, add_customer, add_order
+
+
+def delivered(session, now, lines, step, **fields):
+    return add_order(session, now, lines=lines, state="delivered", step=step,
+                     delivered_at=fields.pop("delivered_at", now - timedelta(days=3)), **fields)
+
+
+def product(session, now, sku, category, stock=10, reserved=0, **attributes):
+    session.add(Product(sku=sku, title=sku.title(), category=category, tags=[], stock=stock,
+                        reserved=reserved, price=Decimal("40.00"), attributes=attributes,
+                        updated_at=now))
+
+
+def rendered(rows, runtime):
+    """Every row renders with its template (subject, HTML, text); returns the subjects."""
+    renderer = renderer_for(runtime.config)
+    return [renderer.render(row.template, row.context).subject for row in rows]
+
+
+def messages(session, template):
+    query = select(Message).where(Message.template == template).order_by(Message.id)
+    return session.scalars(query).all()
+
+
+def test_care_guide_per_category_with_product_override_and_no_repeats(engine, runtime, now):
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        product(session, now, "RAW-1", "jeans", care_guide={"title": "Raw denim: wait 6 months",
+                                                              "body": "Do not wash it yet."})
+        customer = add_customer(session, now, "care@example.com")
+        lines = [("TEE-1", 1, "25.00"), ("MUG-1", 1, "18.00"), ("RAW-1", 1, "90.00"),
+                 ("RING-1", 1, "900.00")]
+        first = delivered(session, now, lines, "care_guide", customer=customer,
+                          email=customer.email)
+        second = delivered(session, now, [("TEE-1", 1, "25.00")], "care_guide",
+                           customer=customer, email=customer.email)
+        ids = (first.id, second.id)
+    with session_scope(engine) as session:
+        care_guide(session, [ids[0]], now, runtime)
+    with session_scope(engine) as session:
+        result = care_guide(session, [ids[1]], now, runtime)
+        rows = messages(session, "care_guide")
+        step = session.scalars(select(Step).where(Step.order_id == ids[1])).one()
+        topics = [(m.order_id, m.topic) for m in rows]
+        raw = next(m for m in rows if m.topic == "sku:RAW-1")
+    assert topics == [(ids[0], "apparel"), (ids[0], "glassware"), (ids[0], "sku:RAW-1"),
+                      (ids[0], "jewelry")]
+    assert raw.context["guide"]["title"] == "Raw denim: wait 6 months"
+    assert raw.context["guide"]["url"] == "https://northwind.example/care/denim"  # from jeans
+    assert result.details["messages_enqueued"] == 0  # the apparel guide was already sent
+    assert (step.status, step.reason) == ("done", "no new care guide for these products")
+    assert rendered(rows, runtime)[0] == "Getting the most from your Cotton tee"
+
+
+def test_cross_sell_picks_in_stock_products_not_owned(engine, runtime, now):
+    with session_scope(engine) as session:
+        product(session, now, "JEANS-1", "jeans")
+        product(session, now, "SHOE-1", "shoes")
+        product(session, now, "SHOE-2", "shoes")  # bought before
+        product(session, now, "SHOE-3", "shoes", stock=2, reserved=2)  # nothing available
+        product(session, now, "BELT-1", "belts")
+        product(session, now, "BELT-2", "belts", stock=0)
+        customer = add_customer(session, now, "style@example.com")
+        add_order(session, now, lines=[("SHOE-2", 1, "60.00")], state="delivered", step=None,
+                  customer=customer, email=customer.email)
+        order = delivered(session, now, [("JEANS-1", 1, "80.00")], "cross_sell",
+                          customer=customer, email=customer.email)
+        refunded = delivered(session, now, [("JEANS-1", 1, "80.00")], "cross_sell")
+        session.add(ServiceCase(effect_key=f"order:{refunded.id}:case:feedback",
+                                order_id=refunded.id, reason="r", proposed="refund",
+                                status="resolved", decision="refund", opened_at=now))
+        ids = (order.id, refunded.id)
+    with session_scope(engine) as session:
+        result = cross_sell(session, list(ids), now, runtime)
+        [message] = messages(session, "cross_sell")
+        reasons = dict(session.execute(select(Step.order_id, Step.reason)).all())
+    assert [p["sku"] for p in message.context["picks"]] == ["SHOE-1", "BELT-1"]
+    assert (message.order_id, message.topic, message.msg_class) == (ids[0], "jeans", "marketing")
+    assert message.context["product"]["sku"] == "JEANS-1"
+    assert reasons[ids[1]] == "order refunded"
+    assert result.details["messages_enqueued"] == 1
+    assert rendered([message], runtime) == ["Picked to go with your Jeans-1"]
+
+
+def test_replenishment_waits_until_due_then_reminds(engine, runtime, now):
+    delivered_at = now - timedelta(days=10)
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        session.scalars(select(Product).where(Product.sku == "COF-1")).one().attributes = {
+            "consumable_days": 30}
+        order_id = delivered(session, now, [("COF-1", 2, "14.00"), ("TEE-1", 1, "25.00")],
+                             "replenishment", delivered_at=delivered_at).id
+    due = delivered_at + timedelta(days=30 * 2 - 5)  # two bags, reminded 5 days ahead
+    with session_scope(engine) as session:
+        waiting = replenishment(session, [order_id], now, runtime)
+        step = session.scalars(select(Step)).one()
+        assert (step.status, step.due_at) == ("pending", due)
+        assert messages(session, "replenishment") == []
+    assert waiting.held == 1
+    with session_scope(engine) as session:
+        done = replenishment(session, [order_id], due, runtime)
+        [message] = messages(session, "replenishment")
+        step = session.scalars(select(Step)).one()
+    assert (done.advanced, step.status) == (1, "done")
+    assert (message.topic, message.effect_key) == (
+        "COF-1", f"order:{order_id}:replenishment:COF-1:v1")
+    assert rendered([message], runtime) == ["Running low on Coffee beans?"]
+
+
+def test_birthday_once_a_year_in_local_time_and_not_when_told_late(engine, runtime, now):
+    # now = 2026-11-18 10:00 UTC: 02:00 on the 18th in Los Angeles, 19:00 in Tokyo.
+    with session_scope(engine) as session:
+        def person(name, birthday, tz, captured_days=None):
+            captured = now - timedelta(days=captured_days) if captured_days else None
+            return add_customer(session, now, f"{name}@example.com", birthday=birthday,
+                                timezone=tz, birthday_captured_at=captured).id
+        ids = {
+            "la": person("la", date(1990, 11, 18), "America/Los_Angeles"),
+            "tokyo_yesterday": person("tokyo", date(1985, 11, 17), "Asia/Tokyo"),
+            "kiritimati": person("kiri", date(2000, 11, 19), "Pacific/Kiritimati"),
+            "told_late": person("late", date(1992, 11, 18), "America/New_York", 10),
+            "told_early": person("early", date(1993, 11, 18), None, 40),
+            "other_month": person("june", date(1993, 6, 18), None),
+        }
+    with session_scope(engine) as session:
+        first = birthday_offers(session, now, runtime)
+    with session_scope(engine) as session:
+        again = birthday_offers(session, now + timedelta(hours=1), runtime)
+        rows = messages(session, "birthday")
+    next_year = now + timedelta(days=365)
+    with session_scope(engine) as session:
+        birthday_offers(session, next_year, runtime)
+        keys = {m.effect_key for m in messages(session, "birthday")}
+        all_rows = messages(session, "birthday")
+    assert {m.customer_id for m in rows} == {ids["la"], ids["kiritimati"], ids["told_early"]}
+    assert (first.details["captured_too_late"], again.details["messages_enqueued"]) == (1, 0)
+    assert all(m.order_id is None and m.topic == "birthday" for m in rows)
+    la = next(m for m in rows if m.customer_id == ids["la"])
+    assert la.effect_key == f"customer:{ids['la']}:birthday:2026"
+    assert la.context["offer"]["code"].startswith("BDAY-")
+    assert f"customer:{ids['told_late']}:birthday:2027" in keys  # next year it counts
+    assert len(keys) == 7
+    assert rendered(all_rows, runtime)[0] == "Happy birthday, Ada!"

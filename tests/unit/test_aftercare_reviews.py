@@ -1,0 +1,132 @@
+"""Review requests (16 CFR Part 465): everyone, every product, never filtered by rating."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from tasks.aftercare.reviews import review_rates_by_rating, review_request
+from tasks.aftercare.service import decide_case
+from tasks.messaging.render import renderer_for
+from tasks.store.db import session_scope
+from tasks.store.models import FeedbackResponse, Message, Product, ServiceCase, Step
+from tests.factories import add_catalog, add_customer, add_order
+
+TWO = [("TEE-1", 1, "25.00"), ("MUG-1", 2, "18.00")]
+
+
+def delivered(session, now, lines=TWO, **fields):
+    return add_order(session, now, lines=lines, state="delivered", step="review_request",
+                     delivered_at=now - timedelta(days=7), **fields)
+
+
+def requests(session, order_id=None):
+    query = select(Message).where(Message.template == "review_request").order_by(Message.id)
+    if order_id is not None:
+        query = query.where(Message.order_id == order_id)
+    return session.scalars(query).all()
+
+
+def test_every_product_is_requested_whatever_the_rating(engine, runtime, now):
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        unhappy, happy = delivered(session, now), delivered(session, now)
+        silent = delivered(session, now)
+        for order, rating in ((unhappy, 1), (happy, 5)):
+            session.add(FeedbackResponse(source_key=f"fb:{order.id}", order_id=order.id,
+                                         rating=rating, tags=[], received_at=now))
+        ids = [unhappy.id, happy.id, silent.id]
+    with session_scope(engine) as session:
+        result = review_request(session, ids, now, runtime)
+    with session_scope(engine) as session:
+        review_request(session, ids, now, runtime)  # rerun: nothing new
+        by_order = {oid: [(m.topic, m.status) for m in requests(session, oid)] for oid in ids}
+        rates = review_rates_by_rating(session)
+        [sample] = requests(session, unhappy.id)[:1]
+        steps = set(session.scalars(select(Step.status).where(Step.name == "review_request")))
+    assert (result.advanced, result.details["messages_enqueued"]) == (3, 6)
+    expected = [("TEE-1", "pending"), ("MUG-1", "pending")]
+    assert by_order == {oid: expected for oid in ids}
+    assert rates == {r: {"delivered": 1, "requested": 1, "rate": 1.0} for r in (1, 5, None)}
+    assert sample.effect_key == f"order:{unhappy.id}:review_request:TEE-1:v1"
+    assert (sample.msg_class, sample.context["product"]["title"]) == ("marketing", "Cotton tee")
+    assert steps == {"done"}
+    rendered = renderer_for(runtime.config).render(sample.template, sample.context)
+    assert rendered.subject == "How do you like your Cotton tee?"
+    assert sample.context["product"]["review_url"] in rendered.text
+
+
+def test_held_while_a_case_is_open_and_released_after_the_decision(engine, runtime, now):
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        order = delivered(session, now)
+        case = ServiceCase(effect_key=f"order:{order.id}:case:feedback", order_id=order.id,
+                           reason="feedback rating 1", proposed="refund", opened_at=now)
+        session.add(case)
+        session.flush()
+        order_id, case_id = order.id, case.id
+    with session_scope(engine) as session:
+        held = review_request(session, [order_id], now, runtime)
+        step = session.scalars(select(Step).where(Step.name == "review_request")).one()
+        assert requests(session) == []
+        assert (step.status, step.due_at, step.reason) == (
+            "pending", now + timedelta(hours=24), "held: service case open")
+    assert held.held == 1
+    later = now + timedelta(hours=3)
+    with session_scope(engine) as session:
+        decide_case(session, case_id, "replacement", "ops", None, later, runtime)
+        step = session.scalars(select(Step).where(Step.name == "review_request")).one()
+        assert (step.status, step.due_at) == ("pending", later)
+    with session_scope(engine) as session:
+        released = review_request(session, [order_id], later, runtime)
+        assert [m.topic for m in requests(session)] == ["TEE-1", "MUG-1"]
+    assert (released.advanced, released.held) == (1, 0)
+
+
+def test_one_request_per_product_per_twelve_months(engine, runtime, now):
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        customer = add_customer(session, now, "repeat@example.com")
+        old = delivered(session, now, lines=[("TEE-1", 1, "25.00")], customer=customer,
+                        email=customer.email)
+        recent = delivered(session, now, lines=[("MUG-1", 1, "18.00")], customer=customer,
+                           email=customer.email)
+        new = delivered(session, now, customer=customer, email=customer.email)
+        old_id, recent_id, new_id = old.id, recent.id, new.id
+    with session_scope(engine) as session:
+        review_request(session, [old_id], now - timedelta(days=400), runtime)
+        review_request(session, [recent_id], now - timedelta(days=200), runtime)
+    with session_scope(engine) as session:
+        review_request(session, [new_id], now, runtime)
+        rows = [(m.topic, m.status, m.reason) for m in requests(session, new_id)]
+    assert rows == [
+        ("TEE-1", "pending", None),  # asked 400 days ago: more than 12 months
+        ("MUG-1", "skipped", "already asked to review MUG-1 within 365 days"),
+    ]
+
+
+def test_per_customer_cap_in_thirty_days_records_skipped_reasons(engine, runtime, now):
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        for n in range(1, 6):
+            session.add(Product(sku=f"SOCK-{n}", title=f"Sock {n}", category="socks", tags=[],
+                                stock=10, price=Decimal("5.00"), attributes={},
+                                updated_at=now))
+        customer = add_customer(session, now, "busy@example.com")
+        first = delivered(session, now, lines=[("TEE-1", 1, "25.00"), ("MUG-1", 1, "18.00")],
+                          customer=customer, email=customer.email)
+        socks = [(f"SOCK-{n}", 1, "5.00") for n in range(1, 6)]
+        second = delivered(session, now, lines=socks, customer=customer, email=customer.email)
+        first_id, second_id = first.id, second.id
+    with session_scope(engine) as session:
+        review_request(session, [first_id], now - timedelta(days=10), runtime)
+    with session_scope(engine) as session:
+        result = review_request(session, [second_id], now, runtime)
+        rows = [(m.topic, m.status, m.reason) for m in requests(session, second_id)]
+    cap = "cap: 5 review requests per customer per 30 days"
+    assert rows == [("SOCK-1", "pending", None), ("SOCK-2", "pending", None),
+                    ("SOCK-3", "pending", None), ("SOCK-4", "skipped", cap),
+                    ("SOCK-5", "skipped", cap)]
+    assert result.details == {"messages_enqueued": 3, "requests_skipped": 2}
