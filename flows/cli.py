@@ -539,6 +539,35 @@ def demo_cmd(
     run_demo(orders, seed, console)
 
 
+@app.command("simulate")
+@user_errors
+def simulate_cmd(
+    days: Annotated[int, typer.Option("--days", min=1, help="Days to simulate.")] = 30,
+    orders: Annotated[int, typer.Option("--orders", min=1, help="Orders on day 0.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for data and behaviour.")] = 7,
+    start: Annotated[str | None, typer.Option("--start", help="ISO 8601 first day "
+                                              "(default today).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a seeded store day by day on a frozen clock; exit 1 if any rule is violated."""
+    from flows.simulate import simulate
+
+    app_engine()
+    result = simulate(days, orders, seed, parse_instant(start) if start else None)
+    if as_json:
+        print_json(result)
+    else:
+        for address, entries in result["calendar"].items():
+            console.print(address, style="bold")
+            for entry in entries:
+                console.print(f"  {entry}")
+        console.print(f"{len(result['violations'])} rule violations")
+        for violation in result["violations"]:
+            console.print(f"  {violation}", style="red")
+    if result["violations"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

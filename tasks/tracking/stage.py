@@ -87,7 +87,9 @@ def track(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
     _set_track_steps(session, waiting, now, cfg.store.timezone)
     _close_finished(session, TRACK_STEP, set(order_ids) - {o.id for o in orders}, now)
     return StageResult(
-        stage=TRACK_STEP, advanced=len(delivered), skipped=len(set(order_ids)) - len(orders),
+        # Still under way: deferred to the next event or the promise, not lost (run accounting).
+        stage=TRACK_STEP, advanced=len(delivered),
+        skipped=len(set(order_ids)) - len(orders) + len(waiting),
         details={"delivered": len(delivered), "late": len(late), **queued},
     )
 

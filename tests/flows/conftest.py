@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from tests.conftest import ROOT
+
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
@@ -22,6 +24,7 @@ def flow_env(db_url, tmp_path, monkeypatch):
     monkeypatch.setenv("JOURNEYS_ARTIFACTS_URL", f"file://{tmp_path / 'artifacts'}")
     monkeypatch.setenv("JOURNEYS_MAIL_TRANSPORT", "file")
     monkeypatch.setenv("JOURNEYS_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("JOURNEYS_CONFIG_DIR", str(ROOT / "configs"))
     for cached in (get_settings, journey.runtime, journey.app_engine):
         cached.cache_clear()
     yield journey
