@@ -253,6 +253,11 @@ def show_order(view: dict[str, Any]) -> None:
                       + (f" — {m['reason']}" if m["reason"] else ""))
     for a in view["artifacts"]:
         console.print(f"  artifact {a['kind']}: {a['ref']}")
+    for s in view["shipments"]:
+        console.print(f"  parcel {s['carrier']} {s['tracking_number']}: {s['status']}")
+    for e in view["loyalty"]:
+        console.print(f"  points {e['points']:+d} {e['kind']} ({e['status']}, rule "
+                      f"{e['rule_version']})")
 
 
 @app.command("report")

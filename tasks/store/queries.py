@@ -8,7 +8,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tasks.store.models import Artifact, Message, Order, OrderEvent, Quarantine
+from tasks.store.models import (
+    Artifact,
+    LoyaltyEntry,
+    Message,
+    Order,
+    OrderEvent,
+    Quarantine,
+    Shipment,
+)
 
 
 class OrderNotFound(LookupError):
@@ -45,6 +53,8 @@ def order_view(session: Session, order: Order) -> dict[str, Any]:
             "insured": bool(packing.get("insured", False)),
             "inserts": packing.get("inserts", []),
         },
+        "shipments": _shipments(session, order.id),
+        "loyalty": _ledger(session, order.id),
         "messages": _messages(session, order.id),
         "events": _events(session, order.id),
         "artifacts": _artifacts(session, order.id),
@@ -65,6 +75,23 @@ def _messages(session: Session, order_id: int) -> list[dict[str, Any]]:
         }
         for m in rows
     ]
+
+
+def _shipments(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(Shipment).where(Shipment.order_id == order_id)
+                           .order_by(Shipment.id))
+    return [{"carrier": s.carrier, "tracking_number": s.tracking_number, "status": s.status,
+             "substatus": s.substatus,
+             "delivered_at": s.delivered_at.isoformat() if s.delivered_at else None}
+            for s in rows]
+
+
+def _ledger(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(LoyaltyEntry).where(LoyaltyEntry.order_id == order_id)
+                           .order_by(LoyaltyEntry.id))
+    return [{"kind": e.kind, "status": e.status, "points": e.points,
+             "rule_version": e.rule_version, "source_key": e.source_key,
+             "at": e.created_at.isoformat()} for e in rows]
 
 
 def _events(session: Session, order_id: int) -> list[dict[str, Any]]:

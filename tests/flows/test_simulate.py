@@ -32,6 +32,11 @@ def test_three_weeks_of_a_store_break_no_rule(engine, flow_env, tmp_path, monkey
             "review_request"} <= templates
     assert approved == 0  # the 30-day return window has not closed after 21 days
     assert report["calendar"]
+    with session_scope(engine) as session:
+        order = session.scalars(select(Order).where(Order.state == "delivered")).first()
+    view = json.loads(CliRunner().invoke(app, ["order", order.external_id, "--json"]).stdout)
+    assert view["shipments"][0]["status"] == "Delivered"
+    assert view["loyalty"][0]["kind"] == "earn" and view["loyalty"][0]["status"] == "pending"
 
 
 def test_simulated_days_are_reproducible():
