@@ -33,6 +33,26 @@ def read(kind: str, path: Path, fmt: str | None):
     return readers[kind](path, fmt)
 
 
+def gate_events(records: list[Any], now: datetime) -> list[Any]:
+    """The tracking-events suite over the batch; failing events become quarantine records.
+
+    A repeated event id is not a failure here: intake counts it as a duplicate.
+    """
+    from tasks.quality.frames import tracking_frame
+    from tasks.quality.gate import quarantine_reasons, validate_frame
+    from tasks.tracking.formats import EVENT
+
+    events = [r for r in records if not isinstance(r, intake.Rejected)]
+    if not events:
+        return records
+    rows = [{"event_id": e.event_id, "tracking_number": e.tracking_number, "tag": e.tag,
+             "checkpoint_time": e.occurred_at.isoformat()} for e in events]
+    failures = validate_frame("tracking_events", tracking_frame(rows, now)).failures
+    refused = {id(events[pos]): quarantine_reasons(found) for pos, found in failures.items()}
+    return [r.rejected(EVENT, refused[id(r)], r.event_id) if id(r) in refused else r
+            for r in records]
+
+
 def write(kind: str, session, records: list[Any], now: datetime) -> intake.IntakeResult:
     """Store one batch of a kind (orders pass the quality gate first)."""
     from tasks.aftercare.feedback import ingest_feedback
@@ -42,6 +62,8 @@ def write(kind: str, session, records: list[Any], now: datetime) -> intake.Intak
     if kind == "orders":
         limit = rt.config.quality.failure_limit(len(records))
         return intake.ingest_orders(session, records, now, max_failure_rate=limit)
+    if kind == "events":
+        records = gate_events(records, now)
     writers = {"products": lambda: intake.ingest_products(session, records, now),
                "shipments": lambda: ingest_shipments(session, records, now, rt.config),
                "events": lambda: ingest_events(session, records, now),

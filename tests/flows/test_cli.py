@@ -270,3 +270,23 @@ def test_artifacts_lists_and_fetches_verified_copies(cli, tmp_path):
     bundle.write_bytes(b"tampered")
     code, _, err = cli("artifacts", "#1001", "--fetch", str(tmp_path / "again"))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_tracking_events_pass_the_quality_gate(cli, tmp_path):
+    cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--as-of", AS_OF)
+    cli("run", "--as-of", AS_OF)
+    shipment = {"order_source": "shopify", "order_external_id": "5432100001", "carrier": "ups",
+                "tracking_number": "1ZGATE", "shipped_at": AS_OF}
+    (tmp_path / "ship.jsonl").write_text(json.dumps(shipment) + "\n")
+    cli("ingest", "shipments", str(tmp_path / "ship.jsonl"), "--as-of", AS_OF)
+    events = [{"event_id": "ev-1", "tracking_number": "1ZGATE", "carrier": "ups",
+               "tag": "InTransit", "occurred_at": "2026-11-18T09:00:00+00:00"},
+              {"event_id": "ev-2", "tracking_number": "1ZGATE", "carrier": "ups",
+               "tag": "Delivered", "occurred_at": "2026-11-20T09:00:00+00:00"}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    counts = json.loads(cli("ingest", "events", str(tmp_path / "events.jsonl"), "--as-of", AS_OF,
+                            "--json")[1])
+    assert (counts["accepted"], counts["quarantined"]) == (1, 1)
+    [entry] = json.loads(cli("quarantine", "list", "--json")[1])
+    assert entry["reasons"][0]["check"] == "expect_column_values_to_be_between"
+    assert entry["reasons"][0]["field"] == "checkpoint_in_future_seconds"
