@@ -51,8 +51,9 @@ from tasks.store.journal import (
     insert_ignoring_duplicates,
     record_events,
     schedule_steps,
+    set_steps,
 )
-from tasks.store.models import Customer, LoyaltyEntry, Order, Step
+from tasks.store.models import Customer, LoyaltyEntry, Order
 
 EARN_STEP = "loyalty_earn"
 APPROVE_STEP = "loyalty_approve"
@@ -243,23 +244,6 @@ def existing_keys(session: Session, keys: Iterable[str]) -> set[str]:
     return set(session.scalars(query))
 
 
-def close_steps(
-    session: Session, step: str, outcomes: Mapping[int, tuple[str, str | None]], now: datetime
-) -> None:
-    """Set each order's `step` to (status, reason) in one executemany."""
-    if not outcomes:
-        return
-    table = Step.__table__
-    statement = (
-        update(table)
-        .where(table.c.order_id == bindparam("b_id"), table.c.name == step)
-        .values(status=bindparam("b_status"), reason=bindparam("b_reason"),
-                attempts=table.c.attempts + 1, updated_at=now)
-    )
-    rows = [{"b_id": oid, "b_status": s, "b_reason": r} for oid, (s, r) in outcomes.items()]
-    session.connection().execute(statement, rows)
-
-
 def loyalty_events(entries: Iterable[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
     """Timeline notes for new ledger entries that belong to an order."""
     return [
@@ -351,7 +335,7 @@ def earn(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
     schedule_steps(session, [(e["order_id"], APPROVE_STEP, e["available_at"])
                              for e in plan.entries], now)
     quarantine(session, "loyalty_order", "loyalty", plan.problems, now)
-    close_steps(session, EARN_STEP, plan.outcomes, now)
+    set_steps(session, EARN_STEP, plan.outcomes, now)
     statuses = [status for status, _ in plan.outcomes.values()]
     return StageResult(
         stage=EARN_STEP, advanced=statuses.count(DONE), closed=statuses.count(CLOSED),
@@ -512,7 +496,7 @@ def approve(session: Session, order_ids: Sequence[int], now: datetime, rt: Runti
         else:
             outcomes[oid] = outcome
     append_entries(session, rows, now)
-    close_steps(session, APPROVE_STEP, outcomes, now)
+    set_steps(session, APPROVE_STEP, outcomes, now)
     return StageResult(
         stage=APPROVE_STEP, advanced=len(rows) // 2,
         closed=sum(1 for s, _ in outcomes.values() if s == CLOSED), skipped=waiting,

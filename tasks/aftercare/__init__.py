@@ -20,7 +20,7 @@ from tasks.config import Config, Strict, section
 from tasks.confirm import customer_context, locale_of, store_context
 from tasks.messaging.outbox import message_id_for, order_message
 from tasks.store.db import is_postgres
-from tasks.store.journal import CANCELLED, CLOSED, DONE, PENDING
+from tasks.store.journal import CANCELLED, CLOSED, DONE, PENDING, set_steps
 from tasks.store.models import Order, Step
 
 ISSUE_TAGS = ("damaged", "wrong_item", "missing_item", "late", "other")
@@ -104,17 +104,7 @@ def finish_steps(
     status: str = DONE,
 ) -> None:
     """Mark `step` of each order `status` with its reason (order id → reason), in one UPDATE."""
-    if not outcomes:
-        return
-    table = Step.__table__
-    statement = (
-        update(table)
-        .where(table.c.order_id == bindparam("b_id"), table.c.name == step)
-        .values(status=status, reason=bindparam("b_reason"), attempts=table.c.attempts + 1,
-                updated_at=now)
-    )
-    rows = [{"b_id": oid, "b_reason": reason} for oid, reason in outcomes.items()]
-    session.connection().execute(statement, rows)
+    set_steps(session, step, {oid: (status, reason) for oid, reason in outcomes.items()}, now)
 
 
 def close_missing(

@@ -7,7 +7,7 @@ outbox rows are inserted with their natural keys (duplicates ignored).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -146,21 +146,25 @@ def _hold_reason(transition: Transition) -> str | None:
 def _close_steps(
     session: Session, step: str, transitions: Sequence[Transition], now: datetime
 ) -> None:
+    outcomes = {t.order_id: (_step_status(t.to_state), t.reason) for t in transitions}
+    set_steps(session, step, outcomes, now)
+
+
+def set_steps(
+    session: Session, step: str, outcomes: Mapping[int, tuple[str, str | None]], now: datetime
+) -> None:
+    """Set each order's `step` to (status, reason), counting an attempt: one executemany."""
+    if not outcomes:
+        return
     table = Step.__table__
     statement = (
         update(table)
         .where(table.c.order_id == bindparam("b_id"), table.c.name == step)
-        .values(
-            status=bindparam("b_status"),
-            reason=bindparam("b_reason"),
-            attempts=table.c.attempts + 1,
-            updated_at=now,
-        )
+        .values(status=bindparam("b_status"), reason=bindparam("b_reason"),
+                attempts=table.c.attempts + 1, updated_at=now)
     )
-    rows = [
-        {"b_id": t.order_id, "b_status": _step_status(t.to_state), "b_reason": t.reason}
-        for t in transitions
-    ]
+    rows = [{"b_id": oid, "b_status": status, "b_reason": reason}
+            for oid, (status, reason) in outcomes.items()]
     session.connection().execute(statement, rows)
 
 

@@ -31,6 +31,7 @@ from tasks.store.journal import (
     insert_ignoring_duplicates,
     record_events,
     schedule_steps,
+    set_steps,
 )
 from tasks.store.models import Message, Order, ServiceCase, Shipment, Step
 from tasks.tracking.ingest import DELIVERED, DELIVERED_TAG, SHIPPED, TRACK_STEP, tracking_link
@@ -279,12 +280,7 @@ def late_reason(order: Order, now: datetime, cfg: Config) -> str:
 
 def _finish_steps(session: Session, step: str, order_ids: list[int], now: datetime) -> None:
     """Mark `step` done for these orders, counting the attempt."""
-    if order_ids:
-        session.execute(
-            update(Step).where(Step.order_id.in_(order_ids), Step.name == step)
-            .values(status=DONE, attempts=Step.attempts + 1, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
+    set_steps(session, step, {order_id: (DONE, None) for order_id in order_ids}, now)
 
 
 # ---------------------------------------------------------------- messages
