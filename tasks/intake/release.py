@@ -25,7 +25,7 @@ class QuarantineNotFound(LookupError):
 
 @dataclass
 class ReleaseOutcome:
-    """What happened: released, still_rejected (with reasons) or already_released."""
+    """What happened: released, still_rejected (with reasons), already_released or erased."""
 
     status: str
     reasons: list[dict[str, Any]] = field(default_factory=list)
@@ -50,6 +50,8 @@ def release(
     entry = get_entry(session, entry_id)
     if entry.status == "released":
         return ReleaseOutcome("already_released")
+    if entry.status == "erased":  # its customer was erased (tasks/privacy.py): nothing to feed
+        return ReleaseOutcome("erased")
     items = _read_record(entry, fixed)
     rejected = [item for item in items if isinstance(item, Rejected)]
     if not items:

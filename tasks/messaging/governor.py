@@ -3,10 +3,11 @@
 Rules, in order, for each row of the claimed batch (a constant three reads per batch):
 
 1. expiry: a row whose `expires_at` has passed is given up (status ``expired``);
-2. suppression (``Suppression.email_hash`` = sha256 of the lower-cased address): marketing to any
+2. suppression (``Suppression.email_hash`` = sha256 of the lower-cased address, or
+   ``email_hmac`` = its HMAC under the secret key, which erasure uses): marketing to any
    suppressed address is ``skipped`` ("suppressed: unsubscribe"); transactional mail is skipped
-   only for the reasons in ``block_transactional`` (a hard bounce) — an unsubscribe is about
-   marketing, so an order's confirmation still goes;
+   only for the reasons in ``block_transactional`` (a hard bounce, an erasure) — an unsubscribe
+   is about marketing, so an order's confirmation still goes;
 3. consent: marketing needs ``Customer.accepts_marketing`` (customer by id, else by address),
    otherwise ``skipped`` ("no marketing consent");
 4. quiet hours in the recipient's time zone (``Customer.timezone``, else the store's): marketing
@@ -26,6 +27,7 @@ Skipped and expired rows are final. Holding a row never counts as a send attempt
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ from tasks.store.models import Customer, Message, Suppression
 MARKETING = "marketing"
 PENDING, SKIPPED, EXPIRED = "pending", "skipped", "expired"
 COUNTED = ("sent", "unknown")  # statuses that count against a cap: the mail may have arrived
+SUPPRESSION_REASONS = ("unsubscribe", "complaint", "bounce", "erasure")  # weakest first
+_HMAC_CONTEXT = b"journeys-suppression:"  # keeps these apart from unsubscribe-link signatures
 
 
 # --- config -------------------------------------------------------------------------------
@@ -83,7 +87,7 @@ class GovernorConfig(Strict):
     )
     quiet_hours: QuietHours = QuietHours()
     defer_expiry_hours: DeferExpiry = DeferExpiry()
-    block_transactional: list[str] = Field(default_factory=lambda: ["bounce"])
+    block_transactional: list[str] = Field(default_factory=lambda: ["bounce", "erasure"])
 
 
 def governor_config(rt: Runtime) -> GovernorConfig:
@@ -132,10 +136,24 @@ def email_hash(address: str) -> str:
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()
 
 
+def email_hmac(address: str, secret_key: str) -> str:
+    """HMAC-SHA256 of the trimmed, lower-cased address: an erased address's suppression key."""
+    message = _HMAC_CONTEXT + address.strip().lower().encode()
+    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def stronger(reason: str | None, other: str) -> str:
+    """The stronger of two suppression reasons (an unknown one counts as the weakest)."""
+    if reason is None:
+        return other
+    rank = {name: i for i, name in enumerate(SUPPRESSION_REASONS)}
+    return other if rank.get(other, -1) > rank.get(reason, -1) else reason
+
+
 def govern(session: Session, rows: Sequence[Row[Any]], now: datetime, rt: Runtime) -> Decision:
     """Split a claimed batch into rows to send now and held rows with their reasons."""
     gov = governor_config(rt)
-    suppressed = load_suppressions(session, rows)
+    suppressed = load_suppressions(session, rows, rt.settings.secret_key)
     recipients = load_recipients(session, rows, rt.config.store.timezone)
     history = load_history(session, rows, recipients, now, max_window(gov))
     decision = Decision()
@@ -245,13 +263,22 @@ def max_window(gov: GovernorConfig) -> timedelta:
 # --- reads (three per batch) ---------------------------------------------------------------
 
 
-def load_suppressions(session: Session, rows: Sequence[Row[Any]]) -> dict[str, str]:
-    """email hash → suppression reason, for the batch's addresses."""
-    hashes = sorted({email_hash(row.to_addr) for row in rows})
-    query = select(Suppression.email_hash, Suppression.reason).where(
-        Suppression.email_hash.in_(hashes)
+def load_suppressions(
+    session: Session, rows: Sequence[Row[Any]], secret_key: str
+) -> dict[str, str]:
+    """email hash → the strongest suppression reason, matched by plain or keyed hash."""
+    addresses = {row.to_addr.strip().lower() for row in rows}
+    plain = {email_hash(a): email_hash(a) for a in addresses}
+    keyed = {email_hmac(a, secret_key): email_hash(a) for a in addresses}
+    table = Suppression.__table__
+    query = select(table.c.email_hash, table.c.email_hmac, table.c.reason).where(
+        or_(table.c.email_hash.in_(sorted(plain)), table.c.email_hmac.in_(sorted(keyed)))
     )
-    return dict(session.execute(query).tuples().all())
+    suppressed: dict[str, str] = {}
+    for plain_hash, keyed_hash, reason in session.execute(query):
+        key = plain.get(plain_hash) or keyed[keyed_hash]
+        suppressed[key] = stronger(suppressed.get(key), reason)
+    return suppressed
 
 
 def zone_of(name: str | None, fallback: ZoneInfo) -> ZoneInfo:

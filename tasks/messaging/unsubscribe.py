@@ -20,13 +20,13 @@ from urllib.parse import quote
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from tasks.messaging.governor import email_hash
+from tasks.messaging.governor import SUPPRESSION_REASONS, email_hash
 from tasks.runtime import Runtime
 from tasks.settings import get_settings
 from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.models import Suppression
 
-REASONS = ("unsubscribe", "complaint", "bounce", "erasure")  # weakest first
+REASONS = SUPPRESSION_REASONS  # weakest first
 _CONTEXT = b"journeys-unsubscribe:"
 
 

@@ -358,7 +358,10 @@ class Suppression(Base):
     __tablename__ = "suppressions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    email_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of lower(email)
+    # sha256 of lower(email); NULL for an erased address, which only has the keyed hash below.
+    email_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # HMAC-SHA256 of lower(email) under the secret key: cannot be reversed by hashing guesses.
+    email_hmac: Mapped[str | None] = mapped_column(String(64), unique=True)
     reason: Mapped[str] = mapped_column(String(30))  # unsubscribe | bounce | complaint | erasure
     source: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime]
@@ -415,3 +418,23 @@ class LoyaltyEntry(Base):
     basis: Mapped[Decimal | None]  # the money the points were computed on
     available_at: Mapped[datetime | None]  # pending → approved when the return window closes
     created_at: Mapped[datetime]
+
+
+class Erasure(Base):
+    """One "right to be forgotten" request: who asked, when, and the archive work still open.
+
+    Holds no personal data: `subject` is the keyed hash the suppression list uses, so a repeated
+    request is recognised after the address itself is gone from the database.
+    """
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), unique=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    requested_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]  # set once no archive object holds the customer
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Replaced archive objects not yet deleted (refs were switched, the delete may have failed).
+    stale_objects: Mapped[list[str]] = mapped_column(default=list)

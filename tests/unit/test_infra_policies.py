@@ -1,6 +1,8 @@
-"""The archive's IAM policy and bucket lifecycle (infra/*.json): structure and least privilege.
+"""The archive's IAM policies and bucket lifecycle (infra/*.json): structure, least privilege.
 
 The placeholders are bucket `journeys-archive` and prefix `journeys/`: replace both together.
+The stages' principal (iam-policy.json) never deletes; erasure (tasks/privacy.py) runs under its
+own principal (iam-policy-erasure.json) that may delete document and mail bundles only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ ACTION_OF_CALL = {
     "put_object": "s3:PutObject",
     "get_object": "s3:GetObject",
     "head_object": "s3:GetObject",
+    "delete_object": "s3:DeleteObject",
 }
+ERASURE_CALLS = {"delete_object"}  # made only by erasure, under the erasure principal
 DAYS_7_YEARS = 2555
 
 
@@ -37,6 +41,11 @@ def as_list(value: str | list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def policy() -> dict:
     return load("iam-policy.json")
+
+
+@pytest.fixture(scope="module")
+def erasure_policy() -> dict:
+    return load("iam-policy-erasure.json")
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +107,29 @@ def test_insecure_transport_is_denied_for_bucket_and_objects(policy) -> None:
     assert set(as_list(denies[0]["Resource"])) == {BUCKET_ARN, f"{BUCKET_ARN}/*"}
 
 
-def test_policy_covers_every_s3_call_the_archive_makes(policy) -> None:
-    """Ties the policy to tasks/archive.py: a new client call must be mapped (and allowed) here."""
+def granted_actions(policy: dict) -> set[str]:
+    return {action for s in allows(policy) for action in as_list(s["Action"])}
+
+
+def test_policy_covers_every_s3_call_the_archive_makes(policy, erasure_policy) -> None:
+    """Ties the policies to tasks/archive.py: a new client call must be mapped (and allowed)."""
     source = (ROOT / "tasks" / "archive.py").read_text()
     calls = set(re.findall(r"\.client\.(\w+)\(", source))
     assert calls, "no S3 client calls found in tasks/archive.py"
     assert calls <= ACTION_OF_CALL.keys(), f"unmapped S3 calls: {calls - ACTION_OF_CALL.keys()}"
-    granted = {action for s in allows(policy) for action in as_list(s["Action"])}
-    assert {ACTION_OF_CALL[c] for c in calls} <= granted
+    assert {ACTION_OF_CALL[c] for c in calls - ERASURE_CALLS} <= granted_actions(policy)
+    erasure_needs = {"get_object", "put_object", *ERASURE_CALLS}
+    assert {ACTION_OF_CALL[c] for c in erasure_needs} <= granted_actions(erasure_policy)
+
+
+def test_erasure_policy_may_delete_only_document_and_mail_bundles(erasure_policy) -> None:
+    test_policy_document_structure(erasure_policy)
+    assert granted_actions(erasure_policy) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    for statement in allows(erasure_policy):
+        assert sorted(as_list(statement["Resource"])) == [
+            f"{BUCKET_ARN}/{PREFIX}documents/*", f"{BUCKET_ARN}/{PREFIX}mail/*"
+        ]
+    test_insecure_transport_is_denied_for_bucket_and_objects(erasure_policy)
 
 
 # --- bucket lifecycle ---------------------------------------------------------------------------
@@ -134,8 +158,9 @@ def test_every_rule_is_enabled_with_an_id_and_a_prefix_inside_ours(lifecycle) ->
 def test_mail_and_documents_tier_down_and_expire_after_seven_years(lifecycle) -> None:
     """Retention is a business choice, not a technical one: 7 years (2555 days) covers common
     tax and commercial record-keeping periods for invoices and customer correspondence, but some
-    jurisdictions ask for longer; check before relying on it. The archive principal has no
-    s3:DeleteObject, so this expiration is the only way objects leave the archive. Objects are
+    jurisdictions ask for longer; check before relying on it. The stages' principal has no
+    s3:DeleteObject, so apart from an erasure (its own principal) this expiration is the only
+    way objects leave the archive. Objects are
     written once and rarely read: STANDARD_IA after 30 days (the earliest S3 allows), GLACIER
     after 180. A GLACIER object must be restored before GetObject can read it, so reading a
     document older than 180 days is an operator task, not something a stage may do.
