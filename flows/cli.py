@@ -117,11 +117,12 @@ def db_upgrade() -> None:
 def ingest_file(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
     """Through the ingest flow: quality gate per batch, one transaction per batch, manifest."""
     from flows.intake import ingest, read
+    from flows.parameters import IngestRequest
 
     # Refuse an unreadable file before a flow run (and a Prefect server) is started for it.
     next(iter(read(kind, path, fmt)), None)
     app_engine()
-    return ingest(kind, str(path), fmt, now)
+    return ingest(IngestRequest(kind=kind, source=str(path), format=fmt, as_of=now))
 
 
 def show_counts(title: str, counts: dict[str, int], as_json: bool) -> None:
@@ -196,10 +197,12 @@ def run_cmd(
 ) -> None:
     """Advance all due work as of an instant (default now), through the Prefect sweep flow."""
     from flows import journey
+    from flows.parameters import DailyRequest, SweepRequest
 
     app_engine()
-    run = journey.daily if daily else journey.sweep
-    result = run(as_of=parse_instant(as_of))
+    now = parse_instant(as_of)
+    result = (journey.daily(DailyRequest(as_of=now)) if daily
+              else journey.sweep(SweepRequest(as_of=now)))
     if as_json:
         print_json(result)
     else:
@@ -492,8 +495,7 @@ def case_decide(
     """Decide a case: the customer is told, and a refund reverses the order's points exactly."""
     from decimal import Decimal, InvalidOperation
 
-    from tasks import loyalty
-    from tasks.aftercare.service import ServiceError, decide_case
+    from tasks.aftercare.service import ServiceError, settle_case
 
     try:
         amount = Decimal(refund) if refund is not None else None
@@ -503,14 +505,10 @@ def case_decide(
     with session_scope(app_engine()) as session:
         try:
             actor = by or os.environ.get("USER", "operator")
-            outcome = decide_case(session, case_id, decision, actor, note, now, rt,
+            outcome = settle_case(session, case_id, decision, actor, note, now, rt,
                                   refund_amount=amount)
         except ServiceError as exc:
             raise UserError(str(exc)) from None
-        if outcome.refund:
-            refund_entry = loyalty.Refund(outcome.refund.order_id, outcome.refund.amount,
-                                          outcome.refund.source_key)
-            loyalty.reverse_refunds(session, [refund_entry], now, rt)
     console.print(f"case {case_id}: {outcome.decision}" + ("" if outcome.changed
                                                            else " (already decided)"))
 
@@ -527,6 +525,70 @@ def unsubscribe_cmd(token: str) -> None:
         except UnsubscribeError as exc:
             raise UserError(str(exc)) from None
     console.print(f"unsubscribed {address}")
+
+
+@app.command("erase")
+@user_errors
+def erase_cmd(
+    email: Annotated[str, typer.Option("--email", help="The address to forget.")],
+    by: ActorOpt = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase a customer: anonymise them and their archived papers; keep a hashed suppression."""
+    from dataclasses import asdict
+
+    from tasks.privacy import ErasureError, erase_customer
+    from tasks.store.db import session_factory
+
+    with session_factory(app_engine())() as session:
+        try:
+            outcome = erase_customer(session, email, datetime.now(UTC), Runtime.from_settings(),
+                                     actor=by or os.environ.get("USER", "operator"))
+        except ErasureError as exc:
+            raise UserError(str(exc)) from None
+    if as_json:
+        print_json(asdict(outcome))
+    elif outcome.already_erased:
+        console.print("already erased: nothing left to do")
+    else:
+        console.print(f"erased: {outcome.orders} orders, {outcome.messages} messages, "
+                      f"{outcome.archive_rewritten} archive bundles rewritten"
+                      + (f"; {outcome.undelivered} orders were still under way"
+                         if outcome.undelivered else ""))
+
+
+# --- Prefect: deploy and the local stack -------------------------------------------------------
+
+
+@app.command("deploy")
+@user_errors
+def deploy_cmd() -> None:
+    """Bootstrap the Prefect server at PREFECT_API_URL and apply infra/prefect.yaml (rerunnable)."""
+    from infra.stack import StackError, deploy
+
+    try:
+        deploy(report=console.print)
+    except StackError as exc:
+        raise UserError(str(exc)) from None
+
+
+@app.command("server")
+@user_errors
+def server_cmd(
+    port: Annotated[int, typer.Option("--port", help="Port for the Prefect UI and API.")] = 4200,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Process workers to start.")]
+    = 1,
+    prefect_db: Annotated[str | None, typer.Option(
+        "--prefect-db", help="PostgreSQL URL for Prefect's own database (default: SQLite; or "
+        "$JOURNEYS_PREFECT_DATABASE_URL).")] = None,
+) -> None:
+    """Prefect server, deployments and workers on this machine, until Ctrl-C stops them all."""
+    from infra.stack import StackError, run_stack
+
+    try:
+        run_stack(port=port, prefect_db_url=prefect_db, workers=workers, report=console.print)
+    except StackError as exc:
+        raise UserError(str(exc)) from None
 
 
 # --- demo -------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def demo_files(orders: int, seed: int, now: datetime) -> tuple[Path, Path]:
 def run_demo(orders: int, seed: int, console: Console) -> None:
     from flows.cli import app_engine, ingest_file
     from flows.journey import sweep
+    from flows.parameters import SweepRequest
     from tasks.store.queries import report
 
     now = datetime.now(UTC)
@@ -52,7 +53,7 @@ def run_demo(orders: int, seed: int, console: Console) -> None:
         progress.update(step, advance=1, description="ingesting orders")
         intake = ingest_file("orders", order_file, None, now)
         progress.update(step, advance=1, description="journey (Prefect sweep)")
-        result = sweep(as_of=now)
+        result = sweep(SweepRequest(as_of=now))
         progress.update(step, advance=1, description="done")
     with session_scope(app_engine()) as session:
         totals = report(session)

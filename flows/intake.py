@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from flows.common import app_engine, publish_manifest, runtime
+from flows.common import app_engine, batch_size, business_now, publish_manifest, runtime
+from flows.parameters import IngestRequest
 from tasks import intake
+from tasks.archive import download
 from tasks.manifest import intake_manifest
 from tasks.quality.gate import GateFailed
 from tasks.store.db import session_scope
@@ -95,16 +100,23 @@ def publish_validations(kind: str, result: intake.IntakeResult, ref: str) -> Non
                           description=f"Great Expectations results, archived at {ref}")
 
 
-@flow(name="ingest")
-def ingest(kind: str, path: str, fmt: str | None = None, as_of: datetime | None = None
-           ) -> dict[str, int]:
-    """Ingest orders, products, shipments, tracking events or feedback from a file."""
-    now = as_of or datetime.now(UTC)
+@contextmanager
+def local_copy(source: str) -> Iterator[Path]:
+    """A path to read: the file itself, or a temporary copy of an s3:// object."""
+    if not source.startswith("s3://"):
+        yield Path(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="journeys-ingest-") as folder:
+        name = source.rsplit("/", 1)[-1] or "input"
+        yield download(source, Path(folder) / name, runtime().settings)
+
+
+def ingest_path(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
+    """Every batch of the file through the gate and into the database; then the manifest."""
     total = intake.IntakeResult()
-    records = read(kind, Path(path), fmt)
-    size = runtime().settings.batch_size
+    records = read(kind, path, fmt)
     run_id = str(flow_run.id or uuid.uuid4())
-    for batch_no, batch in enumerate(intake.chunks(records, size), start=1):
+    for batch_no, batch in enumerate(intake.chunks(records, batch_size(None)), start=1):
         try:
             total.add(ingest_batch(kind, batch_no, batch, now))
         except GateFailed as failed:  # keep the evidence, then fail the run loudly
@@ -117,7 +129,14 @@ def ingest(kind: str, path: str, fmt: str | None = None, as_of: datetime | None 
     return total.as_dict()
 
 
+@flow(name="ingest")
+def ingest(request: IngestRequest) -> dict[str, int]:
+    """Ingest orders, products, shipments, tracking events or feedback from a file or s3:// URL."""
+    with local_copy(request.source) as path:
+        return ingest_path(request.kind, path, request.format, business_now(request.as_of))
+
+
 if __name__ == "__main__":
     import sys
 
-    print(ingest(sys.argv[1], sys.argv[2]))
+    print(ingest(IngestRequest(kind=sys.argv[1], source=sys.argv[2])))

@@ -7,19 +7,33 @@ the logic. Running either flow twice changes nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from sqlalchemy.orm import Session
 
-from flows.common import app_engine, publish_manifest, runtime
+from flows.common import (
+    app_engine,
+    batch_size,
+    business_now,
+    in_flow_run,
+    knob,
+    publish_manifest,
+    runtime,
+    scheduled_now,
+)
+from flows.order_events import emit_state_changes
+from flows.parameters import DailyRequest, OrderJourneyRequest, SweepRequest
+from flows.reporting import publish_order_timeline, publish_store_picture
 from tasks import loyalty
 from tasks.aftercare.feedback import feedback_request
 from tasks.aftercare.followups import birthday_offers, care_guide, cross_sell, replenishment
@@ -31,7 +45,7 @@ from tasks.pack import pack
 from tasks.quality.outputs import OutputCheckFailed, check_outbox
 from tasks.runtime import Runtime, StageResult
 from tasks.store.db import session_scope
-from tasks.store.journal import due_order_ids
+from tasks.store.journal import due_order_ids, take_state_changes
 from tasks.store.queries import find_order
 from tasks.tracking.stage import delay_watch_ids, late_cases, track
 from tasks.verify import verify
@@ -54,44 +68,57 @@ def run_stage_batch(stage: str, batch_no: int, order_ids: list[int], now: dateti
     """One stage over one batch, in one transaction: all of it happens, or none of it."""
     with session_scope(app_engine()) as session:
         result = STAGES[stage](session, order_ids, now, runtime())
+        changes = take_state_changes(session)
     result.received = len(order_ids)
+    emit_state_changes(changes)  # after the commit: only what really happened
     return result
 
 
 @task(task_run_name="dispatch-batch-{batch_no}", cache_policy=NONE)
-def dispatch_batch(batch_no: int, now: datetime, order_ids: list[int] | None = None) -> dict:
+def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int] | None = None
+                   ) -> dict:
     """Send due outbox messages (no retries here: the outbox itself retries deferred mail)."""
-    with session_scope(app_engine()) as session:
-        result = dispatch(session, now, runtime(), limit=runtime().settings.batch_size,
-                          order_ids=order_ids)
+    with mail_slot(), session_scope(app_engine()) as session:
+        result = dispatch(session, now, runtime(), limit=size, order_ids=order_ids)
         return result.as_dict()
 
 
-def due_batches(stage: str, now: datetime, batch_size: int):
+def mail_slot():
+    """One dispatcher at a time across all workers: the global concurrency limit journeys-mail.
+
+    Without a Prefect run (or before bootstrap made the limit) this does not wait.
+    """
+    if not in_flow_run():
+        return contextlib.nullcontext()
+    return concurrency("journeys-mail", occupy=1, strict=False)
+
+
+def due_batches(stage: str, now: datetime, size: int, shard: tuple[int, int] = (0, 1)):
     """Yield batches of due order ids for a stage, paging by id so the sweep always ends."""
     after_id = 0
     while True:
         with session_scope(app_engine()) as session:
-            ids = due_order_ids(session, stage, now, batch_size, after_id=after_id)
+            ids = due_order_ids(session, stage, now, size, after_id=after_id, shard=shard)
         if not ids:
             return
         yield ids
         after_id = ids[-1]
 
 
-def run_stages(now: datetime, batch_size: int) -> dict[str, StageResult]:
+def run_stages(now: datetime, size: int, shard: tuple[int, int] = (0, 1)
+               ) -> dict[str, StageResult]:
     results = {stage: StageResult(stage) for stage in STAGES}
     for stage in STAGES:
-        for batch_no, ids in enumerate(due_batches(stage, now, batch_size), start=1):
+        for batch_no, ids in enumerate(due_batches(stage, now, size, shard), start=1):
             results[stage].add(run_stage_batch(stage, batch_no, ids, now))
     return results
 
 
-def dispatch_all(now: datetime, order_ids: list[int] | None = None) -> dict[str, int]:
+def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None) -> dict[str, int]:
     """Dispatch until a batch sends nothing new (deferred mail waits for a later run)."""
     totals: dict[str, int] = {}
     for batch_no in range(1, 10_000):
-        outcome = dispatch_batch(batch_no, now, order_ids)
+        outcome = dispatch_batch(batch_no, now, size, order_ids)
         for key, value in outcome.items():
             totals[key] = totals.get(key, 0) + value
         if sum(outcome.values()) == 0:
@@ -150,19 +177,20 @@ def summary_markdown(now: datetime, report: dict[str, Any]) -> str:
 
 
 @flow(name="journey-sweep", log_prints=True)
-def sweep(as_of: datetime | None = None, batch_size: int | None = None) -> dict[str, Any]:
+def sweep(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B008 (frozen)
     """Advance every due order through verification, packing and confirmation, then send mail.
 
-    `as_of` is the business clock (default: now); every stage sees the same instant.
+    Every stage sees the same business clock. Safe to run twice, and to run on several
+    workers at once: each batch claims its orders (SKIP LOCKED on PostgreSQL).
     """
-    now = as_of or datetime.now(UTC)
-    size = batch_size or runtime().settings.batch_size
-    results = run_stages(now, size)
-    report = summary(results, dispatch_all(now))
+    now, size = business_now(request.as_of), batch_size(request.batch_size)
+    results = run_stages(now, size, (request.shard, request.shards))
+    report = summary(results, dispatch_all(now, size))
     create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
     manifest = sweep_manifest(results, now)
     report["manifest"] = manifest.counts()
-    publish_manifest(manifest)
+    ref = publish_manifest(manifest)
+    publish_store_picture(f"Store after the sweep as of {now.isoformat()}", report["manifest"], ref)
     if results["confirm"].advanced:
         report["output_checks"] = check_outputs(now)
     get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)
@@ -213,32 +241,56 @@ def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
     return results
 
 
+def sharded_sweeps(now: datetime, size: int, shards: int) -> dict[str, Any]:
+    """The sweep as `shards` deployment runs, so the workers share it; wait for all of them."""
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import wait_for_flow_run
+
+    runs = [run_deployment("journey-sweep/frequent", timeout=0, parameters={"request": {
+        "as_of": now.isoformat(), "batch_size": size, "shard": k, "shards": shards}})
+        for k in range(shards)]
+    finished = [wait_for_flow_run(run.id, timeout=6 * 3600, log_states=True) for run in runs]
+    states = {str(run.id): run.state.name for run in finished}
+    failed = [run_id for run_id, state in states.items() if state != "Completed"]
+    if failed:
+        raise RuntimeError(f"sweep shards did not complete: {failed}")
+    return {"shards": states}
+
+
 @flow(name="journey-daily", log_prints=True)
-def daily(as_of: datetime | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """The daily run: late-parcel watch, birthday offers and loyalty tiers, then a full sweep."""
-    now = as_of or datetime.now(UTC)
-    size = batch_size or runtime().settings.batch_size
+def daily(request: DailyRequest = DailyRequest()) -> dict[str, Any]:  # noqa: B008 (frozen)
+    """The daily run: late-parcel watch, birthday offers and loyalty tiers, then a full sweep.
+
+    Its business date is the scheduled start time, not the moment a worker picked it up.
+    """
+    now, size = scheduled_now(request.as_of), batch_size(request.batch_size)
     extras = daily_work(now, size)
-    report = sweep(as_of=now, batch_size=size)
+    shards = request.shards or knob("journeys_daily_shards", 1)
+    if shards > 1:
+        report = sharded_sweeps(now, size, shards)
+    else:
+        report = sweep(SweepRequest(as_of=now, batch_size=size))
     report["daily"] = {name: {"advanced": r.advanced, "skipped": r.skipped, "details": r.details}
                        for name, r in extras.items()}
     return report
 
 
 @flow(name="order-journey", log_prints=True)
-def order_journey(order_id: str, as_of: datetime | None = None) -> dict[str, Any]:
+def order_journey(request: OrderJourneyRequest) -> dict[str, Any]:
     """Advance one order (by its source id or name) through every step that is due now."""
-    now = as_of or datetime.now(UTC)
+    now = business_now(request.as_of)
     with session_scope(app_engine()) as session:
-        internal_id = find_order(session, order_id).id
+        internal_id = find_order(session, request.order_id).id
     results = {stage: StageResult(stage) for stage in STAGES}
     for stage in STAGES:
         with session_scope(app_engine()) as session:
             due = due_order_ids(session, stage, now, 1, after_id=internal_id - 1)
         if due == [internal_id]:
             results[stage] = run_stage_batch(stage, 1, [internal_id], now)
-    report = summary(results, dispatch_all(now, [internal_id]))
-    get_run_logger().info("order %s as of %s: %s", order_id, now.isoformat(), report)
+    report = summary(results, dispatch_all(now, 100, [internal_id]))
+    report["order"] = publish_order_timeline(request.order_id)
+    get_run_logger().info("order %s as of %s: %s", request.order_id, now.isoformat(),
+                          {k: v for k, v in report.items() if k != "order"})
     return report
 
 

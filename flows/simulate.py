@@ -16,8 +16,9 @@ from typing import Any
 from flows.common import app_engine, runtime
 from flows.intake import ingest
 from flows.journey import daily
-from tasks import loyalty, simulation
-from tasks.aftercare.service import decide_case, open_cases
+from flows.parameters import DailyRequest, IngestRequest
+from tasks import simulation
+from tasks.aftercare.service import open_cases, settle_case
 from tasks.audit import AuditRules, audit, message_calendar
 from tasks.demo_data import demo_catalog, demo_orders
 from tasks.messaging.governor import governor_config
@@ -44,7 +45,7 @@ def outside_world(day_no: int, day: datetime, world: simulation.Outside) -> None
                    "feedback": simulation.feedback_for(session, day, world)}
     for kind, records in batches.items():
         if path := write(kind, day_no, records):
-            ingest(kind, str(path), None, day)
+            ingest(IngestRequest(kind=kind, source=str(path), as_of=day))
 
 
 def operator_decides(day: datetime) -> int:
@@ -53,12 +54,8 @@ def operator_decides(day: datetime) -> int:
     with session_scope(app_engine()) as session:
         cases = open_cases(session)
         for case in cases:
-            outcome = decide_case(session, case["id"], case["proposed"], "simulated-operator",
-                                  "accepted proposal", day, rt)
-            if outcome.refund:
-                refund = loyalty.Refund(outcome.refund.order_id, outcome.refund.amount,
-                                        outcome.refund.source_key)
-                loyalty.reverse_refunds(session, [refund], day, rt)
+            settle_case(session, case["id"], case["proposed"], "simulated-operator",
+                        "accepted proposal", day, rt)
     return len(cases)
 
 
@@ -80,14 +77,16 @@ def simulate(days: int, orders: int, seed: int, start: datetime | None = None) -
                                                  microsecond=0)
     world = simulation.Outside(seed)
     SIM_DIR.mkdir(parents=True, exist_ok=True)
-    ingest("products", str(write("products", 0, demo_catalog(seed))), None, start)
-    ingest("orders", str(write("orders", 0, demo_orders(orders, seed, start))), None, start)
+    ingest(IngestRequest(kind="products", source=str(write("products", 0, demo_catalog(seed))),
+                         as_of=start))
+    ingest(IngestRequest(kind="orders", as_of=start,
+                         source=str(write("orders", 0, demo_orders(orders, seed, start)))))
     decisions = 0
     for day_no in range(days):
         day = start + timedelta(days=day_no)
         outside_world(day_no, day, world)
         decisions += operator_decides(day)
-        daily(as_of=day)
+        daily(DailyRequest(as_of=day))
     with session_scope(app_engine()) as session:
         violations = audit(session, audit_rules())
         calendar = message_calendar(session)

@@ -2,7 +2,8 @@
 """Set up a local virtualenv from the lock file, then run the demo or the test suite.
 
 Needs only python3. Safe to rerun: the install step is skipped while requirements.lock,
-pyproject.toml and this file are unchanged (a stamp in .venv records their hash).
+pyproject.toml and this file are unchanged (a stamp in .venv records their hash). `test` also
+installs Debian's chromium (apt-get) when /usr/bin/chromium is missing: the UI test drives it.
 
     python3 infra/dev.py demo [journeys demo options]
     python3 infra/dev.py test [pytest options]
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -23,6 +26,8 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".journeys-installed"
 UV_VERSION = "0.13.9"
+CHROMIUM = Path("/usr/bin/chromium")
+APT_GET = ("apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120")
 
 
 def _inputs_hash() -> str:
@@ -61,6 +66,38 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def _apt(*args: str) -> tuple[bool, str]:
+    """One apt-get call, quiet unless it fails: (succeeded, its last line of output)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run([*APT_GET, *args], env=env, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode == 0, lines[-1] if lines else f"exit code {done.returncode}"
+
+
+def ensure_chromium() -> str | None:
+    """The browser test drives Debian's Chromium (Playwright cannot download its own here).
+
+    Returns None when it is there, else a one-line reason it could not be installed.
+    """
+    if CHROMIUM.exists():
+        return None
+    if shutil.which("apt-get") is None:
+        return f"{CHROMIUM} is missing and there is no apt-get to install it"
+    print("journeys: installing Debian's chromium for the browser test (apt-get)", flush=True)
+    started = time.monotonic()
+    ok, last = _apt("install", "chromium")
+    if not ok:  # a fresh machine's package lists may be stale or empty
+        ok, last = _apt("update")
+        if ok:
+            ok, last = _apt("install", "chromium")
+    if not ok:
+        return f"could not install chromium with apt-get ({last}); run: apt-get install -y chromium"
+    if not CHROMIUM.exists():
+        return f"apt-get installed chromium, yet {CHROMIUM} is missing"
+    print(f"journeys: chromium installed in {time.monotonic() - started:.0f}s", flush=True)
+    return None
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "journeys", "setup"}:
         print(__doc__.strip(), file=sys.stderr)
@@ -71,6 +108,9 @@ def main(argv: list[str]) -> int:
     if command == "setup":
         return 0
     if command == "test":
+        if problem := ensure_chromium():
+            print(f"journeys tests: {problem}", file=sys.stderr)
+            return 2
         cmd = [str(BIN / "python"), str(ROOT / "infra" / "run_tests.py"), *rest]
     elif command == "demo":
         cmd = [str(BIN / "journeys"), "demo", *rest]

@@ -4,7 +4,8 @@ Keys are deterministic (the caller's job), content is verified with a SHA-256 we
 ourselves, and writes are conditional: an object is never overwritten. Writing the same content
 to the same key again is an idempotent success; different content for an existing key is an
 error. Per-order documents are archived as one zip bundle per stage and batch, with an
-`index.json` of member checksums; a member ref is `<bundle ref>#<member name>`.
+`index.json` of member checksums; a member ref is `<bundle ref>#<member name>`. Only erasure
+deletes (tasks/privacy.py: a bundle holding an erased customer is rewritten, then removed).
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def bundle_member(bundle: bytes, member: str, ref: str) -> bytes:
     return data
 
 
+def bundle_members(bundle: bytes, ref: str) -> dict[str, bytes]:
+    """Every member of a bundle (index.json aside), each checked against the bundle's index."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+            index = json.loads(archive.read(INDEX_MEMBER))
+            members = {name: archive.read(name) for name in index}
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ArchiveError(f"{ref}: not a readable bundle ({exc})") from exc
+    for name, data in members.items():
+        if sha256_hex(data) != index[name]:
+            raise ArchiveIntegrityError(f"{ref}#{name}: member checksum does not match the index")
+    return members
+
+
 def split_member_ref(ref: str) -> tuple[str, str | None]:
     """'<bundle ref>#<member>' → (bundle ref, member); a plain ref → (ref, None)."""
     object_ref, hash_sign, member = ref.rpartition("#")
@@ -96,6 +111,14 @@ class ArtifactStore(ABC):
     @abstractmethod
     def ref_for(self, key: str) -> str:
         """The ref an object written under `key` gets."""
+
+    @abstractmethod
+    def key_of(self, ref: str) -> str:
+        """The key an object ref was written under (the inverse of `ref_for`)."""
+
+    @abstractmethod
+    def delete(self, ref: str) -> None:
+        """Remove an object; an absent one is no error. Erasure is the only caller."""
 
     @abstractmethod
     def _write(self, key: str, data: bytes, sha256: str, content_type: str) -> None:
@@ -143,6 +166,15 @@ class FileStore(ArtifactStore):
             if existing != sha256:
                 raise ArchiveError(f"{self.ref_for(key)}: exists with different content")
         _link_new_file(_sidecar(path), sha256.encode())  # kept if a crash left it missing
+
+    def key_of(self, ref: str) -> str:
+        return self._path_of(ref).relative_to(self.root).as_posix()
+
+    def delete(self, ref: str) -> None:
+        """The object first: a sidecar left by a crash is harmless, and a rerun removes it."""
+        path = self._path_of(ref)
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
 
     def _read(self, ref: str) -> tuple[bytes, str | None]:
         path = self._path_of(ref)
@@ -235,12 +267,29 @@ class S3Store(ArtifactStore):
         if head.get("Metadata", {}).get("sha256") != sha256:
             raise ArchiveError(f"{ref}: exists with different content")
 
-    def _read(self, ref: str) -> tuple[bytes, str | None]:
+    def key_of(self, ref: str) -> str:
+        object_key = self._object_key_of(ref)
+        if self.prefix and not object_key.startswith(self.prefix + "/"):
+            raise ArchiveError(f"{ref}: not under prefix {self.prefix}/")
+        return object_key.removeprefix(self.prefix + "/") if self.prefix else object_key
+
+    def delete(self, ref: str) -> None:
+        """DeleteObject answers 204 whether or not the key existed. A versioned bucket keeps
+        the old version behind a delete marker: erasure needs an unversioned bucket."""
+        object_key = self._object_key_of(ref)
+        with _s3_errors(f"delete {ref}"):
+            self.client.delete_object(Bucket=self.bucket, Key=object_key)
+
+    def _object_key_of(self, ref: str) -> str:
         bucket, _, object_key = ref.removeprefix("s3://").partition("/")
         if not ref.startswith("s3://") or bucket != self.bucket:
             raise ArchiveError(f"{ref}: not an object of bucket {self.bucket}")
+        return object_key
+
+    def _read(self, ref: str) -> tuple[bytes, str | None]:
+        object_key = self._object_key_of(ref)
         with _s3_errors(f"get {ref}"):
-            response = self.client.get_object(Bucket=bucket, Key=object_key)
+            response = self.client.get_object(Bucket=self.bucket, Key=object_key)
             data = response["Body"].read()
         return data, response.get("Metadata", {}).get("sha256")
 
@@ -294,3 +343,14 @@ def open_store(url: str, settings: Settings) -> ArtifactStore:
             raise ArchiveError(f"{url}: no bucket in S3 archive URL")
         return S3Store(bucket, prefix, settings.s3_endpoint_url, settings.s3_sse)
     raise ArchiveError(f"unsupported archive URL {url!r}: use file://DIR or s3://bucket/prefix")
+
+
+def download(url: str, destination: Path, settings: Settings) -> Path:
+    """Copy s3://bucket/key to `destination` (inputs dropped in S3 by a store or a carrier)."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not url.startswith("s3://") or not bucket or not key:
+        raise ArchiveError(f"{url}: expected s3://bucket/key")
+    client = _s3_client(settings.s3_endpoint_url, 5, 5.0, 60.0)
+    with _s3_errors(f"download {url}"):
+        client.download_file(bucket, key, str(destination))
+    return destination

@@ -157,6 +157,21 @@ def release_held_reviews(session: Session, order_id: int, now: datetime) -> None
     )
 
 
+def settle_case(
+    session: Session, case_id: int, decision: str, actor: str, note: str | None,
+    now: datetime, rt: Runtime, refund_amount: Decimal | None = None,
+) -> CaseOutcome:
+    """Decide a case and, for a refund, reverse the order's points exactly (one transaction)."""
+    from tasks import loyalty
+
+    outcome = decide_case(session, case_id, decision, actor, note, now, rt, refund_amount)
+    if outcome.refund:
+        refund = outcome.refund
+        loyalty.reverse_refunds(
+            session, [loyalty.Refund(refund.order_id, refund.amount, refund.source_key)], now, rt)
+    return outcome
+
+
 def _outcome(case: ServiceCase, order: Order, changed: bool) -> CaseOutcome:
     refund = None
     if case.decision == "refund" and case.refund_amount is not None:

@@ -57,12 +57,14 @@ def insert_ignoring_duplicates(
 
 
 def due_order_ids(
-    session: Session, step: str, now: datetime, limit: int, after_id: int = 0
+    session: Session, step: str, now: datetime, limit: int, after_id: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[int]:
     """Orders whose `step` is pending and due, by order id after `after_id` (keyset paging).
 
     Paging by id (not by due time) guarantees a sweep terminates even when some due orders
     cannot be claimed right now (locked by another worker, or no longer in the stage's state).
+    `shard` = (k, n) keeps the orders whose id modulo n is k, for runs that split the work.
     """
     query = (
         select(Step.order_id)
@@ -75,6 +77,9 @@ def due_order_ids(
         .order_by(Step.order_id)
         .limit(limit)
     )
+    index, count = shard
+    if count > 1:
+        query = query.where(Step.order_id % count == index)
     return list(session.scalars(query))
 
 
@@ -183,10 +188,20 @@ def _event_row(t: Transition, from_state: str, now: datetime, actor: str) -> dic
     }
 
 
+STATE_CHANGES = "journeys.state_changes"  # session.info key: this transaction's state rows
+
+
 def record_events(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Append to the timeline; state changes are also noted on the session for notifiers."""
     rows = list(rows)
     if rows:
         session.execute(OrderEvent.__table__.insert(), rows)
+        session.info.setdefault(STATE_CHANGES, []).extend(r for r in rows if r["kind"] == "state")
+
+
+def take_state_changes(session: Session) -> list[dict[str, Any]]:
+    """The state changes this session recorded so far (and forget them)."""
+    return session.info.pop(STATE_CHANGES, [])
 
 
 def schedule_steps(

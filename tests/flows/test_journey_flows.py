@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from flows.parameters import OrderJourneyRequest, SweepRequest
 from tasks.demo_data import demo_catalog
 from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.store.db import session_scope
@@ -35,7 +36,7 @@ def counts(engine) -> dict[str, int]:
 
 def test_shopify_orders_journey_to_a_sent_confirmation(engine, flow_env, now, tmp_path):
     assert ingest_fixtures(engine, now, tmp_path).accepted == 3
-    report = flow_env.sweep(as_of=now)
+    report = flow_env.sweep(SweepRequest(as_of=now))
 
     assert report["stages"]["confirm"]["advanced"] == 3
     assert report["messages"]["sent"] == 3
@@ -56,11 +57,11 @@ def test_shopify_orders_journey_to_a_sent_confirmation(engine, flow_env, now, tm
 
 def test_rerunning_ingest_and_sweep_changes_nothing(engine, flow_env, now, tmp_path):
     ingest_fixtures(engine, now, tmp_path)
-    flow_env.sweep(as_of=now)
+    flow_env.sweep(SweepRequest(as_of=now))
     before = counts(engine)
 
     again = ingest_fixtures(engine, now + timedelta(minutes=5), tmp_path)
-    report = flow_env.sweep(as_of=now + timedelta(minutes=5))
+    report = flow_env.sweep(SweepRequest(as_of=now + timedelta(minutes=5)))
 
     assert (again.accepted, again.duplicates) == (0, 3)
     assert all(s["advanced"] == 0 for s in report["stages"].values())
@@ -70,10 +71,38 @@ def test_rerunning_ingest_and_sweep_changes_nothing(engine, flow_env, now, tmp_p
 
 def test_order_journey_advances_only_that_order(engine, flow_env, now, tmp_path):
     ingest_fixtures(engine, now, tmp_path)
-    report = flow_env.order_journey("5432100002", as_of=now)
+    report = flow_env.order_journey(OrderJourneyRequest(order_id="5432100002", as_of=now))
 
     assert report["stages"]["confirm"]["advanced"] == 1
     with session_scope(engine) as session:
         states = dict(session.execute(select(Order.external_id, Order.state)).all())
     assert states == {"5432100001": "received", "5432100002": "confirmed",
                       "5432100003": "received"}
+
+
+def journeys_events(prefix: str, timeout: float = 30) -> list[dict]:
+    """Order events as the Prefect server stored them (its persister writes them in batches)."""
+    import time
+
+    from prefect import get_client
+
+    body = {"filter": {"event": {"prefix": [prefix]}, "occurred": {
+        "since": "2026-01-01T00:00:00Z", "until": "2027-12-31T00:00:00Z"}}, "limit": 50}
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.request("POST", "/events/filter", json=body).json()["events"]
+            if len(found) >= 3 or time.monotonic() > deadline:
+                return found
+            time.sleep(1)
+
+
+def test_state_changes_reach_prefect_as_order_events(engine, flow_env, now, tmp_path):
+    ingest_fixtures(engine, now, tmp_path)
+    flow_env.sweep(SweepRequest(as_of=now))
+
+    confirmed = journeys_events("journeys.order.confirmed")
+    resources = sorted(e["resource"]["prefect.resource.id"] for e in confirmed)
+    assert resources[-3:] == [f"journeys.order.543210000{n}" for n in (1, 2, 3)]
+    assert {e["payload"]["from_state"] for e in confirmed} == {"packed"}
+    assert not any("@" in json.dumps(e) for e in confirmed)  # no customer e-mail in events

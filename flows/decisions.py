@@ -1,0 +1,230 @@
+"""Operator decisions in the Prefect UI: held orders and service cases, through typed forms.
+
+One run shows one form for many items (a select per order or case), so a queue of holds costs
+one paused process, not one per order. Every item defaults to "leave it as it is": if nobody
+answers before the timeout, nothing changes and the timeline says the review expired. Who
+decided, when, and why go into each order's timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from prefect import flow, get_client, get_run_logger, pause_flow_run
+from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.states import Running
+from pydantic import BaseModel, Field, create_model
+from sqlalchemy import select
+
+from flows.common import app_engine, knob, runtime
+from flows.order_events import emit_state_changes
+from flows.parameters import CaseReviewRequest, HoldReviewRequest
+from flows.reporting import md_cell
+from tasks.aftercare.service import OPEN, ServiceError, settle_case
+from tasks.store.db import session_scope
+from tasks.store.journal import ON_HOLD, record_events, take_state_changes
+from tasks.store.models import Order, ServiceCase
+from tasks.store.queries import find_order
+from tasks.verify import cancel_holds, release_holds
+
+SECONDS_PER_MINUTE = 60  # the unit of the timeout knob (tests shorten it)
+KEEP = "keep"
+
+
+class HoldDecision(BaseModel):
+    decision: Literal["keep", "release", "cancel"] = Field(KEEP, title="Decision", description=(
+        "release: approve and continue to packing; cancel: stop the order; keep: decide later."))
+    note: str = Field("", max_length=500, title="Note", description="Why (kept in the timeline).")
+
+
+class CaseDecision(BaseModel):
+    decision: Literal["keep", "replacement", "refund", "keep_with_credit"] = Field(
+        KEEP, title="Decision", description="keep: leave the case open for now.")
+    refund: Decimal | None = Field(None, ge=0, title="Refund amount", description=(
+        "Refund only; empty refunds the order total."))
+    note: str = Field("", max_length=500, title="Note", description="Why (kept in the timeline).")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One order or case in a form: its database id, what the operator sees, its field."""
+
+    id: int
+    label: str
+    detail: str
+    field: str
+
+
+def decision_form(name: str, items: list[Item], choice: type[BaseModel], intro: str
+                  ) -> type[RunInput]:
+    """A RunInput with a required operator name and one nested choice per item."""
+    fields: dict[str, Any] = {"operator": (str, Field(
+        min_length=1, max_length=100, title="Your name",
+        description="Recorded with each decision in the order's timeline."))}
+    for item in items:
+        fields[item.field] = (choice, Field(default_factory=choice, title=item.label,
+                                            description=item.detail))
+    form = create_model(name, __base__=RunInput, **fields)
+    return form.with_initial_data(description=intro)
+
+
+def wait_for_decisions(form: type[RunInput], minutes: int) -> RunInput | None:
+    """Pause until an operator submits the form; None when the timeout passes first."""
+    try:
+        return pause_flow_run(wait_for_input=form, timeout=minutes * SECONDS_PER_MINUTE,
+                              poll_interval=5)
+    except FlowPauseTimeout:
+        resume_without_input()
+        return None
+
+
+def resume_without_input() -> None:
+    """Back to Running, so the run ends Completed (with its safe default), not Failed."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.get_id(), Running(message="review expired"),
+                                  force=True)
+
+
+def items_markdown(title: str, items: list[Item], minutes: int) -> str:
+    lines = [f"# {title}", "", f"Waiting up to {minutes} minutes; anything left on *keep* "
+             "stays as it is.", "", "| field | item | why |", "|---|---|---|"]
+    lines += [f"| {i.field} | {md_cell(i.label)} | {md_cell(i.detail)} |" for i in items]
+    return "\n".join(lines)
+
+
+def timeout_minutes(requested: int | None) -> int:
+    return requested or knob("journeys_decision_timeout_minutes", 240)
+
+
+# --- held orders -------------------------------------------------------------------------------
+
+
+def held_orders(request: HoldReviewRequest) -> list[Item]:
+    """The requested held orders, or the oldest ones; each with its hold reasons."""
+    with session_scope(app_engine()) as session:
+        if request.order_ids:
+            orders = [find_order(session, oid) for oid in request.order_ids]
+            orders = [o for o in orders if o.state == ON_HOLD]
+        else:
+            orders = list(session.scalars(select(Order).where(Order.state == ON_HOLD)
+                                          .order_by(Order.updated_at, Order.id)
+                                          .limit(request.limit)))
+        return [Item(o.id, f"Order {o.name or o.external_id} ({o.total} {o.currency})",
+                     o.hold_reason or "", f"order_{n}")
+                for n, o in enumerate(orders[:request.limit], start=1)]
+
+
+def apply_hold_decisions(items: list[Item], answer: RunInput, now: datetime) -> dict[str, int]:
+    """Release or cancel as decided; each order's own transaction-safe compare-and-set."""
+    counts = {"release": 0, "cancel": 0, KEEP: 0}
+    actions = {"release": release_holds, "cancel": cancel_holds}
+    with session_scope(app_engine()) as session:
+        for item in items:
+            choice: HoldDecision = getattr(answer, item.field)
+            if choice.decision in actions:
+                done = actions[choice.decision](session, [item.id], now, actor=answer.operator,
+                                                note=choice.note)
+                counts[choice.decision] += len(done)
+            else:
+                counts[KEEP] += 1
+        changes = take_state_changes(session)
+    emit_state_changes(changes)
+    return counts
+
+
+def record_expired(order_ids: list[int], what: str, minutes: int, now: datetime) -> None:
+    """A review nobody answered is still a fact worth keeping in the timeline."""
+    rows = [{"order_id": oid, "at": now, "kind": "review_expired", "from_state": None,
+             "to_state": None, "actor": "journeys",
+             "detail": {"note": f"no decision within {minutes} minutes; {what}"}}
+            for oid in order_ids]
+    with session_scope(app_engine()) as session:
+        record_events(session, rows)
+
+
+@flow(name="review-holds", log_prints=True)
+def review_holds(request: HoldReviewRequest = HoldReviewRequest()) -> dict[str, Any]:  # noqa: B008
+    """Show held orders in one form; release or cancel what the operator decides."""
+    items, minutes = held_orders(request), timeout_minutes(request.timeout_minutes)
+    if not items:
+        return {"orders": 0}
+    create_markdown_artifact(items_markdown("Held orders to decide", items, minutes),
+                             key="review-holds", description="What the form below asks")
+    intro = ("Decide each held order: **release** continues it to packing, **cancel** stops it, "
+             "**keep** leaves it on hold.")
+    form = decision_form("HeldOrdersReview", items, HoldDecision, intro)
+    answer = wait_for_decisions(form, minutes)
+    now = datetime.now(UTC)  # a human decision happens on the real clock
+    if answer is None:
+        record_expired([i.id for i in items], "the order stays on hold", minutes, now)
+        get_run_logger().warning("hold review expired after %s minutes", minutes)
+        return {"orders": len(items), "expired": True}
+    return {"orders": len(items), **apply_hold_decisions(items, answer, now)}
+
+
+# --- service cases -----------------------------------------------------------------------------
+
+
+def open_case_items(request: CaseReviewRequest) -> list[Item]:
+    query = (select(ServiceCase, Order.name, Order.external_id)
+             .join(Order, Order.id == ServiceCase.order_id).where(ServiceCase.status == OPEN))
+    if request.case_ids:
+        query = query.where(ServiceCase.id.in_(request.case_ids))
+    query = query.order_by(ServiceCase.opened_at, ServiceCase.id).limit(request.limit)
+    with session_scope(app_engine()) as session:
+        rows = list(session.execute(query))
+    return [Item(case.id, f"Case {case.id}, order {name or external_id}",
+                 f"{case.reason}; proposed: {case.proposed}", f"case_{case.id}")
+            for case, name, external_id in rows]
+
+
+def apply_case_decisions(items: list[Item], answer: RunInput, now: datetime) -> dict[str, Any]:
+    """Settle each decided case (refunds reverse points); a refused decision is reported."""
+    counts: dict[str, Any] = {KEEP: 0, "decided": 0, "refused": []}
+    for item in items:
+        choice: CaseDecision = getattr(answer, item.field)
+        if choice.decision == KEEP:
+            counts[KEEP] += 1
+            continue
+        try:
+            with session_scope(app_engine()) as session:
+                settle_case(session, item.id, choice.decision, answer.operator, choice.note,
+                            now, runtime(), refund_amount=choice.refund)
+            counts["decided"] += 1
+        except ServiceError as refused:  # e.g. a refund above the order total
+            counts["refused"].append(f"case {item.id}: {refused}")
+    return counts
+
+
+def case_order_ids(items: list[Item]) -> list[int]:
+    with session_scope(app_engine()) as session:
+        return list(session.scalars(select(ServiceCase.order_id)
+                                    .where(ServiceCase.id.in_([i.id for i in items]))))
+
+
+@flow(name="review-cases", log_prints=True)
+def review_cases(request: CaseReviewRequest = CaseReviewRequest()) -> dict[str, Any]:  # noqa: B008
+    """Show open service cases in one form; settle what the operator decides."""
+    items, minutes = open_case_items(request), timeout_minutes(request.timeout_minutes)
+    if not items:
+        return {"cases": 0}
+    create_markdown_artifact(items_markdown("Service cases to decide", items, minutes),
+                             key="review-cases", description="What the form below asks")
+    intro = ("Decide each case: **replacement**, **refund** (points are reversed exactly) or "
+             "**keep_with_credit**; **keep** leaves it open.")
+    answer = wait_for_decisions(decision_form("ServiceCasesReview", items, CaseDecision, intro),
+                                minutes)
+    now = datetime.now(UTC)
+    if answer is None:
+        record_expired(case_order_ids(items), "the case stays open", minutes, now)
+        return {"cases": len(items), "expired": True}
+    outcome = apply_case_decisions(items, answer, now)
+    if outcome["refused"]:
+        get_run_logger().warning("decisions refused: %s", outcome["refused"])
+    return {"cases": len(items), **outcome}

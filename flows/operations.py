@@ -1,0 +1,50 @@
+"""Operator jobs as flows: release corrected quarantine entries, erase a customer on request."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.common import app_engine, business_now, runtime
+from flows.parameters import ErasureRequest, QuarantineReleaseRequest
+from tasks.store.db import session_factory, session_scope
+
+
+@flow(name="quarantine-release", log_prints=True)
+def release_quarantine(request: QuarantineReleaseRequest) -> dict[str, Any]:
+    """Feed quarantined records back in once their source is corrected; twice is a no-op.
+
+    Each entry is released in its own transaction, so one that still fails keeps its reasons
+    and does not hold back the others.
+    """
+    from tasks.intake.release import release
+
+    now, rows = business_now(request.as_of), []
+    for entry_id in request.entry_ids:
+        with session_scope(app_engine()) as session:
+            outcome = release(session, entry_id, now)
+        reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in outcome.reasons or [])
+        rows.append({"entry": entry_id, "outcome": outcome.status, "reasons": reasons})
+    create_table_artifact(rows, key="quarantine-release", description="What each entry did")
+    statuses = [row["outcome"] for row in rows]
+    summary = {status: statuses.count(status) for status in sorted(set(statuses))}
+    get_run_logger().info("quarantine release: %s", summary)
+    return {"entries": rows, "summary": summary}
+
+
+@flow(name="erase-customer", log_prints=True)
+def erase_customer(request: ErasureRequest) -> dict[str, Any]:
+    """Anonymise a customer everywhere, keep a hashed suppression entry; idempotent."""
+    from tasks.privacy import erase_customer as erase
+
+    # It commits itself: the archive may only change after the database has.
+    with session_factory(app_engine())() as session:
+        outcome = erase(session, request.email, business_now(None), runtime(),
+                        actor=request.requested_by)
+    counts = asdict(outcome)
+    create_table_artifact([{"what": k, "count": v} for k, v in counts.items()],
+                          key="customer-erasure", description="Erasure (no personal data here)")
+    return counts

@@ -1,0 +1,118 @@
+"""What each deployable flow takes: one pydantic model per unit of work.
+
+Prefect turns these into the run forms in its UI (titles, descriptions, choices, bounds) and,
+with `enforce_parameter_schema`, refuses a run whose parameters do not fit before it starts.
+Engineers pass the same models (or plain dicts) from code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AsOf = Annotated[datetime | None, Field(
+    title="Business clock",
+    description="The instant every stage sees (ISO 8601 with a zone). Empty: now.",
+)]
+BatchSize = Annotated[int | None, Field(
+    title="Batch size", ge=1, le=100_000,
+    description="Orders per task run. Empty: the Variable journeys_batch_size, else 1000.",
+)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SweepRequest(Request):
+    """Advance every due order (intake through confirmation and every timed step); send mail."""
+
+    as_of: AsOf = None
+    batch_size: BatchSize = None
+    shard: int = Field(0, ge=0, title="Shard", description="Which shard of the orders to take "
+                       "(order id modulo shards). Set by the daily run when it fans out.")
+    shards: int = Field(1, ge=1, le=64, title="Shards", description="How many shards in all; "
+                        "1 takes every order.")
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> SweepRequest:
+        if self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} is not below shards {self.shards}")
+        return self
+
+
+class DailyRequest(Request):
+    """The daily run: late-parcel watch, birthday offers, loyalty tiers, then a full sweep."""
+
+    as_of: Annotated[datetime | None, Field(
+        title="Business date",
+        description="The day this run is for. Empty: the run's scheduled start time, so a late "
+                    "or retried run still works on the day it was scheduled for.",
+    )] = None
+    batch_size: BatchSize = None
+    shards: int | None = Field(None, ge=1, le=64, title="Shards", description=(
+        "Run the sweep as this many separate deployment runs, spread over the workers. "
+        "Empty: the Variable journeys_daily_shards, else 1 (in this run)."))
+
+
+class OrderJourneyRequest(Request):
+    """Advance one order through every step that is due now."""
+
+    order_id: str = Field(min_length=1, max_length=100, title="Order", description=(
+        "The order's source id (5432100001) or its name (#1001)."))
+    as_of: AsOf = None
+
+
+class IngestRequest(Request):
+    """Read a file of orders, products, shipments, tracking events or feedback."""
+
+    kind: Literal["orders", "products", "shipments", "events", "feedback"] = Field(
+        title="What the file holds")
+    source: str = Field(min_length=1, max_length=2000, title="File", description=(
+        "A path on the worker's machine, or s3://bucket/key."))
+    format: str | None = Field(None, max_length=40, title="Format", description=(
+        "Force a format (shopify, canonical, csv, aftership ...). Empty: detected per record."))
+    as_of: AsOf = None
+
+
+class QuarantineReleaseRequest(Request):
+    """Re-validate quarantined records (after the source was corrected) and feed them back in."""
+
+    entry_ids: list[int] = Field(min_length=1, max_length=1000, title="Quarantine entries",
+                                 description="Ids from `journeys quarantine list` or the "
+                                             "quarantine artifact.")
+    as_of: AsOf = None
+
+
+class ErasureRequest(Request):
+    """Erase one customer: anonymise them, keep a hashed suppression entry and a balanced ledger."""
+
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$",
+                       title="Customer e-mail", description="The address the customer asked "
+                       "to be forgotten under.")
+    requested_by: str = Field(min_length=1, max_length=100, title="Requested by",
+                              description="Who handled the request; kept in the audit trail.")
+
+
+class HoldReviewRequest(Request):
+    """Ask an operator to decide held orders through a form (one run, one form, many orders)."""
+
+    order_ids: list[str] = Field(default_factory=list, max_length=100, title="Orders", description=(
+        "Source ids or names to review. Empty: the oldest held orders, up to the limit."))
+    limit: int = Field(20, ge=1, le=100, title="At most this many orders in the form")
+    timeout_minutes: int | None = Field(None, ge=1, le=10_080, title="Wait at most (minutes)",
+                                        description="Then every order stays on hold. Empty: the "
+                                        "Variable journeys_decision_timeout_minutes, else 240.")
+
+
+class CaseReviewRequest(Request):
+    """Ask an operator to decide open service cases through a form."""
+
+    case_ids: list[int] = Field(default_factory=list, max_length=100, title="Cases",
+                                description="Case ids. Empty: the oldest open cases.")
+    limit: int = Field(20, ge=1, le=100, title="At most this many cases in the form")
+    timeout_minutes: int | None = Field(None, ge=1, le=10_080, title="Wait at most (minutes)",
+                                        description="Then every case stays open. Empty: the "
+                                        "Variable journeys_decision_timeout_minutes, else 240.")

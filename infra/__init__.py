@@ -1,0 +1,1 @@
+"""Deployment, bootstrap and local-stack tooling for the Prefect layer."""

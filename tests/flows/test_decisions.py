@@ -1,0 +1,120 @@
+"""Operator forms: a paused review run, resumed through the Prefect API with typed input."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+from sqlalchemy import select
+
+from flows.parameters import HoldReviewRequest
+from tasks.store.db import session_scope
+from tasks.store.models import Order, OrderEvent
+from tests.factories import add_catalog, add_order
+
+HOLD = "risk_flagged: tag fraud-suspected"
+
+
+def held_orders(engine, now, how_many: int) -> list[str]:
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        orders = [add_order(session, now, state="on_hold", step=None, hold_reason=HOLD)
+                  for _ in range(how_many)]
+        return [o.external_id for o in orders]
+
+
+def start_in_thread(flow_fn, request) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=flow_fn(request)))
+    thread.start()
+    return thread, outcome
+
+
+def paused_run_id(flow_name: str, timeout: float = 60):
+    """The id of the flow's run once it is paused waiting for input."""
+    paused = FlowRunFilter(state=FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused, flow_filter=FlowFilter(
+                name=FlowFilterName(any_=[flow_name])))
+            if runs:
+                return runs[0].id
+            time.sleep(0.5)
+    raise AssertionError(f"no paused {flow_name} run within {timeout} s")
+
+
+def timeline(engine, external_id: str) -> list[OrderEvent]:
+    with session_scope(engine) as session:
+        order = session.scalars(select(Order).where(Order.external_id == external_id)).one()
+        events = list(session.scalars(select(OrderEvent).where(OrderEvent.order_id == order.id)
+                                      .order_by(OrderEvent.id)))
+        session.expunge_all()
+        return [order, *events]
+
+
+def test_a_submitted_form_releases_and_cancels_held_orders(engine, flow_env, now):
+    from flows.decisions import review_holds
+
+    first, second, third = held_orders(engine, now, 3)
+    thread, outcome = start_in_thread(review_holds, HoldReviewRequest(timeout_minutes=5))
+    run_id = paused_run_id("review-holds")
+    resume_flow_run(run_id, run_input={
+        "operator": "ana.ops",
+        "order_1": {"decision": "release", "note": "called the customer"},
+        "order_2": {"decision": "cancel", "note": "card reported stolen"},
+    })  # order_3 left on its default: keep
+    thread.join(timeout=120)
+
+    assert outcome["result"] == {"orders": 3, "release": 1, "cancel": 1, "keep": 1}
+    order, *events = timeline(engine, first)
+    assert order.state == "verified"
+    assert (events[-1].actor, events[-1].detail["note"]) == ("ana.ops", "called the customer")
+    order, *events = timeline(engine, second)
+    assert (order.state, events[-1].actor) == ("cancelled", "ana.ops")
+    assert "card reported stolen" in order_reason(events[-1])
+    order, *_ = timeline(engine, third)
+    assert order.state == "on_hold"
+
+
+def order_reason(event: OrderEvent) -> str:
+    return f"{event.detail.get('reason')} {event.detail.get('note')}"
+
+
+def test_input_that_does_not_fit_the_form_is_refused(engine, flow_env, now):
+    from flows.decisions import review_holds
+
+    held_orders(engine, now, 1)
+    thread, outcome = start_in_thread(review_holds, HoldReviewRequest(timeout_minutes=5))
+    run_id = paused_run_id("review-holds")
+    with pytest.raises(Exception, match="(?i)valid|schema|reason"):
+        resume_flow_run(run_id, run_input={"operator": "ana", "order_1": {"decision": "ship"}})
+    resume_flow_run(run_id, run_input={"operator": "ana"})  # every order on its default
+    thread.join(timeout=120)
+    assert outcome["result"] == {"orders": 1, "release": 0, "cancel": 0, "keep": 1}
+
+
+def test_an_unanswered_review_times_out_and_changes_nothing(engine, flow_env, now, monkeypatch):
+    from flows import decisions
+
+    monkeypatch.setattr(decisions, "SECONDS_PER_MINUTE", 2)
+    (external_id,) = held_orders(engine, now, 1)
+    state = decisions.review_holds(HoldReviewRequest(timeout_minutes=1), return_state=True)
+
+    assert state.is_completed(), state  # the safe default is a normal outcome, not a failure
+    assert state.result() == {"orders": 1, "expired": True}
+    order, *events = timeline(engine, external_id)
+    assert order.state == "on_hold"
+    assert events[-1].kind == "review_expired" and "stays on hold" in events[-1].detail["note"]
