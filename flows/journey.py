@@ -244,17 +244,33 @@ def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
 def sharded_sweeps(now: datetime, size: int, shards: int) -> dict[str, Any]:
     """The sweep as `shards` deployment runs, so the workers share it; wait for all of them."""
     from prefect.deployments import run_deployment
-    from prefect.flow_runs import wait_for_flow_run
 
     runs = [run_deployment("journey-sweep/frequent", timeout=0, parameters={"request": {
         "as_of": now.isoformat(), "batch_size": size, "shard": k, "shards": shards}})
         for k in range(shards)]
-    finished = [wait_for_flow_run(run.id, timeout=6 * 3600, log_states=True) for run in runs]
-    states = {str(run.id): run.state.name for run in finished}
+    states = wait_until_final([run.id for run in runs])
     failed = [run_id for run_id, state in states.items() if state != "Completed"]
     if failed:
         raise RuntimeError(f"sweep shards did not complete: {failed}")
     return {"shards": states}
+
+
+def wait_until_final(run_ids: list, poll_seconds: float = 5.0) -> dict[str, str]:
+    """Each flow run's final state name (Prefect's own waiter is async-only)."""
+    import time
+
+    from prefect import get_client
+
+    states: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        while len(states) < len(run_ids):
+            for run_id in run_ids:
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    states[str(run_id)] = state.name
+            if len(states) < len(run_ids):
+                time.sleep(poll_seconds)
+    return states
 
 
 @flow(name="journey-daily", log_prints=True)

@@ -1,0 +1,232 @@
+"""Create what the journeys deployments need on a Prefect server; safe to rerun.
+
+Makes the `journeys` process work pool, the operator-tunable Variables, Secret blocks from the
+environment, the `journeys-mail` global concurrency limit and the alert automations. Anything
+that exists is kept: a second run changes nothing and never overwrites a value an operator
+edited. Secret values are never printed or logged.
+
+    python -m infra.bootstrap        # against PREFECT_API_URL
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+from prefect import get_client
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    VariableCreate,
+    WorkPoolCreate,
+)
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.workers.process import ProcessWorker
+
+WORK_POOL = "journeys"
+TAG = "journeys"
+VARIABLES: dict[str, Any] = {
+    "journeys_batch_size": 1000,
+    "journeys_daily_shards": 1,
+    "journeys_decision_timeout_minutes": 240,
+    "journeys_prefect_events": "all",  # all | exceptions | off
+}
+SECRETS = {  # block name → environment variable it is filled from
+    "journeys-secret-key": "JOURNEYS_SECRET_KEY",
+    "journeys-smtp-password": "JOURNEYS_SMTP_PASSWORD",
+}
+MAIL_LIMIT = "journeys-mail"
+ALERT_BLOCK = "journeys-alerts"
+ALERT_URL_ENV = "JOURNEYS_ALERT_WEBHOOK_URL"
+RUN_FAILED_AUTOMATION = "journeys: flow run failed"
+ORDER_HELD_AUTOMATION = "journeys: orders on hold"
+
+
+def bootstrap(client: SyncPrefectClient | None = None) -> list[str]:
+    """Make every missing object; returns one line per object saying what happened to it.
+
+    `client` is a sync client (`get_client(sync_client=True)`); None opens one on PREFECT_API_URL.
+    """
+    if client is None:
+        if not PREFECT_API_URL.value():  # else Prefect would bootstrap a throw-away server
+            raise RuntimeError("set PREFECT_API_URL to the Prefect server to bootstrap")
+        with get_client(sync_client=True) as own_client:
+            return bootstrap(own_client)
+    # Block.save talks to the API in the settings, not to `client`: point both at one server.
+    with temporary_settings({PREFECT_API_URL: str(client.api_url).rstrip("/")}):
+        return [
+            ensure_work_pool(client),
+            *[ensure_variable(client, name, value) for name, value in VARIABLES.items()],
+            *[ensure_secret(client, name, env) for name, env in SECRETS.items()],
+            ensure_mail_limit(client),
+            *ensure_alerts(client),
+        ]
+
+
+def ensure_work_pool(client: SyncPrefectClient) -> str:
+    """The process pool every deployment runs on; workers join it with `--pool journeys`."""
+    try:
+        pool = client.read_work_pool(WORK_POOL)
+        return f"work pool {WORK_POOL}: kept ({pool.type})"
+    except ObjectNotFound:
+        client.create_work_pool(WorkPoolCreate(
+            name=WORK_POOL, type="process",
+            description="Runs the journeys flows as processes on the machines of its workers.",
+            base_job_template=ProcessWorker.get_default_base_job_template(),
+        ))
+        return f"work pool {WORK_POOL}: created (process)"
+
+
+def ensure_variable(client: SyncPrefectClient, name: str, default: Any) -> str:
+    """Create a knob with its default; an existing value is the operator's and stays."""
+    existing = client.read_variable_by_name(name)
+    if existing is not None:
+        return f"variable {name}: kept ({json.dumps(existing.value)})"
+    client.create_variable(VariableCreate(name=name, value=default, tags=[TAG]))
+    return f"variable {name}: created ({json.dumps(default)})"
+
+
+def ensure_secret(client: SyncPrefectClient, name: str, env: str) -> str:
+    """Store a secret from the environment; the environment wins, so rotation is a rerun."""
+    value = os.environ.get(env) or None
+    current = read_block_data(client, name, Secret.get_block_type_slug())
+    if value is None:
+        state = "kept" if current is not None else f"not created ({env} is not set)"
+        return f"secret {name}: {state}"
+    if current is not None and current.get("value") == value:
+        return f"secret {name}: kept"
+    Secret(value=value).save(name, overwrite=True)
+    return f"secret {name}: {'updated' if current is not None else 'created'} from {env}"
+
+
+def read_block_data(client: SyncPrefectClient, name: str, slug: str) -> dict[str, Any] | None:
+    """A block document's data (secrets included), or None when there is no such block."""
+    try:
+        return client.read_block_document_by_name(name, block_type_slug=slug).data
+    except ObjectNotFound:
+        return None
+
+
+def ensure_mail_limit(client: SyncPrefectClient) -> str:
+    """One mail dispatcher at a time across all workers; an operator may change the limit."""
+    try:
+        limit = client.read_global_concurrency_limit_by_name(MAIL_LIMIT)
+        return f"concurrency limit {MAIL_LIMIT}: kept (limit {limit.limit})"
+    except ObjectNotFound:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=MAIL_LIMIT, limit=1))
+        return f"concurrency limit {MAIL_LIMIT}: created (limit 1)"
+
+
+def ensure_alerts(client: SyncPrefectClient) -> list[str]:
+    """Alerts for failed runs and held orders, sent to the webhook block journeys-alerts."""
+    block_id, line = ensure_alert_block(client)
+    if block_id is None:
+        return [line]
+    return [line, *[ensure_automation(client, a) for a in alert_automations(block_id)]]
+
+
+def ensure_alert_block(client: SyncPrefectClient) -> tuple[Any, str]:
+    """The webhook block from JOURNEYS_ALERT_WEBHOOK_URL, or one an operator made in the UI."""
+    url = os.environ.get(ALERT_URL_ENV) or None
+    slug = CustomWebhookNotificationBlock.get_block_type_slug()
+    try:
+        document = client.read_block_document_by_name(ALERT_BLOCK, block_type_slug=slug)
+    except ObjectNotFound:
+        document = None
+    if url is None and document is None:
+        return None, (f"automations: not created; set {ALERT_URL_ENV} to a webhook URL (Slack, "
+                      f"Teams, any HTTP endpoint) and rerun `journeys deploy` to be alerted "
+                      f"about failed runs and held orders")
+    if document is not None and (url is None or document.data.get("url") == url):
+        return document.id, f"notification block {ALERT_BLOCK}: kept"
+    block = CustomWebhookNotificationBlock(
+        name="journeys alerts", url=url, json_data={"text": "{{subject}}\n{{body}}"})
+    block_id = block.save(ALERT_BLOCK, overwrite=True)
+    state = "created" if document is None else "updated"
+    return block_id, f"notification block {ALERT_BLOCK}: {state} from {ALERT_URL_ENV}"
+
+
+def alert_automations(block_id: Any) -> list[AutomationCore]:
+    return [run_failed_automation(block_id), order_held_automation(block_id)]
+
+
+def run_failed_automation(block_id: Any) -> AutomationCore:
+    """Every journeys flow run (tagged journeys) that fails or crashes: one alert per run."""
+    return AutomationCore(
+        name=RUN_FAILED_AUTOMATION,
+        description="Alerts journeys-alerts when a journeys flow run fails or crashes.",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "tag",
+                           "prefect.resource.id": f"prefect.tag.{TAG}"},
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive, threshold=1, within=timedelta(0),
+        ),
+        actions=[SendNotification(
+            block_document_id=block_id,
+            subject="journeys: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
+            body="{{ flow.name }} run {{ flow_run.name }} ended {{ flow_run.state.name }}: "
+                 "{{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
+        )],
+    )
+
+
+def order_held_automation(block_id: Any) -> AutomationCore:
+    """Orders put on hold: at most one alert per 15 minutes, however many orders were held."""
+    return AutomationCore(
+        name=ORDER_HELD_AUTOMATION,
+        description="Alerts journeys-alerts (at most every 15 minutes) when orders go on hold.",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "journeys.order.*"},
+            expect={"journeys.order.held"},
+            posture=Posture.Reactive, threshold=1, within=timedelta(minutes=15),
+        ),
+        actions=[SendNotification(
+            block_document_id=block_id,
+            subject="journeys: orders are waiting on hold",
+            body="{{ event.resource.id }} went on hold ({{ event.payload }}); more may follow in "
+                 "the next 15 minutes. Decide them with the review-holds deployment.",
+        )],
+    )
+
+
+def ensure_automation(client: SyncPrefectClient, wanted: AutomationCore) -> str:
+    """One automation per name: create, update a changed definition, or keep it as it is.
+
+    Whether it is enabled is the operator's choice and survives an update.
+    """
+    found = client.read_automations_by_name(wanted.name)
+    for duplicate in found[1:]:
+        client.delete_automation(duplicate.id)
+    if not found:
+        client.create_automation(wanted)
+        return f"automation {wanted.name!r}: created"
+    current = found[0]
+    wanted = wanted.model_copy(update={"enabled": current.enabled})
+    if definition(current) == definition(wanted):
+        return f"automation {wanted.name!r}: kept"
+    client.update_automation(current.id, wanted)
+    return f"automation {wanted.name!r}: updated"
+
+
+def definition(automation: AutomationCore) -> dict[str, Any]:
+    """What an automation does, without the ids the server assigns."""
+    data = AutomationCore.model_validate(automation.model_dump()).model_dump(mode="json")
+    data["trigger"].pop("id", None)
+    return data
+
+
+if __name__ == "__main__":
+    for line in bootstrap():
+        print(line)
