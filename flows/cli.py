@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's temporary server creates its database on first use; 20 s is not enough on a busy
+# two-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import typer
 from pydantic import ValidationError
@@ -564,12 +567,16 @@ def erase_cmd(
 @user_errors
 def deploy_cmd() -> None:
     """Bootstrap the Prefect server at PREFECT_API_URL and apply infra/prefect.yaml (rerunnable)."""
+    import httpx
+
     from infra.stack import StackError, deploy
 
     try:
         deploy(report=console.print)
     except StackError as exc:
         raise UserError(str(exc)) from None
+    except httpx.HTTPError as exc:  # includes a server that is not there
+        raise UserError(f"Prefect API at {os.environ.get('PREFECT_API_URL')}: {exc}") from None
 
 
 @app.command("server")

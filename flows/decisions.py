@@ -25,7 +25,7 @@ from sqlalchemy import select
 from flows.common import app_engine, knob, runtime
 from flows.order_events import emit_state_changes
 from flows.parameters import CaseReviewRequest, HoldReviewRequest
-from flows.reporting import md_cell
+from flows.reporting import mask_emails, md_cell
 from tasks.aftercare.service import OPEN, ServiceError, settle_case
 from tasks.store.db import session_scope
 from tasks.store.journal import ON_HOLD, record_events, take_state_changes
@@ -116,7 +116,7 @@ def held_orders(request: HoldReviewRequest) -> list[Item]:
                                           .order_by(Order.updated_at, Order.id)
                                           .limit(request.limit)))
         return [Item(o.id, f"Order {o.name or o.external_id} ({o.total} {o.currency})",
-                     o.hold_reason or "", f"order_{n}")
+                     mask_emails(o.hold_reason or ""), f"order_{n}")
                 for n, o in enumerate(orders[:request.limit], start=1)]
 
 
@@ -180,7 +180,7 @@ def open_case_items(request: CaseReviewRequest) -> list[Item]:
     with session_scope(app_engine()) as session:
         rows = list(session.execute(query))
     return [Item(case.id, f"Case {case.id}, order {name or external_id}",
-                 f"{case.reason}; proposed: {case.proposed}", f"case_{case.id}")
+                 mask_emails(f"{case.reason}; proposed: {case.proposed}"), f"case_{case.id}")
             for case, name, external_id in rows]
 
 

@@ -37,12 +37,15 @@ def release_quarantine(request: QuarantineReleaseRequest) -> dict[str, Any]:
 
 @flow(name="erase-customer", log_prints=True)
 def erase_customer(request: ErasureRequest) -> dict[str, Any]:
-    """Anonymise a customer everywhere, keep a hashed suppression entry; idempotent."""
+    """Anonymise the customer who placed an order, everywhere; keep a hashed suppression."""
     from tasks.privacy import erase_customer as erase
+    from tasks.store.queries import find_order
 
+    with session_scope(app_engine()) as session:
+        email = find_order(session, request.order_id).email
     # It commits itself: the archive may only change after the database has.
     with session_factory(app_engine())() as session:
-        outcome = erase(session, request.email, business_now(None), runtime(),
+        outcome = erase(session, email, business_now(None), runtime(),
                         actor=request.requested_by)
     counts = asdict(outcome)
     create_table_artifact([{"what": k, "count": v} for k, v in counts.items()],

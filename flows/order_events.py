@@ -41,14 +41,16 @@ def emit_state_changes(changes: Sequence[dict[str, Any]]) -> int:
     return len(changes)
 
 
-def order_names(order_ids: set[int]) -> dict[int, tuple[str, str]]:
+def order_names(order_ids: set[int]) -> dict[int, tuple[str, str, str]]:
     with session_scope(app_engine()) as session:
-        rows = session.execute(select(Order.id, Order.external_id, Order.name)
+        rows = session.execute(select(Order.id, Order.external_id, Order.name, Order.source)
                                .where(Order.id.in_(order_ids)))
-        return {oid: (external_id, name or external_id) for oid, external_id, name in rows}
+        return {oid: (external_id, name or external_id, source)
+                for oid, external_id, name, source in rows}
 
 
-def order_event(change: dict[str, Any], external_id: str, name: str) -> dict[str, Any]:
+def order_event(change: dict[str, Any], external_id: str, name: str, source: str
+                ) -> dict[str, Any]:
     """One state change as a Prefect event: the order is the resource; no customer data."""
     to_state, at = change["to_state"], change["at"]
     reason = (change.get("detail") or {}).get("reason")
@@ -59,5 +61,7 @@ def order_event(change: dict[str, Any], external_id: str, name: str) -> dict[str
         "occurred": at,
         "payload": {"from_state": change["from_state"], "to_state": to_state,
                     "actor": change["actor"], "reasons": reason_codes(reason) if reason else []},
-        "id": uuid.uuid5(NAMESPACE, f"{external_id}:{to_state}:{at.isoformat()}"),
+        "related": [{"prefect.resource.id": f"journeys.source.{source}",
+                     "prefect.resource.role": "source"}],
+        "id": uuid.uuid5(NAMESPACE, f"{source}:{external_id}:{to_state}:{at.isoformat()}"),
     }

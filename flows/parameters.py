@@ -87,11 +87,15 @@ class QuarantineReleaseRequest(Request):
 
 
 class ErasureRequest(Request):
-    """Erase one customer: anonymise them, keep a hashed suppression entry and a balanced ledger."""
+    """Erase one customer: anonymise them, keep a hashed suppression entry and a balanced ledger.
 
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$",
-                       title="Customer e-mail", description="The address the customer asked "
-                       "to be forgotten under.")
+    The customer is named by one of their orders, not by e-mail: Prefect keeps every run's
+    parameters, and an erasure must not leave the address behind in them.
+    """
+
+    order_id: str = Field(min_length=1, max_length=100, title="One of the customer's orders",
+                          description="Its number (#1001) or source id; the customer who "
+                                      "placed it is erased, with all their orders.")
     requested_by: str = Field(min_length=1, max_length=100, title="Requested by",
                               description="Who handled the request; kept in the audit trail.")
 

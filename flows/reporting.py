@@ -22,7 +22,7 @@ def messages_by_status_and_reason(session) -> list[dict[str, Any]]:
     reason = func.coalesce(Message.reason, "")
     rows = session.execute(select(Message.status, reason, func.count())
                            .group_by(Message.status, reason).order_by(Message.status, reason))
-    return [{"status": status, "reason": why[:200], "messages": count}
+    return [{"status": status, "reason": mask_emails(why)[:200], "messages": count}
             for status, why, count in rows]
 
 
@@ -81,9 +81,17 @@ def table_md(title: str, counts: dict[str, Any]) -> list[str]:
     return [f"### {title}", "", "| | count |", "|---|---|", *rows, ""]
 
 
+EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@([^\s@'\"<>(),;:]+)")
+
+
+def mask_emails(text: str) -> str:
+    """Operators see that an address was involved, not whose: a.b@shop.com → ***@shop.com."""
+    return EMAIL.sub(r"***@\1", text)
+
+
 def md_cell(value: Any) -> str:
-    """Customer-influenced text cannot break the table or inject markup."""
-    return re.sub(r"[|\r\n<>`*_\[\]]", " ", str(value))[:120]
+    """Customer-influenced text cannot break the table, inject markup or show an address."""
+    return re.sub(r"[|\r\n<>`*_\[\]]", " ", mask_emails(str(value)))[:120]
 
 
 def artifact_key(text: str) -> str:
