@@ -8,17 +8,20 @@ decided, when, and why go into each order's timeline.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from prefect import flow, get_client, get_run_logger, pause_flow_run
+from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import FlowPauseTimeout
-from prefect.input import RunInput
+from prefect.input import RunInput, keyset_from_paused_state
+from prefect.input.actions import read_flow_run_input
+from prefect.input.run_input import run_input_subclass_from_type
 from prefect.runtime import flow_run
-from prefect.states import Running
+from prefect.states import Paused, Running
+from prefect.utilities.engine import propose_state_sync
 from pydantic import BaseModel, Field, create_model
 from sqlalchemy import select
 
@@ -34,6 +37,7 @@ from tasks.store.queries import find_order
 from tasks.verify import cancel_holds, release_holds
 
 SECONDS_PER_MINUTE = 60  # the unit of the timeout knob (tests shorten it)
+GRACE_SECONDS = 300  # the server's pause deadline comes this much after ours
 KEEP = "keep"
 
 
@@ -75,20 +79,37 @@ def decision_form(name: str, items: list[Item], choice: type[BaseModel], intro: 
 
 
 def wait_for_decisions(form: type[RunInput], minutes: int) -> RunInput | None:
-    """Pause until an operator submits the form; None when the timeout passes first."""
-    try:
-        return pause_flow_run(wait_for_input=form, timeout=minutes * SECONDS_PER_MINUTE,
-                              poll_interval=5)
-    except FlowPauseTimeout:
-        resume_without_input()
-        return None
+    """Pause with the form until an operator submits it; None once our deadline passes.
 
-
-def resume_without_input() -> None:
-    """Back to Running, so the run ends Completed (with its safe default), not Failed."""
+    As `pause_flow_run(wait_for_input=...)` does, with one change: the server's own pause
+    deadline is GRACE_SECONDS later than ours. Otherwise the server fails the paused run at the
+    same moment (an alert, a Failed run in the UI) and refuses an answer given in that window.
+    """
+    run_id, form = flow_run.get_id(), run_input_subclass_from_type(form)
+    paused = Paused(timeout_seconds=minutes * SECONDS_PER_MINUTE + GRACE_SECONDS,
+                    reschedule=False, pause_key="decisions")
+    keyset = keyset_from_paused_state(paused)
+    paused.state_details.run_input_keyset = keyset
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run.get_id(), Running(message="review expired"),
-                                  force=True)
+        if not propose_state_sync(client, paused, flow_run_id=run_id).is_paused():
+            raise RuntimeError("the server refused to pause this run for the form")
+        form.save(keyset)
+        get_run_logger().info("waiting up to %s minutes for the form", minutes)
+        if answered_before(client, run_id, minutes * SECONDS_PER_MINUTE):
+            return form.load(keyset)
+        client.set_flow_run_state(run_id, Running(message="review expired"), force=True)
+    # An answer that arrived just before we took the run back still counts.
+    return form.load(keyset) if read_flow_run_input(keyset["response"], run_id) else None
+
+
+def answered_before(client, run_id, seconds: float, poll_seconds: float = 2.0) -> bool:
+    """Whether the run was resumed (the form submitted) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_seconds, max(deadline - time.monotonic(), 0)))
+        if client.read_flow_run(run_id).state.is_running():
+            return True
+    return False
 
 
 def items_markdown(title: str, items: list[Item], minutes: int) -> str:

@@ -115,6 +115,9 @@ def test_an_unanswered_review_times_out_and_changes_nothing(engine, flow_env, no
 
     assert state.is_completed(), state  # the safe default is a normal outcome, not a failure
     assert state.result() == {"orders": 1, "expired": True}
+    with get_client(sync_client=True) as client:  # and never Failed on the way (no alert)
+        history = client.read_flow_run_states(state.state_details.flow_run_id)
+    assert [s.type.value for s in history][-3:] == ["PAUSED", "RUNNING", "COMPLETED"]
     order, *events = timeline(engine, external_id)
     assert order.state == "on_hold"
     assert events[-1].kind == "review_expired" and "stays on hold" in events[-1].detail["note"]
