@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,6 +33,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.objects import ConcurrencyOptions
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.callables import parameter_schema
@@ -88,13 +90,14 @@ def apply_deployment(client: SyncPrefectClient, spec: dict, pull_steps: list[dic
     flow = load_flow_from_entrypoint(spec["entrypoint"])
     pool = spec["work_pool"]
     limit = concurrency_of(spec)
+    paused = paused_schedules(client, f"{flow.name}/{spec['name']}")
     client.create_deployment(
         flow_id=client.create_flow_from_name(flow.name),
         name=spec["name"], entrypoint=spec["entrypoint"], description=spec.get("description"),
         tags=spec.get("tags", []), parameters=spec.get("parameters", {}),
         parameter_openapi_schema=parameter_schema(flow).model_dump(exclude_unset=True),
         enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
-        schedules=[schedule_from(entry) for entry in spec.get("schedules", [])],
+        schedules=[schedule_from(entry, paused) for entry in spec.get("schedules", [])],
         concurrency_limit=limit.get("limit"), concurrency_options=limit.get("options"),
         work_pool_name=pool["name"], work_queue_name=pool.get("work_queue_name"),
         job_variables=pool.get("job_variables", {}), pull_steps=pull_steps,
@@ -114,14 +117,24 @@ def concurrency_of(spec: dict) -> dict:
             "options": ConcurrencyOptions(collision_strategy=strategy) if strategy else None}
 
 
-def schedule_from(entry: dict) -> DeploymentScheduleCreate:
+def paused_schedules(client: SyncPrefectClient, name: str) -> set[str]:
+    """Slugs of the deployment's schedules an operator paused: deploying again keeps them so."""
+    try:
+        deployment = client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return set()
+    return {s.slug for s in deployment.schedules if s.slug and not s.active}
+
+
+def schedule_from(entry: dict, paused: set[str] = frozenset()) -> DeploymentScheduleCreate:
     """A prefect.yaml schedule: `cron` (with `timezone`) or `interval` in seconds."""
     if "cron" in entry:
         schedule = CronSchedule(cron=entry["cron"], timezone=entry.get("timezone", "UTC"))
     else:
         schedule = IntervalSchedule(interval=timedelta(seconds=entry["interval"]))
     return DeploymentScheduleCreate(
-        schedule=schedule, active=entry.get("active", True), slug=entry.get("slug"),
+        schedule=schedule, active=entry.get("active", True) and entry.get("slug") not in paused,
+        slug=entry.get("slug"),
         parameters=entry.get("parameters", {}))
 
 
@@ -226,7 +239,15 @@ class LocalStack:
             time.sleep(poll_seconds)
 
     def stop(self) -> None:
-        """Flow runs, then workers, then the server, each within its grace period; no orphans."""
+        """Flow runs, then workers, then the server, each within its grace period; no orphans.
+
+        A second Ctrl-C (or SIGTERM, SIGHUP) while stopping is ignored, so it cannot abandon
+        children that run in their own sessions.
+        """
+        with _stop_signals_ignored():
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         self.stop_flow_runs()
         for worker in self.workers:
             _signal_group(worker, signal.SIGTERM)
@@ -254,6 +275,9 @@ class LocalStack:
         deadline = time.monotonic() + self.worker_grace
         while _alive(runs) and time.monotonic() < deadline:
             time.sleep(0.2)
+        for pid, _ in _alive(runs):  # a run that ignored SIGTERM past the grace period
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _server_command(self) -> list[str]:
         return [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -364,8 +388,9 @@ def _start_time(pid: int) -> str:
 
 def run_stack(port: int = 4200, prefect_db_url: str | None = None, workers: int = 1,
               report: Report = print) -> None:
-    """Run the stack in the foreground until Ctrl-C or SIGTERM: what `journeys server` does."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    """Run the stack in the foreground until Ctrl-C, SIGTERM or SIGHUP: `journeys server`."""
+    previous = {signum: signal.signal(signum, _interrupt)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with LocalStack(port, prefect_db_url, workers, report=report) as stack:
             report(f"journeys: UI {stack.ui_url}  API {stack.api_url}  workers {workers}; "
@@ -374,7 +399,23 @@ def run_stack(port: int = 4200, prefect_db_url: str | None = None, workers: int 
     except KeyboardInterrupt:
         report("journeys: stopped")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored():
+    """Ignore Ctrl-C, SIGTERM and SIGHUP for the block (signals belong to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in names}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _interrupt(signum, frame) -> None:

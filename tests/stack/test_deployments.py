@@ -110,6 +110,20 @@ def test_a_daily_run_that_would_overlap_another_is_cancelled(stack):
     assert states == ["CANCELLED", "COMPLETED"]
 
 
+def test_deploying_again_keeps_a_schedule_an_operator_paused(stack):
+    daily = read_deployment("journey-daily/daily")
+    (schedule,) = daily.schedules
+    with get_client(sync_client=True) as client:
+        client.update_deployment_schedule(daily.id, schedule.id, active=False)
+    try:
+        deploy(stack.api_url, report=lambda line: None)
+        assert [s.active for s in read_deployment("journey-daily/daily").schedules] == [False]
+    finally:
+        with get_client(sync_client=True) as client:
+            again = read_deployment("journey-daily/daily")
+            client.update_deployment_schedule(again.id, again.schedules[0].id, active=True)
+
+
 def test_deploying_again_changes_nothing(stack):
     before = {name: read_deployment(name) for name in stack.local.deployments}
 
