@@ -42,7 +42,6 @@ from tasks.confirm import confirm
 from tasks.manifest import Manifest
 from tasks.messaging.outbox import dispatch
 from tasks.pack import pack
-from tasks.quality.outputs import OutputCheckFailed, check_outbox
 from tasks.runtime import Runtime, StageResult
 from tasks.store.db import session_scope
 from tasks.store.journal import due_order_ids, take_state_changes
@@ -149,6 +148,8 @@ def sweep_manifest(results: dict[str, StageResult], now: datetime) -> Manifest:
 @task(cache_policy=NONE)
 def check_outputs(now: datetime) -> dict[str, Any]:
     """Validate what this sweep confirmed; archive and publish the result; fail if it is wrong."""
+    from tasks.quality.outputs import OutputCheckFailed, check_outbox  # pandas: only when used
+
     with session_scope(app_engine()) as session:
         result = check_outbox(session, now)
     run_id = str(flow_run.id or uuid.uuid4())
