@@ -121,3 +121,32 @@ def test_an_unanswered_review_times_out_and_changes_nothing(engine, flow_env, no
     order, *events = timeline(engine, external_id)
     assert order.state == "on_hold"
     assert events[-1].kind == "review_expired" and "stays on hold" in events[-1].detail["note"]
+
+
+def test_service_cases_are_settled_from_the_form_and_a_bad_amount_is_reported(engine, flow_env,
+                                                                              now):
+    from flows.decisions import review_cases
+    from flows.parameters import CaseReviewRequest
+    from tasks.store.models import ServiceCase
+    from tests.unit.test_aftercare_service import order_with_case
+
+    with session_scope(engine) as session:
+        cases = [order_with_case(session, now)[1].id for _ in range(3)]
+    thread, outcome = start_in_thread(review_cases, CaseReviewRequest(timeout_minutes=5))
+    run_id = paused_run_id("review-cases")
+    first, second, third = (f"case_{case_id}" for case_id in cases)
+    resume_flow_run(run_id, run_input={
+        "operator": "lee.ops",
+        first: {"decision": "replacement", "note": "box crushed"},
+        second: {"decision": "refund", "refund": "100000", "note": "too much"},
+        third: {"decision": "keep"},
+    })
+    thread.join(timeout=120)
+
+    result = outcome["result"]
+    assert (result["decided"], result["keep"]) == (1, 1)
+    assert len(result["refused"]) == 1 and f"case {cases[1]}" in result["refused"][0]
+    with session_scope(engine) as session:
+        statuses = [session.get(ServiceCase, case_id).status for case_id in cases]
+        decided_by = session.get(ServiceCase, cases[0]).decided_by
+    assert statuses == ["resolved", "open", "open"] and decided_by == "lee.ops"
