@@ -64,12 +64,13 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         from tasks.intake import IntakeError
         from tasks.intake.release import QuarantineNotFound
         from tasks.quality.gate import GateFailed
+        from tasks.settings import SecretUnavailable
         from tasks.store.queries import OrderNotFound
 
         try:
             return fn(*args, **kwargs)
         except (UserError, IntakeError, ConfigError, OrderNotFound, QuarantineNotFound,
-                GateFailed) as exc:
+                GateFailed, SecretUnavailable) as exc:
             message = str(exc)
         except ValidationError as exc:  # a JOURNEYS_* setting with a bad value
             first = exc.errors()[0]
@@ -80,6 +81,13 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         raise typer.Exit(2)
 
     return wrapper
+
+
+def runtime() -> Runtime:
+    """The flows' runtime: the same settings and secrets (Secret blocks too) as a worker's."""
+    from flows.common import runtime as shared_runtime
+
+    return shared_runtime()
 
 
 def app_engine():
@@ -315,13 +323,12 @@ def artifacts_cmd(
 ) -> None:
     """One order's archived documents and messages; --fetch downloads and verifies them."""
     from tasks.archive import ArchiveError
-    from tasks.runtime import Runtime
     from tasks.store.queries import find_order, order_artifacts
 
     with session_scope(app_engine()) as session:
         items = order_artifacts(session, find_order(session, external_id))
     if fetch is not None:
-        archive = Runtime.from_settings().archive
+        archive = runtime().archive
         fetch.mkdir(parents=True, exist_ok=True)
         for item in items:
             try:
@@ -504,7 +511,7 @@ def case_decide(
         amount = Decimal(refund) if refund is not None else None
     except InvalidOperation:
         raise UserError(f"--refund {refund!r} is not an amount") from None
-    rt, now = Runtime.from_settings(), datetime.now(UTC)
+    rt, now = runtime(), datetime.now(UTC)
     with session_scope(app_engine()) as session:
         try:
             actor = by or os.environ.get("USER", "operator")
@@ -524,7 +531,8 @@ def unsubscribe_cmd(token: str) -> None:
 
     with session_scope(app_engine()) as session:
         try:
-            address = unsubscribe(session, token, datetime.now(UTC), source="cli")
+            address = unsubscribe(session, token, datetime.now(UTC), source="cli",
+                                  secret_key=runtime().settings.secret_key)
         except UnsubscribeError as exc:
             raise UserError(str(exc)) from None
     console.print(f"unsubscribed {address}")
@@ -545,7 +553,7 @@ def erase_cmd(
 
     with session_factory(app_engine())() as session:
         try:
-            outcome = erase_customer(session, email, datetime.now(UTC), Runtime.from_settings(),
+            outcome = erase_customer(session, email, datetime.now(UTC), runtime(),
                                      actor=by or os.environ.get("USER", "operator"))
         except ErasureError as exc:
             raise UserError(str(exc)) from None

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
@@ -15,7 +16,7 @@ from sqlalchemy import Engine
 
 from tasks.manifest import Manifest, record_manifest, require_balanced
 from tasks.runtime import Runtime
-from tasks.settings import Settings, get_settings
+from tasks.settings import SecretUnavailable, Settings, get_settings
 from tasks.store.db import engine_for, session_scope
 from tasks.store.migrate import ensure_schema
 
@@ -39,9 +40,11 @@ def app_engine() -> Engine:
 def with_secret_blocks(settings: Settings) -> Settings:
     """Fill secrets the environment does not set from Prefect Secret blocks (bootstrap makes them).
 
-    The environment wins, so a developer's shell and the tests never depend on a server.
+    Flow runs and, with PREFECT_API_URL set, the CLI read the same blocks, so both sign and
+    check links with one key. The environment wins: a developer's shell and the tests never
+    depend on a server.
     """
-    if not in_flow_run():
+    if not (in_flow_run() or os.environ.get("PREFECT_API_URL")):
         return settings
     found = {field: _secret(block) for field, block in SECRET_BLOCKS.items()
              if f"JOURNEYS_{field.upper()}" not in os.environ}
@@ -56,6 +59,9 @@ def _secret(block_name: str) -> str | None:
         return Secret.load(block_name, _sync=True).get()
     except ValueError:  # no such block: this deployment keeps the secret in the environment
         return None
+    except httpx.HTTPError as exc:  # never fall back silently to the development key
+        raise SecretUnavailable(f"Prefect Secret block {block_name} unreachable ({exc}); set "
+                                "the JOURNEYS_* variable in the environment instead") from None
 
 
 def in_flow_run() -> bool:

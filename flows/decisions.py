@@ -78,6 +78,11 @@ def decision_form(name: str, items: list[Item], choice: type[BaseModel], intro: 
     return form.with_initial_data(description=intro)
 
 
+def operator_name(answer: RunInput) -> str:
+    """The UI's text boxes accept newlines; a name in the timeline is one line."""
+    return " ".join(answer.operator.split())[:100]
+
+
 def wait_for_decisions(form: type[RunInput], minutes: int) -> RunInput | None:
     """Pause with the form until an operator submits it; None once our deadline passes.
 
@@ -149,8 +154,8 @@ def apply_hold_decisions(items: list[Item], answer: RunInput, now: datetime) -> 
         for item in items:
             choice: HoldDecision = getattr(answer, item.field)
             if choice.decision in actions:
-                done = actions[choice.decision](session, [item.id], now, actor=answer.operator,
-                                                note=choice.note)
+                done = actions[choice.decision](session, [item.id], now,
+                                                actor=operator_name(answer), note=choice.note)
                 counts[choice.decision] += len(done)
             else:
                 counts[KEEP] += 1
@@ -215,8 +220,8 @@ def apply_case_decisions(items: list[Item], answer: RunInput, now: datetime) -> 
             continue
         try:
             with session_scope(app_engine()) as session:
-                settle_case(session, item.id, choice.decision, answer.operator, choice.note,
-                            now, runtime(), refund_amount=choice.refund)
+                settle_case(session, item.id, choice.decision, operator_name(answer),
+                            choice.note, now, runtime(), refund_amount=choice.refund)
             counts["decided"] += 1
         except ServiceError as refused:  # e.g. a refund above the order total
             counts["refused"].append(f"case {item.id}: {refused}")

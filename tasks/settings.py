@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     s3_sse: str | None = Field(default=None, description="Server-side encryption, e.g. AES256.")
 
 
+class SecretUnavailable(RuntimeError):
+    """A secret expected from elsewhere (a Prefect Secret block) could not be read."""
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
