@@ -28,6 +28,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = ROOT / "test-artifacts"  # gitignored; CI keeps whatever lands here
 VIEWPORT = {"width": 1400, "height": 900}
+PAGE_TIMEOUT_MS = 30_000  # a single-page app on a busy 2-core machine; waits end on a selector
 
 
 @contextmanager

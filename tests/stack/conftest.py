@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from playwright.sync_api import Browser, Page
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -23,6 +25,7 @@ from sqlalchemy.engine import make_url
 from infra.stack import LocalStack, free_port
 from tasks.store.db import make_engine
 from tasks.store.migrate import ensure_schema
+from tests.browser import PAGE_TIMEOUT_MS, VIEWPORT, chromium
 from tests.conftest import PG_SERVER_URL, ROOT
 
 log = logging.getLogger("tests.stack")
@@ -105,3 +108,39 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                            report=log.info)
         with local, pointed_at(local.api_url):
             yield Stack(local.api_url, local.ui_url, app_db, archive_dir, log_dir, local)
+
+
+@pytest.fixture(scope="module")
+def app(stack):
+    engine = make_engine(stack.app_db_url)
+    yield engine
+    engine.dispose()
+
+
+# --- the browser (tests/browser.py starts Debian's Chromium) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def ui_home(stack) -> str:
+    """The default UI's base URL, after checking the UI will talk to this stack's API."""
+    settings = httpx.get(f"{stack.ui_url}/ui-settings", timeout=30).json()
+    assert settings["api_url"] == stack.api_url, (
+        f"the UI would call {settings['api_url']}, not {stack.api_url}: "
+        "start the server with PREFECT_UI_API_URL set to its API URL")
+    base = settings.get(f"{settings.get('default_ui', 'v1')}_base_url") or "/"
+    return stack.ui_url + base.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = context.new_page()
+    yield page
+    context.close()

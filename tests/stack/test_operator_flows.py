@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from sqlalchemy import select
 
-from tasks.store.db import make_engine, session_scope
+from tasks.store.db import session_scope
 from tasks.store.models import Order, OrderEvent
 from tests.factories import add_catalog, add_order
 from tests.stack.test_deployments import RUN_TIMEOUT, final_state
@@ -26,13 +26,6 @@ from tests.stack.test_deployments import RUN_TIMEOUT, final_state
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 AS_OF = datetime.fromisoformat("2026-11-18T10:00:00+00:00")
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    engine = make_engine(stack.app_db_url)
-    yield engine
-    engine.dispose()
 
 
 def held_order(engine) -> str:

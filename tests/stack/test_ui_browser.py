@@ -8,16 +8,15 @@ land in test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.browser import VIEWPORT, chromium, failed_calls, screenshot
+from tests.browser import failed_calls, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,6 @@ SWEEP_DEPLOYMENT = "journey-sweep/frequent"
 SUMMARY_KEY = "journey-sweep-summary"
 JOURNEY_FLOWS = ("order-journey", "journey-sweep", "journey-daily")
 RUN_TIMEOUT_S = 120
-PAGE_TIMEOUT_MS = 30_000  # a single-page app on a busy 2-core machine; waits end on the selector
 # Prefect's UI asks for the task run of an artifact made outside any task with an empty id; the
 # server answers 422 and the page renders all the same. Every other failed API call fails a test.
 UI_QUIRKS = ('"id":{"any_":[""]}',)
@@ -75,32 +73,6 @@ def summary_artifact(api_url: str, run_id: str) -> dict:
     found = response.json()
     assert found, f"run {run_id} published no {SUMMARY_KEY} artifact"
     return found[0]
-
-
-@pytest.fixture(scope="module")
-def ui_home(stack) -> str:
-    """The default UI's base URL, after checking the UI will talk to this stack's API."""
-    settings = httpx.get(f"{stack.ui_url}/ui-settings", timeout=30).json()
-    assert settings["api_url"] == stack.api_url, (
-        f"the UI would call {settings['api_url']}, not {stack.api_url}: "
-        "start the server with PREFECT_UI_API_URL set to its API URL")
-    base = settings.get(f"{settings.get('default_ui', 'v1')}_base_url") or "/"
-    return stack.ui_url + base.rstrip("/")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def test_deployments_page_lists_the_journeys(stack, page: Page) -> None:

@@ -9,35 +9,26 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import select
 
-from tasks.store.db import make_engine, session_scope
+from tasks.store.db import session_scope
 from tasks.store.models import Order, OrderEvent
-from tests.browser import VIEWPORT, chromium, failed_calls, screenshot
+from tests.browser import failed_calls, screenshot
 from tests.factories import add_order
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 DEPLOYMENT = "review-holds/on-demand"
 RUN_TIMEOUT_S = 120
-PAGE_TIMEOUT_MS = 30_000  # a single-page app on a busy 2-core machine; waits end on a selector
 OPERATOR = "robin.ops"
 NOTE = "customer confirmed by phone"
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    engine = make_engine(stack.app_db_url)
-    yield engine
-    engine.dispose()
 
 
 def held_order(engine) -> tuple[str, str]:
@@ -71,29 +62,6 @@ def wait_for_state(api_url: str, run_id: str, wanted: str, timeout: float = RUN_
             f"run {run_id} ended as {state['type']} ({state.get('message')}), not {wanted}")
         time.sleep(0.5)
     pytest.fail(f"run {run_id} was not {wanted} within {timeout:.0f}s: {state}")
-
-
-@pytest.fixture(scope="module")
-def ui_home(stack) -> str:
-    settings = httpx.get(f"{stack.ui_url}/ui-settings", timeout=30).json()
-    assert settings["api_url"] == stack.api_url, settings
-    base = settings.get(f"{settings.get('default_ui', 'v1')}_base_url") or "/"
-    return stack.ui_url + base.rstrip("/")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def test_an_operator_releases_a_held_order_in_the_resume_form(stack, app, ui_home, page: Page):
