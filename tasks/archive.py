@@ -108,6 +108,8 @@ def _check_member_name(name: str) -> None:
 class ArtifactStore(ABC):
     """put/get with our own SHA-256, never overwriting; bundles of many small documents."""
 
+    puts: int = 0  # objects this process asked the store to write (the bench reports it)
+
     @abstractmethod
     def ref_for(self, key: str) -> str:
         """The ref an object written under `key` gets."""
@@ -130,6 +132,7 @@ class ArtifactStore(ABC):
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         check_key(key)
+        self.puts += 1
         self._write(key, data, sha256_hex(data), content_type)
         return self.ref_for(key)
 

@@ -56,6 +56,14 @@ def events_for(session: Session, day: datetime, world: Outside) -> list[dict[str
     return events
 
 
+def deliveries_for(session: Session, at: datetime) -> list[dict[str, Any]]:
+    """Every parcel still under way is delivered at `at` (the bench's compressed story)."""
+    rows = session.execute(
+        select(Shipment.tracking_number).where(Shipment.status != "Delivered")
+    ).scalars()
+    return [_event(tracking, "Delivered", "Delivered_001", at) for tracking in rows]
+
+
 def _scans(tracking: str, shipped_at: datetime, promised: Any, day: datetime,
            world: Outside) -> list[dict[str, Any]]:
     rng = world.rng("parcel", tracking)

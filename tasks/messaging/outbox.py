@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from email.errors import MessageError
-from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
@@ -25,8 +23,9 @@ from sqlalchemy.orm import Session
 
 from tasks.config import Config, TemplateSpec
 from tasks.messaging.governor import govern, record_decision
+from tasks.messaging.mime import address_header, alternative, checked_address, text_header
 from tasks.messaging.render import Rendered, one_line, renderer_for
-from tasks.messaging.transports import WIRE_POLICY, OutgoingMail, SendOutcome
+from tasks.messaging.transports import OutgoingMail, SendOutcome
 from tasks.messaging.unsubscribe import unsubscribe_url
 from tasks.runtime import Runtime
 from tasks.store.db import is_postgres
@@ -167,20 +166,6 @@ def prepare_mails(
     return outgoing, failures
 
 
-class UnfoldedHeader(str):
-    """A header written on one line as is (a long URL must not become an RFC 2047 word)."""
-
-    def __new__(cls, name: str, value: str) -> UnfoldedHeader:
-        header = super().__new__(cls, clean_header(value))
-        header.name = name
-        return header
-
-    name: str
-
-    def fold(self, *, policy: Any) -> str:
-        return f"{self.name}: {self}{policy.linesep}"
-
-
 def clean_header(value: str) -> str:
     """One line, and no RFC 2047 encoded-word the email package would decode into a newline."""
     return one_line(value).replace("=?", "= ?")
@@ -195,21 +180,18 @@ def build_mail(
     """
     messaging, store = cfg.messaging, cfg.store
     customer_name = (row.context.get("customer") or {}).get("name") or ""
-    email = EmailMessage(policy=WIRE_POLICY)
-    email["From"] = Address(clean_header(messaging.from_name), addr_spec=messaging.from_address)
-    recipient = Address(clean_header(customer_name), addr_spec=clean_header(row.to_addr))
-    email["To"] = recipient
+    recipient = checked_address(clean_header(row.to_addr))
+    headers = [("From", address_header(clean_header(messaging.from_name), messaging.from_address)),
+               ("To", address_header(clean_header(customer_name), recipient))]
     if store.reply_to:
-        email["Reply-To"] = Address(clean_header(store.name), addr_spec=store.reply_to)
-    email["Subject"] = clean_header(rendered.subject)
-    email["Date"] = format_datetime(now)
-    email["Message-ID"] = row.message_id
+        headers.append(("Reply-To", address_header(clean_header(store.name), store.reply_to)))
+    headers += [("Subject", text_header(clean_header(rendered.subject))),
+                ("Date", format_datetime(now)), ("Message-ID", clean_header(row.message_id))]
     if unsubscribe:
-        email["List-Unsubscribe"] = UnfoldedHeader("List-Unsubscribe", f"<{unsubscribe}>")
-        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    email.set_content(rendered.text)
-    email.add_alternative(rendered.html, subtype="html")
-    return OutgoingMail(row.id, row.effect_key, messaging.from_address, recipient.addr_spec, email)
+        headers += [("List-Unsubscribe", f"<{clean_header(unsubscribe)}>"),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+    data = alternative(headers, rendered.text, rendered.html, row.message_id)
+    return OutgoingMail(row.id, row.effect_key, messaging.from_address, recipient, data, now)
 
 
 def retry_delay(attempts: int) -> timedelta:

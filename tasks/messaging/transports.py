@@ -12,8 +12,7 @@ import smtplib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.policy import SMTP
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     from tasks.runtime import Runtime
     from tasks.settings import Settings
 
-# SMTP policy (CRLF) and 7-bit clean bodies, so no server needs 8BITMIME.
-WIRE_POLICY = SMTP.clone(cte_type="7bit")
 SMTP_TIMEOUT_SECONDS = 30.0
 Status = Literal["sent", "failed", "deferred", "unknown"]
 
@@ -33,10 +30,11 @@ class OutgoingMail:
     effect_key: str
     sender: str  # envelope MAIL FROM
     recipient: str  # envelope RCPT TO
-    email: EmailMessage
+    data: bytes  # the whole mail as it goes on the wire (CRLF, 7-bit)
+    sent_at: datetime  # its Date header
 
     def wire_bytes(self) -> bytes:
-        return self.email.as_bytes(policy=WIRE_POLICY)
+        return self.data
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ def bundle_key(messages: list[OutgoingMail], members: dict[str, bytes]) -> str:
     Content-addressed, so a retry after a crash (same mail, new Date header) writes a new
     bundle instead of colliding with the one the crashed attempt left behind.
     """
-    day = messages[0].email["Date"].datetime
+    day = messages[0].sent_at
     digest = hashlib.sha256()
     for name, data in sorted(members.items()):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())

@@ -181,7 +181,8 @@ def test_lost_connection_after_data(engine, smtp_rt, smtp_server, now):  # noqa:
 def test_no_server_defers_the_whole_batch(settings, now):
     from email.message import EmailMessage
 
-    mail = OutgoingMail(1, "k", "a@example.com", "b@example.com", EmailMessage())
+    mail = OutgoingMail(1, "k", "a@example.com", "b@example.com", EmailMessage().as_bytes(),
+                        now)
     outcomes = SmtpTransport("127.0.0.1", free_port(), settings).send_batch([mail, mail])
     assert [o.status for o in outcomes] == ["deferred", "deferred"]
     assert outcomes[0].reason.startswith("smtp connect:")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime
 
 import boto3
@@ -27,7 +28,8 @@ def mail(row_id: int, key: str, sent: datetime = SENT) -> OutgoingMail:
     message["Subject"] = f"hello {row_id}"
     message["Date"] = format_datetime(sent)
     message.set_content("body")
-    return OutgoingMail(row_id, key, "hello@northwind.example", f"c{row_id}@example.com", message)
+    return OutgoingMail(row_id, key, "hello@northwind.example", f"c{row_id}@example.com",
+                        message.as_bytes(policy=SMTP), sent)
 
 
 class RecordingArchive:
