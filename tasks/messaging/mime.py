@@ -82,7 +82,7 @@ def alternative(headers: list[tuple[str, str]], text: str, html: str, message_id
     """The whole mail: headers, then a text part and an html part."""
     boundary = boundary_for(message_id)
     top = header_lines([*headers, ("MIME-Version", "1.0"), (
-        "Content-Type", f'multipart/alternative; boundary="{boundary}"')])
+        "Content-Type", f'multipart/alternative;{CRLF} boundary="{boundary}"')])
     sep = f"{CRLF}--{boundary}{CRLF}".encode()
     return b"".join([top.encode("ascii"), CRLF.encode(), f"--{boundary}{CRLF}".encode(),
                      part("text/plain", text), sep, part("text/html", html),
