@@ -650,6 +650,73 @@ def simulate_cmd(
         raise typer.Exit(1)
 
 
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    orders: Annotated[list[int], typer.Option("--orders", min=1, help="Orders to run through "
+                      "the journey; repeat for several sizes (e.g. 10000 and 100000).")] = [1000],  # noqa: B006
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the synthetic store.")] = 7,
+    batch: Annotated[int, typer.Option("--batch-size", min=1, help="Orders per batch.")] = 1000,
+    database: Annotated[str | None, typer.Option("--database", help="An EMPTY database to run "
+                        "on (e.g. PostgreSQL); default: SQLite in the work folder.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Folder for the bench's stores "
+                       "(emptied first).")] = Path("var/bench"),
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also run the naive per-order "
+                        "design (at --baseline-orders) and extrapolate it.")] = False,
+    baseline_orders: Annotated[int, typer.Option("--baseline-orders", min=10)] = 1000,
+    latency: Annotated[int, typer.Option("--latency", min=0, help="Also time this many single "
+                       "order journeys through a Prefect server and worker.")] = 0,
+    floor: Annotated[bool, typer.Option("--floor/--no-floor", help="Measure the floor.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure the journey: N seeded orders through every stage, against the floor (and the
+    naive design with --baseline); prints the figures and which targets are met."""
+    from flows.bench.run import bench
+    from flows.bench.story import BenchError
+
+    try:
+        result = bench(orders, seed, workdir, database, batch, floor,
+                       baseline_orders if baseline else None, latency or None)
+    except BenchError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        print_json(result)
+    else:
+        show_bench(result)
+    if any(run["accounting"]["lost"] for run in result["runs"]):
+        raise typer.Exit(1)
+
+
+def show_bench(result: dict[str, Any]) -> None:
+    runs = Table(title="journeys bench")
+    for name in ("orders", "db", "wall s", "CPU s", "orders/s", "peak RSS MB", "task runs",
+                 "PUTs", "floor s", "efficiency", "lost"):
+        runs.add_column(name, justify="right")
+    for run in result["runs"]:
+        floor = run.get("floor", {}).get("seconds")
+        runs.add_row(f"{run['orders']:,}", run["database"], f"{run['wall_seconds']:.1f}",
+                     f"{run['cpu_seconds']:.1f}", f"{run['orders_per_second']:.0f}",
+                     f"{run['peak_rss_mb']:.0f}", str(run["task_runs"]),
+                     str(run["archive_puts"]), "—" if floor is None else f"{floor:.1f}",
+                     str(run.get("efficiency", "—")), str(run["accounting"]["lost"]))
+    console.print(runs)
+    stages = Table(title="seconds per stage (Prefect task runs)")
+    stages.add_column("stage")
+    for run in result["runs"]:
+        stages.add_column(f"{run['orders']:,}", justify="right")
+    names = sorted({name for run in result["runs"] for name in run["stage_seconds"]})
+    for name in names:
+        stages.add_row(name, *(f"{run['stage_seconds'].get(name, 0):.2f}"
+                               for run in result["runs"]))
+    console.print(stages)
+    verdicts = Table(title="targets")
+    for name in ("target", "figure", "status"):
+        verdicts.add_column(name)
+    for row in result["targets"]:
+        verdicts.add_row(row["target"], row["figure"], row["status"])
+    console.print(verdicts)
+
+
 def main() -> None:
     app()
 

@@ -69,13 +69,22 @@ def in_flow_run() -> bool:
 
 
 def knob(name: str, default: Any) -> Any:
-    """An operator-tunable Variable (journeys_*), read at the start of each run; else `default`."""
+    """An operator-tunable Variable (journeys_*), read once per run; else `default`."""
     if not in_flow_run():
         return default
-    from prefect.variables import Variable
+    run_id = str(FlowRunContext.get().flow_run.id)
+    if _knobs.get("run") != run_id:  # a new run reads the Variables afresh
+        _knobs.clear()
+        _knobs["run"] = run_id
+    if name not in _knobs:
+        from prefect.variables import Variable
 
-    value = Variable.get(name, default=None, _sync=True)
-    return default if value is None else type(default)(value)
+        value = Variable.get(name, default=None, _sync=True)
+        _knobs[name] = default if value is None else type(default)(value)
+    return _knobs[name]
+
+
+_knobs: dict[str, Any] = {}
 
 
 def business_now(as_of: datetime | None) -> datetime:

@@ -85,7 +85,7 @@ def notify_state_changes(changes: list[dict[str, Any]]) -> None:
 def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int] | None = None
                    ) -> dict:
     """Send due outbox messages (no retries here: the outbox itself retries deferred mail)."""
-    with mail_slot(), session_scope(app_engine()) as session:
+    with session_scope(app_engine()) as session:
         result = dispatch(session, now, runtime(), limit=size, order_ids=order_ids)
         return result.as_dict()
 
@@ -122,14 +122,18 @@ def run_stages(now: datetime, size: int, shard: tuple[int, int] = (0, 1)
 
 
 def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None) -> dict[str, int]:
-    """Dispatch until a batch sends nothing new (deferred mail waits for a later run)."""
+    """Dispatch until a batch sends nothing new (deferred mail waits for a later run).
+
+    The mail slot is taken once for all batches: one acquisition per run, not per batch.
+    """
     totals: dict[str, int] = {}
-    for batch_no in range(1, 10_000):
-        outcome = dispatch_batch(batch_no, now, size, order_ids)
-        for key, value in outcome.items():
-            totals[key] = totals.get(key, 0) + value
-        if sum(outcome.values()) == 0:
-            break
+    with mail_slot():
+        for batch_no in range(1, 10_000):
+            outcome = dispatch_batch(batch_no, now, size, order_ids)
+            for key, value in outcome.items():
+                totals[key] = totals.get(key, 0) + value
+            if sum(outcome.values()) == 0:
+                break
     return totals
 
 

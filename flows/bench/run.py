@@ -1,0 +1,68 @@
+"""What `journeys bench` runs and prints: journeys at one or more sizes, each with its floor,
+optionally the naive baseline and the single-order latency, then the targets judged."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from flows.bench import targets
+from flows.bench.story import Workspace, run_bench
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    with open("/proc/meminfo") as meminfo:
+        total_kb = int(meminfo.readline().split()[1])
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "memory_gb": round(total_kb / 2**20, 1),
+            "python": platform.python_version(), "system": platform.platform(terse=True)}
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def journey_with_floor(orders: int, seed: int, workdir: Path, database_url: str | None,
+                       size: int, floor: bool) -> dict[str, Any]:
+    """One journey; then, on the same data, what the same work costs at the floor."""
+    from flows.bench.floor import measure_floor
+
+    run = run_bench(orders, seed, workdir / f"journey-{orders}", database_url, size)
+    if floor:
+        workspace = Workspace.at(Path(run["workspace"]), database_url)
+        run["floor"] = measure_floor(workspace, workdir / f"floor-{orders}")
+        run["efficiency"] = round(run["floor"]["seconds"] / run["wall_seconds"], 3)
+    return run
+
+
+def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
+          database_url: str | None = None, size: int = 1000, floor: bool = True,
+          baseline_orders: int | None = None, latency_runs: int | None = None
+          ) -> dict[str, Any]:
+    """Everything asked for, measured in this process (the latency bench starts its own stack)."""
+    runs = [journey_with_floor(n, seed, workdir, database_url, size, floor)
+            for n in sorted(set(sizes))]
+    result: dict[str, Any] = {"machine": machine(), "runs": runs}
+    if baseline_orders:
+        from flows.bench.baseline import run_baseline
+
+        result["baseline"] = run_baseline(baseline_orders, seed, workdir / "baseline")
+    if latency_runs:
+        from flows.bench.latency import measure_latency
+
+        result["latency"] = measure_latency(latency_runs, workdir / "latency", seed)
+    result["targets"] = judge(result)
+    return result
+
+
+def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
+    largest = max(result["runs"], key=lambda r: r["orders"])
+    return [*targets.journey_targets(largest), targets.scaling_target(result["runs"]),
+            targets.baseline_target(largest, result.get("baseline")),
+            targets.latency_target(result.get("latency"))]

@@ -1,0 +1,80 @@
+"""Issue 6's targets, judged from bench results: each is met, missed (with the figure), or not
+measured in this run (and which option measures it)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+FULL_SCALE = 100_000
+SMALL_SCALE = 10_000
+WALL_LIMIT_SECONDS = 180.0
+MIN_EFFICIENCY = 0.33
+MIN_SPEEDUP = 100.0
+RSS_LIMIT_MB = 2048.0
+MAX_COST_GROWTH = 1.2
+TASK_RUN_SLACK = 10
+LATENCY_P50, LATENCY_P95 = 1.5, 2.5
+
+
+def verdict(met: bool | None, figure: str, target: str) -> dict[str, Any]:
+    status = "not measured" if met is None else ("met" if met else "MISSED")
+    return {"target": target, "figure": figure, "status": status}
+
+
+def task_run_bound(run: dict[str, Any]) -> int:
+    """stages × batches + 10, where batches = the orders in batches and stages = every kind of
+    task run the journey made (each stage, dispatch, intake kinds, manifests ...)."""
+    batches = math.ceil(run["orders"] / run["batch_size"])
+    return len(run["stage_seconds"]) * batches + TASK_RUN_SLACK
+
+
+def journey_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """What one journey run can show on its own."""
+    at_scale = run["orders"] >= FULL_SCALE
+    wall = run["wall_seconds"]
+    efficiency = run.get("efficiency")
+    bound = task_run_bound(run)
+    return [
+        verdict(wall <= WALL_LIMIT_SECONDS if at_scale else None,
+                f"{run['orders']:,} orders in {wall:.0f} s",
+                f"{FULL_SCALE:,} orders through all stages in ≤ {WALL_LIMIT_SECONDS:.0f} s"),
+        verdict(None if efficiency is None else efficiency >= MIN_EFFICIENCY,
+                "—" if efficiency is None else f"{efficiency:.2f}",
+                f"efficiency (floor / journey) ≥ {MIN_EFFICIENCY}"),
+        verdict(run["task_runs"] <= bound, f"{run['task_runs']} task runs (bound {bound})",
+                "Prefect task runs ≤ stages × batches + 10"),
+        verdict(run["peak_rss_mb"] <= RSS_LIMIT_MB if at_scale else None,
+                f"{run['peak_rss_mb']:.0f} MB at {run['orders']:,}",
+                f"peak RSS ≤ {RSS_LIMIT_MB:.0f} MB at {FULL_SCALE:,}"),
+    ]
+
+
+def scaling_target(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost per order at the largest run against the smallest (the issue: 100k vs 10k)."""
+    target = f"cost per order at {FULL_SCALE:,} within {MAX_COST_GROWTH}× of {SMALL_SCALE:,}"
+    if len(runs) < 2:
+        return verdict(None, "run two sizes: --orders 10000 --orders 100000", target)
+    small, large = min(runs, key=lambda r: r["orders"]), max(runs, key=lambda r: r["orders"])
+    growth = (large["wall_seconds"] / large["orders"]) / (small["wall_seconds"] / small["orders"])
+    figure = f"{growth:.2f}× ({small['orders']:,} → {large['orders']:,})"
+    return verdict(growth <= MAX_COST_GROWTH, figure, target)
+
+
+def baseline_target(run: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """Naive seconds per order against the journey's, both taken to 100k orders."""
+    target = f"≥ {MIN_SPEEDUP:.0f}× faster than the naive design at {FULL_SCALE:,} (extrapolated)"
+    if baseline is None:
+        return verdict(None, "run with --baseline", target)
+    journey_at_scale = run["wall_seconds"] * FULL_SCALE / run["orders"]
+    speedup = baseline["seconds_per_order"] * FULL_SCALE / journey_at_scale
+    return verdict(speedup >= MIN_SPEEDUP, f"{speedup:.0f}×", target)
+
+
+def latency_target(latency: dict[str, Any] | None) -> dict[str, Any]:
+    target = f"one order: confirmation p50 ≤ {LATENCY_P50} s, p95 ≤ {LATENCY_P95} s after start"
+    if latency is None:
+        return verdict(None, "run with --latency RUNS", target)
+    p50, p95 = latency["latency"]["p50"], latency["latency"]["p95"]
+    return verdict(p50 <= LATENCY_P50 and p95 <= LATENCY_P95,
+                   f"p50 {p50:.2f} s, p95 {p95:.2f} s", target)
