@@ -122,7 +122,7 @@ def run_stages(now: datetime, size: int, shard: tuple[int, int] = (0, 1)
 
 
 def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None) -> dict[str, int]:
-    """Dispatch until a batch sends nothing new (deferred mail waits for a later run).
+    """Dispatch until a batch finds less than a full batch due (deferred mail waits).
 
     The mail slot is taken once for all batches: one acquisition per run, not per batch.
     """
@@ -132,7 +132,7 @@ def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None) -
             outcome = dispatch_batch(batch_no, now, size, order_ids)
             for key, value in outcome.items():
                 totals[key] = totals.get(key, 0) + value
-            if sum(outcome.values()) == 0:
+            if sum(outcome.values()) < size:  # claimed less than a batch: nothing more is due
                 break
     return totals
 

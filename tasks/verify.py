@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from email.errors import MessageError
 from email.headerregistry import Address
+from functools import lru_cache
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -82,6 +83,7 @@ def email_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
     return []
 
 
+@lru_cache(maxsize=65_536)  # customers order again; parsing an address is not cheap
 def _mailable(address: str) -> bool:
     """The mail builder must accept it too (it refuses e.g. `a..b@x.com`, which a regex lets by)."""
     try:

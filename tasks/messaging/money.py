@@ -23,6 +23,7 @@ def resolve_locale(locale: str | None) -> Locale:
         return Locale.parse(FALLBACK_LOCALE)
 
 
+@lru_cache(maxsize=65_536)  # prices repeat across orders, and babel's formatting is not cheap
 def format_money(amount: Decimal | str | int, currency: str, locale: str | None) -> str:
     """`$1,234.50` (en_US, USD), `1.234,50 €` (de_DE, EUR), `¥1,234` (JPY has no decimals)."""
     return format_currency(Decimal(str(amount)), currency, locale=resolve_locale(locale))
@@ -35,6 +36,7 @@ def format_day(day: date | str, locale: str | None) -> str:
     return format_date(day, format="medium", locale=resolve_locale(locale))
 
 
+@lru_cache(maxsize=1024)
 def known_locale(candidate: str | None) -> str | None:
     """`de_DE` for `de-DE`; None when babel does not know it."""
     if not candidate:

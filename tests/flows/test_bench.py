@@ -1,0 +1,76 @@
+"""`journeys bench` as a smoke test: it must finish and balance. Never a timing assertion."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.conftest import PG_SERVER_URL
+
+STAGES_WITH_TASKS = {"verify", "pack", "confirm", "track", "loyalty_earn", "loyalty_approve",
+                     "feedback_request", "review_request", "care_guide", "cross_sell",
+                     "replenishment", "dispatch", "ingest-orders", "ingest-products",
+                     "ingest-shipments", "ingest-events"}
+
+
+def bench(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["bench", "--json", *args])
+    assert result.exit_code == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return json.loads(result.stdout)
+
+
+def test_a_thousand_orders_go_through_every_stage_and_balance(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = bench("--orders", "1000", "--workdir", str(tmp_path / "bench"))
+    [run] = report["runs"]
+    print(f"bench smoke: 1000 orders in {run['wall_seconds']} s, {run['task_runs']} task runs, "
+          f"{run['archive_puts']} PUTs, efficiency {run.get('efficiency')}")
+    assert run["accounting"]["lost"] == 0
+    assert run["accounting"]["stored"] + run["accounting"]["quarantined"] == 1000
+    assert set(run["stage_seconds"]) >= STAGES_WITH_TASKS
+    states = run["store"]["orders_by_state"]
+    assert states["delivered"] > 800 and "received" not in states and "verified" not in states
+    assert run["store"]["messages_by_status"]["sent"] > 3000
+    assert run["task_runs"] < 1000 / 10  # per (stage, batch), never per order (that is 12,000+)
+    assert {"sqlite_rows", "renders", "gx", "bundles"} <= set(run["floor"]["components"])
+    assert 0 < run["efficiency"] < 1
+    assert {t["status"] for t in report["targets"]} <= {"met", "MISSED", "not measured"}
+
+
+def test_the_same_bench_on_postgresql(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with empty_pg_database() as url:
+        report = bench("--orders", "200", "--database", url, "--no-floor",
+                       "--workdir", str(tmp_path / "bench"))
+    [run] = report["runs"]
+    assert run["database"] == "postgresql" and run["accounting"]["lost"] == 0
+    assert run["store"]["orders_by_state"]["delivered"] > 150
+
+
+def test_a_database_that_holds_a_store_is_refused(pg_url, tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--orders", "10", "--database", pg_url,
+                                      "--workdir", str(tmp_path / "bench")])
+    assert result.exit_code == 2
+    assert "needs an empty database" in result.stderr and "Traceback" not in result.stderr
+
+
+class empty_pg_database:  # noqa: N801 - used as a context manager, reads like one
+    """A new, empty PostgreSQL database for one bench, dropped afterwards."""
+
+    def __enter__(self) -> str:
+        self.admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
+        self.name = f"journeys_bench_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        return make_url(PG_SERVER_URL).set(database=self.name).render_as_string(
+            hide_password=False)
+
+    def __exit__(self, *exc) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
