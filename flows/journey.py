@@ -90,14 +90,23 @@ def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int]
         return result.as_dict()
 
 
+@contextlib.contextmanager
 def mail_slot():
     """One dispatcher at a time across all workers: the global concurrency limit journeys-mail.
 
-    Without a Prefect run (or before bootstrap made the limit) this does not wait.
+    Without a Prefect run (or before bootstrap made the limit) this does not wait. If the
+    server cannot give the slot (e.g. a 503 under load), mail still goes: every outbox row is
+    claimed by one dispatcher anyway; the slot only keeps dispatchers from crowding the server.
     """
-    if not in_flow_run():
-        return contextlib.nullcontext()
-    return concurrency("journeys-mail", occupy=1, strict=False)
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    with contextlib.ExitStack() as stack:
+        if in_flow_run():
+            try:
+                stack.enter_context(concurrency("journeys-mail", occupy=1, strict=False))
+            except ConcurrencySlotAcquisitionError as exc:
+                get_run_logger().warning("dispatching without the journeys-mail slot: %s", exc)
+        yield
 
 
 def due_batches(stage: str, now: datetime, size: int, shard: tuple[int, int] = (0, 1)):

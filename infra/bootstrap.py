@@ -36,7 +36,7 @@ VARIABLES: dict[str, Any] = {
     "journeys_batch_size": 1000,
     "journeys_daily_shards": 1,
     "journeys_decision_timeout_minutes": 240,
-    "journeys_prefect_events": "all",  # all | exceptions | off
+    "journeys_prefect_events": "exceptions",  # exceptions | all | off (see order_events.py)
 }
 SECRETS = {  # block name → environment variable it is filled from
     "journeys-secret-key": "JOURNEYS_SECRET_KEY",

@@ -6,6 +6,7 @@ import email
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from flows.parameters import OrderJourneyRequest, SweepRequest
@@ -97,7 +98,17 @@ def journeys_events(prefix: str, timeout: float = 30) -> list[dict]:
             time.sleep(1)
 
 
-def test_state_changes_reach_prefect_as_order_events(engine, flow_env, now, tmp_path):
+@pytest.fixture
+def every_event():
+    """The operator chose `all` order events (the default is exceptions only)."""
+    from prefect.variables import Variable
+
+    Variable.set("journeys_prefect_events", "all", overwrite=True)
+    yield
+    Variable.unset("journeys_prefect_events")
+
+
+def test_state_changes_reach_prefect_as_order_events(engine, flow_env, now, tmp_path, every_event):
     ingest_fixtures(engine, now, tmp_path)
     flow_env.sweep(SweepRequest(as_of=now))
 
@@ -106,3 +117,17 @@ def test_state_changes_reach_prefect_as_order_events(engine, flow_env, now, tmp_
     assert resources[-3:] == [f"journeys.order.543210000{n}" for n in (1, 2, 3)]
     assert {e["payload"]["from_state"] for e in confirmed} == {"packed"}
     assert not any("@" in json.dumps(e) for e in confirmed)  # no customer e-mail in events
+
+
+def test_mail_goes_out_when_the_server_cannot_give_the_mail_slot(
+        engine, flow_env, now, tmp_path, monkeypatch):
+    # A 503 from the server on the slot can't be produced on demand: the one mock here.
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    def refuse(*args, **kwargs):
+        raise ConcurrencySlotAcquisitionError("503 Service Unavailable")
+
+    monkeypatch.setattr(flow_env, "concurrency", refuse)
+    assert ingest_fixtures(engine, now, tmp_path).accepted == 3
+    report = flow_env.sweep(SweepRequest(as_of=now))
+    assert report["messages"]["sent"] == 3
