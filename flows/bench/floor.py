@@ -12,6 +12,7 @@ template and GX caches) and times only the work itself with `time.perf_counter`.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from tasks.store.models import Base, Message, Order
 
 ROWS_PER_COMMIT = 1000  # the journey's default batch: one transaction per 1000 rows of a table
 SIDECAR = ".sha256"
+FLOOR_DB = "floor.db"
 
 
 @contextmanager
@@ -46,19 +48,16 @@ def stopwatch(result: dict[str, Any]) -> Iterator[None]:
 
 
 def measure_floor(workspace: Workspace, scratch: Path) -> dict[str, Any]:
-    """The floor for a finished journey in `workspace`; writes only under `scratch`, a folder
-    that is absent or empty (floor.db and artifacts/ are left there for inspection).
+    """The floor for a finished journey in `workspace`; writes only under `scratch`.
 
-    Returns {"seconds": total, "components": {"sqlite_rows", "renders", "gx", "bundles"}},
-    each component with its counts and "seconds" (rounded to 4 places).
+    `scratch` is absent, empty or an earlier floor's (its floor.db and artifacts/ are replaced,
+    and left there for inspection). Returns {"seconds": total, "components": {"sqlite_rows",
+    "renders", "gx", "bundles"}}, each component with its counts and "seconds" (4 places).
     """
-    scratch = Path(scratch)
-    if scratch.exists() and any(scratch.iterdir()):
-        raise BenchError(f"the floor needs an empty scratch folder; {scratch} is not empty")
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = clear_scratch(Path(scratch))
     with using(workspace):
         components = {
-            "sqlite_rows": sqlite_rows_floor(workspace.database_url, scratch / "floor.db"),
+            "sqlite_rows": sqlite_rows_floor(workspace.database_url, scratch / FLOOR_DB),
             "renders": renders_floor(workspace.database_url),
             "gx": gx_floor(workspace.root / "input" / "orders.jsonl"),
             "bundles": bundles_floor(workspace.artifacts, scratch / "artifacts"),
@@ -67,6 +66,18 @@ def measure_floor(workspace: Workspace, scratch: Path) -> dict[str, Any]:
         component["seconds"] = round(component["seconds"], 4)
     total = sum(component["seconds"] for component in components.values())
     return {"seconds": round(total, 4), "components": components}
+
+
+def clear_scratch(scratch: Path) -> Path:
+    """Remove an earlier floor's output; refuse a folder holding anything else."""
+    ours = {FLOOR_DB, f"{FLOOR_DB}-wal", f"{FLOOR_DB}-shm", "artifacts"}
+    found = {path.name for path in scratch.iterdir()} if scratch.exists() else set()
+    if found - ours:
+        raise BenchError(f"{scratch} holds more than a floor's output "
+                         f"({', '.join(sorted(found - ours)[:3])}): give an empty folder")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    return scratch
 
 
 # ---------------------------------------------------------------- rows
