@@ -75,6 +75,6 @@ def latency_target(latency: dict[str, Any] | None) -> dict[str, Any]:
     target = f"one order: confirmation p50 ≤ {LATENCY_P50} s, p95 ≤ {LATENCY_P95} s after start"
     if latency is None:
         return verdict(None, "run with --latency RUNS", target)
-    p50, p95 = latency["latency"]["p50"], latency["latency"]["p95"]
+    p50, p95 = latency["latency_s"]["p50"], latency["latency_s"]["p95"]
     return verdict(p50 <= LATENCY_P50 and p95 <= LATENCY_P95,
                    f"p50 {p50:.2f} s, p95 {p95:.2f} s", target)
