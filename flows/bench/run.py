@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +44,42 @@ def journey_with_floor(orders: int, seed: int, workdir: Path, database_url: str 
     return run
 
 
+@contextmanager
+def private_prefect_database(workdir: Path) -> Iterator[None]:
+    """Without an API URL, Prefect's temporary server keeps its SQLite database in ~/.prefect,
+    shared with every other run on the machine (and growing). The server the bench starts gets
+    a fresh database of its own, so runs compare. (The server inherits the environment when it
+    starts; it keeps running, on that database, after the variable is restored.)
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    name = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    if PREFECT_API_URL.value() or name in os.environ:
+        yield
+        return
+    folder = workdir / "prefect"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[name] = f"sqlite+aiosqlite:///{folder.resolve() / 'prefect.db'}"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
           database_url: str | None = None, size: int = 1000, floor: bool = True,
           baseline_orders: int | None = None, latency_runs: int | None = None
           ) -> dict[str, Any]:
     """Everything asked for, measured in this process (the latency bench starts its own stack)."""
-    runs = [journey_with_floor(n, seed, workdir, database_url, size, floor)
-            for n in sorted(set(sizes))]
-    result: dict[str, Any] = {"machine": machine(), "runs": runs}
-    if baseline_orders:
-        from flows.bench.baseline import run_baseline
+    with private_prefect_database(workdir):
+        runs = [journey_with_floor(n, seed, workdir, database_url, size, floor)
+                for n in sorted(set(sizes))]
+        result: dict[str, Any] = {"machine": machine(), "runs": runs}
+        if baseline_orders:
+            from flows.bench.baseline import run_baseline
 
-        result["baseline"] = run_baseline(baseline_orders, seed, workdir / "baseline")
+            result["baseline"] = run_baseline(baseline_orders, seed, workdir / "baseline")
     if latency_runs:
         from flows.bench.latency import measure_latency
 

@@ -1,16 +1,22 @@
-"""`journeys bench` as a smoke test: it must finish and balance. Never a timing assertion."""
+"""`journeys bench` as a smoke test: it must finish and balance. Never a timing assertion.
+
+The bench runs as its own process: it starts a temporary Prefect server with a fresh database,
+as it does for an operator, instead of using this suite's test server.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from typer.testing import CliRunner
 
-from flows.cli import app
-from tests.conftest import PG_SERVER_URL
+from tests.conftest import PG_SERVER_URL, ROOT
 
 STAGES_WITH_TASKS = {"verify", "pack", "confirm", "track", "loyalty_earn", "loyalty_approve",
                      "feedback_request", "review_request", "care_guide", "cross_sell",
@@ -18,14 +24,25 @@ STAGES_WITH_TASKS = {"verify", "pack", "confirm", "track", "loyalty_earn", "loya
                      "ingest-shipments", "ingest-events"}
 
 
+def journeys(*args: str) -> subprocess.CompletedProcess:
+    """The real command in its own process, as CI and operators run it (its own Prefect)."""
+    command = [str(Path(sys.executable).with_name("journeys")), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+
+
 def bench(*args: str) -> dict:
-    result = CliRunner().invoke(app, ["bench", "--json", *args])
-    assert result.exit_code == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    result = journeys("bench", "--json", *args)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     return json.loads(result.stdout)
 
 
-def test_a_thousand_orders_go_through_every_stage_and_balance(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def in_a_scratch_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOURNEYS_CONFIG_DIR", str(ROOT / "configs"))
+
+
+def test_a_thousand_orders_go_through_every_stage_and_balance(tmp_path):
     report = bench("--orders", "1000", "--workdir", str(tmp_path / "bench"))
     [run] = report["runs"]
     print(f"bench smoke: 1000 orders in {run['wall_seconds']} s, {run['task_runs']} task runs, "
@@ -42,8 +59,7 @@ def test_a_thousand_orders_go_through_every_stage_and_balance(tmp_path, monkeypa
     assert {t["status"] for t in report["targets"]} <= {"met", "MISSED", "not measured"}
 
 
-def test_the_same_bench_on_postgresql(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_the_same_bench_on_postgresql(tmp_path):
     with empty_pg_database() as url:
         report = bench("--orders", "200", "--database", url, "--no-floor",
                        "--workdir", str(tmp_path / "bench"))
@@ -53,9 +69,9 @@ def test_the_same_bench_on_postgresql(tmp_path, monkeypatch):
 
 
 def test_a_database_that_holds_a_store_is_refused(pg_url, tmp_path):
-    result = CliRunner().invoke(app, ["bench", "--orders", "10", "--database", pg_url,
-                                      "--workdir", str(tmp_path / "bench")])
-    assert result.exit_code == 2
+    result = journeys("bench", "--orders", "10", "--database", pg_url,
+                      "--workdir", str(tmp_path / "bench"))
+    assert result.returncode == 2
     assert "needs an empty database" in result.stderr and "Traceback" not in result.stderr
 
 
