@@ -709,6 +709,16 @@ def show_bench(result: dict[str, Any]) -> None:
         stages.add_row(name, *(f"{run['stage_seconds'].get(name, 0):.2f}"
                                for run in result["runs"]))
     console.print(stages)
+    if baseline := result.get("baseline"):
+        console.print(f"naive baseline: {baseline['orders']:,} orders in "
+                      f"{baseline['wall_seconds']:.0f} s ({baseline['seconds_per_order']:.3f} s per "
+                      f"order, {baseline['task_runs']:,} task runs, {baseline['archive_puts']:,} "
+                      f"PUTs); {baseline['extrapolated_seconds']:,.0f} s at "
+                      f"{baseline['extrapolated_to']:,}")
+    if latency := result.get("latency"):
+        warm, cold = latency["latency_s"], latency["cold_start_s"]
+        console.print(f"one order, {latency['runs']} runs: confirmation p50 {warm['p50']} s, "
+                      f"p95 {warm['p95']} s after the run started; cold start p50 {cold['p50']} s")
     verdicts = Table(title="targets")
     for name in ("target", "figure", "status"):
         verdicts.add_column(name)

@@ -73,18 +73,19 @@ def knob(name: str, default: Any) -> Any:
     if not in_flow_run():
         return default
     run_id = str(FlowRunContext.get().flow_run.id)
-    if _knobs.get("run") != run_id:  # a new run reads the Variables afresh
-        _knobs.clear()
-        _knobs["run"] = run_id
-    if name not in _knobs:
+    values = _knobs.setdefault(run_id, {})
+    if len(_knobs) > 64:  # a worker process runs one flow at a time; keep only recent runs
+        for old_run in list(_knobs)[:-8]:
+            _knobs.pop(old_run, None)
+    if name not in values:
         from prefect.variables import Variable
 
         value = Variable.get(name, default=None, _sync=True)
-        _knobs[name] = default if value is None else type(default)(value)
-    return _knobs[name]
+        values[name] = default if value is None else type(default)(value)
+    return values[name]
 
 
-_knobs: dict[str, Any] = {}
+_knobs: dict[str, dict[str, Any]] = {}  # flow run id → Variables read in that run
 
 
 def business_now(as_of: datetime | None) -> datetime:

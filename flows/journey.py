@@ -50,9 +50,10 @@ from tasks.tracking.stage import delay_watch_ids, late_cases, track
 from tasks.verify import verify
 
 StageFn = Callable[[Session, Sequence[int], datetime, Runtime], StageResult]
-# A dispatch batch is sized in messages: a sweep sends a few per order, and one task run (and
-# one archive bundle) per 5,000 mails keeps the task count per batch of orders, not per mail.
-MAIL_BATCH_FACTOR = 5
+# A sweep sends a few mails per order: one dispatch task run takes up to 5 transactions of a
+# batch each, so task runs follow batches of orders, while a crash still loses at most one
+# batch's outcomes (each transaction sends, then records, `size` mails).
+MAIL_ROUNDS = 5
 
 # The journey, in order: step name → stage function. A step is a row with a due time; each
 # sweep runs whatever is due, so time-based steps (feedback after 2 days ...) need no waiting.
@@ -85,12 +86,19 @@ def notify_state_changes(changes: list[dict[str, Any]]) -> None:
 
 
 @task(task_run_name="dispatch-batch-{batch_no}", cache_policy=NONE)
-def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int] | None = None
-                   ) -> dict:
-    """Send due outbox messages (no retries here: the outbox itself retries deferred mail)."""
-    with session_scope(app_engine()) as session:
-        result = dispatch(session, now, runtime(), limit=size, order_ids=order_ids)
-        return result.as_dict()
+def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int] | None = None,
+                   rounds: int = 1) -> dict:
+    """Send due outbox messages, up to `rounds` transactions of `size` each; stop early when
+    one finds less than `size` due. (No retries: the outbox itself retries deferred mail.)"""
+    totals: dict[str, int] = {}
+    for _ in range(rounds):
+        with session_scope(app_engine()) as session:
+            outcome = dispatch(session, now, runtime(), limit=size, order_ids=order_ids).as_dict()
+        for key, value in outcome.items():
+            totals[key] = totals.get(key, 0) + value
+        if sum(outcome.values()) < size:
+            break
+    return totals
 
 
 @contextlib.contextmanager
@@ -101,15 +109,28 @@ def mail_slot():
     server cannot give the slot (e.g. a 503 under load), mail still goes: every outbox row is
     claimed by one dispatcher anyway; the slot only keeps dispatchers from crowding the server.
     """
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
-    with contextlib.ExitStack() as stack:
-        if in_flow_run():
-            try:
-                stack.enter_context(concurrency("journeys-mail", occupy=1, strict=False))
-            except ConcurrencySlotAcquisitionError as exc:
-                get_run_logger().warning("dispatching without the journeys-mail slot: %s", exc)
+    slot = contextlib.nullcontext()
+    if in_flow_run():
+        try:
+            slot = concurrency("journeys-mail", occupy=1, strict=False)
+            slot.__enter__()
+        except ConcurrencySlotAcquisitionError as exc:
+            get_run_logger().warning("dispatching without the journeys-mail slot: %s", exc)
+            slot = contextlib.nullcontext()
+    try:
         yield
+    finally:
+        release(slot)
+
+
+def release(slot) -> None:
+    """Give the slot back; a failure here must not fail a run whose mail is committed."""
+    try:
+        slot.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001 - the lease expires on the server by itself
+        get_run_logger().warning("could not release the journeys-mail slot", exc_info=True)
 
 
 def due_batches(stage: str, now: datetime, size: int, shard: tuple[int, int] = (0, 1)):
@@ -133,8 +154,9 @@ def run_stages(now: datetime, size: int, shard: tuple[int, int] = (0, 1)
     return results
 
 
-def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None) -> dict[str, int]:
-    """Dispatch until a batch finds less than a full batch due (deferred mail waits).
+def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None,
+                 rounds: int = 1) -> dict[str, int]:
+    """Dispatch until a batch finds less than it could take (deferred mail waits).
 
     The mail slot is taken once for all batches: one acquisition per run, not per batch. One
     order's mail (an order journey) goes without it: the slot paces bulk dispatch, and waiting
@@ -143,10 +165,10 @@ def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None) -
     totals: dict[str, int] = {}
     with mail_slot() if order_ids is None else contextlib.nullcontext():
         for batch_no in range(1, 10_000):
-            outcome = dispatch_batch(batch_no, now, size, order_ids)
+            outcome = dispatch_batch(batch_no, now, size, order_ids, rounds)
             for key, value in outcome.items():
                 totals[key] = totals.get(key, 0) + value
-            if sum(outcome.values()) < size:  # claimed less than a batch: nothing more is due
+            if sum(outcome.values()) < size * rounds:  # nothing more is due now
                 break
     return totals
 
@@ -212,7 +234,7 @@ def sweep(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B0
     """
     now, size = business_now(request.as_of), batch_size(request.batch_size)
     results = run_stages(now, size, (request.shard, request.shards))
-    report = summary(results, dispatch_all(now, size * MAIL_BATCH_FACTOR))
+    report = summary(results, dispatch_all(now, size, rounds=MAIL_ROUNDS))
     create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
     manifest = sweep_manifest(results, now)
     report["manifest"] = manifest.counts()

@@ -19,7 +19,6 @@ kind to the baseline: per-order work only gets slower as the tables grow.
 from __future__ import annotations
 
 import mimetypes
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -28,24 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, tags, task
+from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from flows.bench.story import (
-    DELIVERY_DAY,
-    SWEEP_DAYS,
-    Timings,
-    Workspace,
-    cpu_seconds,
-    day,
-    input_files,
-    peak_rss_mb,
-    store_counts,
-    task_run_stats,
-    using,
-    world_file,
-)
+from flows.bench.story import Workspace, input_files, measured
 from flows.common import app_engine, publish_manifest, runtime
 from flows.intake import archive_validations, publish_validations, read, write
 from flows.journey import (
@@ -218,58 +204,32 @@ def naive_sweep(now: datetime) -> dict[str, Any]:
 # ---------------------------------------------------------------- the story and the measure
 
 
-def run_naive_story(workspace: Workspace, files: dict[str, Path]) -> dict[str, Any]:
-    """story.run_story's steps, on the same days, through the naive flows."""
-    from tasks import simulation
+def naive_steps() -> tuple[Any, Any]:
+    """The naive flows as the story's two steps (named runs, so task runs can be counted)."""
+    def ingest_step(kind: str, path: Path, at: datetime, name: str) -> Any:
+        return naive_ingest.with_options(flow_run_name=name)(kind, str(path), at)
 
-    timings, reports = Timings(), {}
+    def sweep_step(at: datetime, name: str) -> Any:
+        return naive_sweep.with_options(flow_run_name=name)(at)
 
-    def ingest_kind(kind: str, path: Path, at: datetime) -> None:
-        with timings.step(f"ingest {kind}"):
-            reports[f"ingest {kind}"] = naive_ingest(kind, str(path), at)
-
-    ingest_kind("products", files["products"], day(0))
-    ingest_kind("orders", files["orders"], day(0))
-    for offset in SWEEP_DAYS:
-        if offset == DELIVERY_DAY:
-            ingest_kind("shipments", world_file(
-                workspace, "shipments", lambda s: simulation.shipments_for(s, day(1))), day(1))
-            ingest_kind("events", world_file(
-                workspace, "events",
-                lambda s: simulation.deliveries_for(s, day(DELIVERY_DAY))), day(DELIVERY_DAY))
-        with timings.step(f"sweep day {offset}"):
-            reports[f"sweep day {offset}"] = naive_sweep(day(offset))
-    return {"steps": timings.steps, "reports": reports}
+    return ingest_step, sweep_step
 
 
-def run_baseline(orders: int, seed: int, workdir: Path, extrapolate_to: int = 100_000,
-                 settle_seconds: float = 300.0) -> dict[str, Any]:
+def run_baseline(orders: int, seed: int, workdir: Path, extrapolate_to: int = 100_000
+                 ) -> dict[str, Any]:
     """The naive journey for `orders` orders, measured, and its time scaled to `extrapolate_to`."""
     workspace = Workspace.fresh(workdir, None)
     files = input_files(workspace, orders, seed)
-    tag = f"journeys-baseline-{uuid.uuid4().hex[:12]}"
     TASK_CALLS.clear()
-    with using(workspace), tags(tag), naive_switches():
-        runtime().archive  # noqa: B018 - open the store before the clock starts
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        story = run_naive_story(workspace, files)
-        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-        puts = runtime().archive.puts
-        counts = store_counts()
-    tasks_seen = task_run_stats(tag, settle_seconds)
+    with naive_switches():
+        result = measured(workspace, files, orders, naive_steps())
+    wall = result["wall_seconds"]
     return {
         "orders": orders, "seed": seed, "design": "naive: per order, per record, per message",
-        "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-        "seconds_per_order": round(wall / orders, 4),
-        "extrapolated_to": extrapolate_to,
+        "seconds_per_order": round(wall / orders, 4), "extrapolated_to": extrapolate_to,
         "extrapolated_seconds": round(wall / orders * extrapolate_to, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "task_runs": tasks_seen["count"], "task_runs_started": dict(TASK_CALLS),
-        "units": units_of_work(story["reports"]),
-        "archive_puts": puts,
-        "steps_seconds": {k: round(v, 2) for k, v in story["steps"].items()},
-        "stage_seconds": {k: round(v, 2) for k, v in tasks_seen["seconds_by_stage"].items()},
-        "store": counts, "workspace": str(workspace.root),
+        "task_runs_started": dict(TASK_CALLS), "units": units_of_work(result.pop("reports")),
+        **result,
     }
 
 
@@ -288,9 +248,3 @@ def end_state_differences(batch_store: dict[str, Any], naive_store: dict[str, An
     """What the two designs left differently (empty: they did the same work)."""
     return {key: (batch_store.get(key), naive_store.get(key)) for key in END_STATE
             if batch_store.get(key) != naive_store.get(key)}
-
-
-def speedup(bench: dict[str, Any], baseline: dict[str, Any]) -> float:
-    """How many times faster the batch journey is, both scaled to the baseline's target size."""
-    batch_seconds = bench["wall_seconds"] / bench["orders"] * baseline["extrapolated_to"]
-    return round(baseline["extrapolated_seconds"] / batch_seconds, 1)

@@ -34,6 +34,7 @@ from tasks.store.models import Base, Message, Order
 
 ROWS_PER_COMMIT = 1000  # the journey's default batch: one transaction per 1000 rows of a table
 SIDECAR = ".sha256"
+RENDERED = ("sent", "unknown")  # what the dispatcher rendered and handed to the transport
 FLOOR_DB = "floor.db"
 
 
@@ -150,8 +151,8 @@ def insert_rows(connection: sqlite3.Connection, table: Table, rows: list[tuple[A
 
 
 def renders_floor(database_url: str) -> dict[str, Any]:
-    """Every outbox message (subject, HTML, text) and every packed order's documents, rendered
-    with the product's cached environments; contexts are built before the clock starts."""
+    """Every message the journey rendered (subject, HTML, text) and every packed order's
+    documents, with the product's cached environments; contexts are built before the clock."""
     from flows.common import runtime
 
     rt = runtime()
@@ -170,14 +171,16 @@ def renders_floor(database_url: str) -> dict[str, Any]:
 
 
 def message_renders(session: Session, rt: Runtime) -> list[Callable[[], Any]]:
-    """One ready-to-call render per message, with the context the dispatcher would give it."""
+    """One ready-to-call render per message the journey rendered, with the context the
+    dispatcher gave it (skipped, expired and still-pending mail was never rendered)."""
     from tasks.messaging.outbox import MARKETING
     from tasks.messaging.render import renderer_for
     from tasks.messaging.unsubscribe import unsubscribe_url
 
     renderer = renderer_for(rt.config)
     renders, first_of_template = [], {}
-    for message in session.scalars(select(Message).order_by(Message.id)):
+    rendered = select(Message).where(Message.status.in_(RENDERED)).order_by(Message.id)
+    for message in session.scalars(rendered):
         context = dict(message.context)
         if message.msg_class == MARKETING:
             context["unsubscribe_url"] = unsubscribe_url(message.to_addr, rt)

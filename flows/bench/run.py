@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.bench import targets
-from flows.bench.story import Workspace, run_bench
+from flows.bench.story import BenchError, Workspace, run_bench
 
 
 def machine() -> dict[str, Any]:
@@ -72,6 +72,8 @@ def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
           baseline_orders: int | None = None, latency_runs: int | None = None
           ) -> dict[str, Any]:
     """Everything asked for, measured in this process (the latency bench starts its own stack)."""
+    if database_url and len(set(sizes)) > 1:
+        raise BenchError("--database takes one --orders size (each run needs an empty database)")
     with private_prefect_database(workdir):
         runs = [journey_with_floor(n, seed, workdir, database_url, size, floor)
                 for n in sorted(set(sizes))]

@@ -17,6 +17,7 @@ journey; time per stage comes from Prefect's own task-run records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -171,41 +172,61 @@ class Timings:
             self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - started
 
 
-def run_story(workspace: Workspace, files: dict[str, Path], size: int, label: str
-              ) -> dict[str, Any]:
-    """Every stage of the journey through the real flows; returns each run's report.
+IngestStep = Callable[[str, Path, datetime, str], Any]  # (kind, file, at, run name) → report
+SweepStep = Callable[[datetime, str], Any]  # (at, run name) → report
+OUTSIDE_WORLD = "outside world (not the journey)"
 
-    Each flow run is named `<label>-…`, so the task runs can be counted by flow run name
-    afterwards. (Not by tag: a tagged task run asks the server for tag concurrency slots, an
-    API call per task run that the journey itself never makes.)
-    """
-    from flows.intake import ingest
-    from flows.journey import sweep
-    from flows.parameters import IngestRequest, SweepRequest
+
+def run_story(workspace: Workspace, files: dict[str, Path], label: str,
+              ingest_step: IngestStep, sweep_step: SweepStep) -> dict[str, Any]:
+    """The story's steps, each a flow run named `<label>-…` (so its task runs can be counted
+    by flow run name afterwards); the batch journey and the naive baseline differ only in the
+    two step functions. Writing the outside world's files is timed apart."""
     from tasks import simulation
 
     timings, reports = Timings(), {}
 
     def ingest_kind(kind: str, path: Path, at: datetime) -> None:
         with timings.step(f"ingest {kind}"):
-            named = ingest.with_options(flow_run_name=f"{label}-ingest-{kind}")
-            reports[f"ingest {kind}"] = named(IngestRequest(kind=kind, source=str(path), as_of=at))
+            reports[f"ingest {kind}"] = ingest_step(kind, path, at, f"{label}-ingest-{kind}")
+
+    def outside(kind: str, make: Callable) -> Path:
+        with timings.step(OUTSIDE_WORLD):
+            return world_file(workspace, kind, make)
 
     ingest_kind("products", files["products"], day(0))
     ingest_kind("orders", files["orders"], day(0))
     for offset in SWEEP_DAYS:
         if offset == DELIVERY_DAY:
-            shipments = world_file(workspace, "shipments",
-                                   lambda s: simulation.shipments_for(s, day(1)))
-            ingest_kind("shipments", shipments, day(1))
-            events = world_file(workspace, "events",
-                                lambda s: simulation.deliveries_for(s, day(DELIVERY_DAY)))
-            ingest_kind("events", events, day(DELIVERY_DAY))
+            ingest_kind("shipments", outside("shipments", lambda s: simulation.shipments_for(
+                s, day(1))), day(1))
+            ingest_kind("events", outside("events", lambda s: simulation.deliveries_for(
+                s, day(DELIVERY_DAY))), day(DELIVERY_DAY))
         with timings.step(f"sweep day {offset}"):
-            named = sweep.with_options(flow_run_name=f"{label}-sweep-day-{offset}")
-            reports[f"sweep day {offset}"] = named(SweepRequest(as_of=day(offset),
-                                                                batch_size=size))
+            reports[f"sweep day {offset}"] = sweep_step(day(offset),
+                                                        f"{label}-sweep-day-{offset}")
     return {"steps": timings.steps, "reports": reports}
+
+
+def journey_steps(size: int) -> tuple[IngestStep, SweepStep]:
+    """The real flows: ingest and sweep, one run per story step.
+
+    (Runs are named, not tagged: a tagged task run asks the server for tag concurrency slots,
+    an API call per task run that the journey itself never makes.)
+    """
+    from flows.intake import ingest
+    from flows.journey import sweep
+    from flows.parameters import IngestRequest, SweepRequest
+
+    def ingest_step(kind: str, path: Path, at: datetime, name: str) -> Any:
+        request = IngestRequest(kind=kind, source=str(path), as_of=at)
+        return ingest.with_options(flow_run_name=name)(request)
+
+    def sweep_step(at: datetime, name: str) -> Any:
+        request = SweepRequest(as_of=at, batch_size=size)
+        return sweep.with_options(flow_run_name=name)(request)
+
+    return ingest_step, sweep_step
 
 
 # ---------------------------------------------------------------- measuring
@@ -222,7 +243,18 @@ def start_prefect() -> float:
     return time.perf_counter() - started
 
 
+def reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux: 5 → clear_refs resets VmHWM), so one size's
+    peak is not an earlier size's (or the input generation's)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_mb() -> float:
+    """This process's peak RSS since reset_peak_rss (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -231,24 +263,36 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
-def task_run_stats(label: str, settle_seconds: float = 30.0) -> dict[str, Any]:
+def children_cpu_seconds() -> float:
+    """CPU of the processes this one started and still runs (Prefect's temporary server)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def task_run_stats(label: str, settle_seconds: float = 120.0) -> dict[str, Any]:
     """Task runs Prefect recorded in the bench's flow runs: count, and seconds per stage.
 
-    The server records task runs from events, a moment after they happen: wait until the
-    count stops moving.
+    The server records task runs from events, a moment after they happen: read until three
+    reads two seconds apart agree (or the wait runs out), and keep the last read.
     """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     run_filter = FlowRunFilter(name=FlowRunFilterName(like_=f"{label}-"))
-    runs: list = []
+    counts: list[int] = []
     deadline = time.monotonic() + settle_seconds
     with get_client(sync_client=True) as client:
         while True:
-            seen = read_all_task_runs(client, run_filter)
-            if (runs and len(seen) == len(runs)) or time.monotonic() > deadline:
+            runs = read_all_task_runs(client, run_filter)
+            counts.append(len(runs))
+            if (len(counts) >= 3 and len(set(counts[-3:])) == 1 and counts[-1]) or (
+                    time.monotonic() > deadline):
                 break
-            runs = seen
             time.sleep(2.0)
     per_stage: dict[str, float] = {}
     for run in runs:
@@ -299,37 +343,48 @@ def accounting(orders: int) -> dict[str, int]:
             "lost": orders - stored - quarantined}
 
 
-def run_bench(orders: int, seed: int, workdir: Path, database_url: str | None = None,
-              size: int = 1000) -> dict[str, Any]:
-    """The whole measured journey for `orders` orders; the result is what `--json` prints."""
+def measured(workspace: Workspace, files: dict[str, Path], orders: int,
+             steps: tuple[IngestStep, SweepStep]) -> dict[str, Any]:
+    """Run the story with `steps` in the workspace and measure it: wall and CPU time (outside
+    world excluded), peak RSS, Prefect's CPU, task runs, archive PUTs, what it left behind."""
     from flows.common import runtime
 
-    workspace = Workspace.fresh(workdir, database_url)
-    if database_url:
-        require_empty(database_url)
-    generated = time.perf_counter()
-    files = input_files(workspace, orders, seed)
-    generated = time.perf_counter() - generated
     label = f"bench-{uuid.uuid4().hex[:12]}"
     with using(workspace):
         runtime().archive  # noqa: B018 - open the store before the clock starts
-        server_seconds = start_prefect()
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        story = run_story(workspace, files, size, label)
-        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-        puts = runtime().archive.puts
-        counts = store_counts()
-        books = accounting(orders)
+        prefect_start = start_prefect()
+        reset_peak_rss()
+        started, cpu, server_cpu = time.perf_counter(), cpu_seconds(), children_cpu_seconds()
+        story = run_story(workspace, files, label, *steps)
+        outside = story["steps"].pop(OUTSIDE_WORLD, 0.0)
+        wall = time.perf_counter() - started - outside
+        cpu, server_cpu = cpu_seconds() - cpu, children_cpu_seconds() - server_cpu
+        peak = peak_rss_mb()
+        puts, counts, books = runtime().archive.puts, store_counts(), accounting(orders)
     tasks_seen = task_run_stats(label)
     return {
-        "orders": orders, "seed": seed, "batch_size": size,
-        "database": "postgresql" if database_url and "postgres" in database_url else "sqlite",
-        "generate_seconds": round(generated, 2), "prefect_start_seconds": round(server_seconds, 2),
-        "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-        "orders_per_second": round(orders / wall, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "task_runs": tasks_seen["count"], "archive_puts": puts,
+        "prefect_start_seconds": round(prefect_start, 2), "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2), "prefect_server_cpu_seconds": round(server_cpu, 2),
+        "outside_world_seconds": round(outside, 2), "orders_per_second": round(orders / wall, 1),
+        "peak_rss_mb": round(peak, 1), "task_runs": tasks_seen["count"], "archive_puts": puts,
         "steps_seconds": {k: round(v, 2) for k, v in story["steps"].items()},
         "stage_seconds": {k: round(v, 2) for k, v in tasks_seen["seconds_by_stage"].items()},
-        "accounting": books, "store": counts, "workspace": str(workspace.root),
+        "reports": story["reports"], "accounting": books, "store": counts,
+        "workspace": str(workspace.root),
     }
+
+
+def run_bench(orders: int, seed: int, workdir: Path, database_url: str | None = None,
+              size: int = 1000) -> dict[str, Any]:
+    """The whole measured journey for `orders` orders; the result is what `--json` prints."""
+    if database_url:
+        require_empty(database_url)
+    workspace = Workspace.fresh(workdir, database_url)
+    generating = time.perf_counter()
+    files = input_files(workspace, orders, seed)
+    generate_seconds = time.perf_counter() - generating
+    result = measured(workspace, files, orders, journey_steps(size))
+    del result["reports"]
+    return {"orders": orders, "seed": seed, "batch_size": size,
+            "database": "postgresql" if database_url and "postgres" in database_url
+            else "sqlite", "generate_seconds": round(generate_seconds, 2), **result}

@@ -35,17 +35,24 @@ def checked_address(addr_spec: str) -> str:
     return parsed.addr_spec
 
 
-def address_header(name: str, addr_spec: str) -> str:
-    """`Name <addr>`: the name quoted or RFC 2047-encoded as needed."""
-    return formataddr((name, checked_address(addr_spec)), charset="utf-8") if name else (
-        checked_address(addr_spec))
+def address_header(header_name: str, name: str, addr_spec: str) -> str:
+    """`Name <addr>`: an ASCII name quoted as needed, any other RFC 2047-encoded and folded."""
+    address = checked_address(addr_spec)
+    if not name:
+        return address
+    if name.isascii():
+        return formataddr((name, address))
+    return f"{encoded_words(header_name, name)} <{address}>"
 
 
-def text_header(value: str) -> str:
-    """ASCII as is; anything else as RFC 2047 encoded-words, folded with CRLF."""
-    if value.isascii():
-        return value
-    return Header(value, "utf-8").encode(linesep=CRLF)
+def text_header(header_name: str, value: str) -> str:
+    """ASCII as is; anything else as RFC 2047 encoded-words."""
+    return value if value.isascii() else encoded_words(header_name, value)
+
+
+def encoded_words(header_name: str, value: str) -> str:
+    """RFC 2047 words of at most 75 characters, folded with CRLF after the header's name."""
+    return Header(value, "utf-8", header_name=header_name).encode(linesep=CRLF)
 
 
 def header_lines(headers: list[tuple[str, str]]) -> str:

@@ -23,10 +23,15 @@ def resolve_locale(locale: str | None) -> Locale:
         return Locale.parse(FALLBACK_LOCALE)
 
 
-@lru_cache(maxsize=65_536)  # prices repeat across orders, and babel's formatting is not cheap
 def format_money(amount: Decimal | str | int, currency: str, locale: str | None) -> str:
     """`$1,234.50` (en_US, USD), `1.234,50 €` (de_DE, EUR), `¥1,234` (JPY has no decimals)."""
-    return format_currency(Decimal(str(amount)), currency, locale=resolve_locale(locale))
+    return _formatted(str(amount), currency, locale)
+
+
+@lru_cache(maxsize=65_536)  # prices repeat across orders, and babel's formatting is not cheap
+def _formatted(amount: str, currency: str, locale: str | None) -> str:
+    """Keyed by the amount's text: -0 and 0 are equal Decimals but babel writes them apart."""
+    return format_currency(Decimal(amount), currency, locale=resolve_locale(locale))
 
 
 def format_day(day: date | str, locale: str | None) -> str:

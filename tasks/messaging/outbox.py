@@ -181,11 +181,13 @@ def build_mail(
     messaging, store = cfg.messaging, cfg.store
     customer_name = (row.context.get("customer") or {}).get("name") or ""
     recipient = checked_address(clean_header(row.to_addr))
-    headers = [("From", address_header(clean_header(messaging.from_name), messaging.from_address)),
-               ("To", address_header(clean_header(customer_name), recipient))]
+    headers = [("From", address_header("From", clean_header(messaging.from_name),
+                                       messaging.from_address)),
+               ("To", address_header("To", clean_header(customer_name), recipient))]
     if store.reply_to:
-        headers.append(("Reply-To", address_header(clean_header(store.name), store.reply_to)))
-    headers += [("Subject", text_header(clean_header(rendered.subject))),
+        headers.append(("Reply-To", address_header("Reply-To", clean_header(store.name),
+                                                   store.reply_to)))
+    headers += [("Subject", text_header("Subject", clean_header(rendered.subject))),
                 ("Date", format_datetime(now)), ("Message-ID", clean_header(row.message_id))]
     if unsubscribe:
         headers += [("List-Unsubscribe", f"<{clean_header(unsubscribe)}>"),

@@ -56,7 +56,6 @@ def test_a_thousand_orders_go_through_every_stage_and_balance(tmp_path):
     assert run["task_runs"] < 1000 / 10  # per (stage, batch), never per order (that is 12,000+)
     assert {"sqlite_rows", "renders", "gx", "bundles"} <= set(run["floor"]["components"])
     assert 0 < run["efficiency"] < 1
-    assert {t["status"] for t in report["targets"]} <= {"met", "MISSED", "not measured"}
 
 
 def test_the_same_bench_on_postgresql(tmp_path):

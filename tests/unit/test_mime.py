@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+from email.header import decode_header, make_header
 from email.policy import default
 
 import pytest
@@ -18,9 +19,10 @@ def parse(data: bytes):
 
 
 def build(name: str = "Jürgen Groß", subject: str = "Ihre Bestellung #1001 – danke") -> bytes:
-    headers = [("From", address_header("Northwind", "hello@northwind.example")),
-               ("To", address_header(name, "jurgen@example.com")),
-               ("Subject", text_header(subject)), ("Message-ID", "<m1@northwind.example>")]
+    headers = [("From", address_header("From", "Northwind", "hello@northwind.example")),
+               ("To", address_header("To", name, "jurgen@example.com")),
+               ("Subject", text_header("Subject", subject)),
+               ("Message-ID", "<m1@northwind.example>")]
     return alternative(headers, TEXT, HTML, "<m1@northwind.example>")
 
 
@@ -34,6 +36,19 @@ def test_headers_and_both_parts_read_back_exactly():
     assert text == TEXT and html == HTML
     assert data.isascii() and b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 78
+
+
+def test_long_non_ascii_names_and_subjects_fold_into_short_encoded_words():
+    name, subject = "Jürgen Groß " * 30, "Grüße aus München – Ihre Bestellung " * 12
+    data = build(name=name.strip(), subject=subject.strip())
+    message = parse(data)
+    assert str(message["Subject"]) == subject.strip()
+    # RFC 2047 6.2: white space between encoded-words is ignored (Python's address parser
+    # keeps it, so decode the raw header the way the RFC says a mail client does)
+    raw_to = email.message_from_bytes(data)["To"]
+    assert str(make_header(decode_header(raw_to))) == f"{name.strip()} <jurgen@example.com>"
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 100  # 78 + the short address
 
 
 def test_names_with_specials_are_quoted():
