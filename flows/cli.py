@@ -712,8 +712,9 @@ def show_bench(result: dict[str, Any]) -> None:
     if baseline := result.get("baseline"):
         console.print(f"naive baseline: {baseline['orders']:,} orders in "
                       f"{baseline['wall_seconds']:.0f} s ({baseline['seconds_per_order']:.3f} s "
-                      f"per order, {baseline['task_runs']:,} task runs, {baseline['archive_puts']:,} "
-                      f"PUTs); {baseline['extrapolated_seconds']:,.0f} s at "
+                      f"per order, {baseline['task_runs']:,} task runs, "
+                      f"{baseline['archive_puts']:,} PUTs); "
+                      f"{baseline['extrapolated_seconds']:,.0f} s at "
                       f"{baseline['extrapolated_to']:,}")
     if latency := result.get("latency"):
         warm, cold = latency["latency_s"], latency["cold_start_s"]
