@@ -28,8 +28,12 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def demo_files(orders: int, seed: int, now: datetime) -> tuple[Path, Path]:
-    """Write today's catalog and orders as Shopify JSON Lines, as a store would export them."""
-    anchor = datetime.combine(now.date(), time(12), tzinfo=UTC)
+    """Write today's catalog and orders as Shopify JSON Lines, as a store would export them.
+
+    The orders are placed in the two days before today's midnight (UTC): always in the past,
+    whatever the hour, and the same all day, so a rerun is a duplicate.
+    """
+    anchor = datetime.combine(now.date(), time(0), tzinfo=UTC)
     catalog = write_jsonl(DEMO_DIR / f"products-{seed}.jsonl", demo_catalog(seed))
     day_orders = demo_orders(orders, seed, anchor)
     stamped = write_jsonl(DEMO_DIR / f"orders-{now:%Y%m%d}-{seed}-{orders}.jsonl", day_orders)
