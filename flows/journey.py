@@ -94,11 +94,15 @@ def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int]
     for _ in range(rounds):
         with session_scope(app_engine()) as session:
             outcome = dispatch(session, now, runtime(), limit=size, order_ids=order_ids).as_dict()
-        for key, value in outcome.items():
-            totals[key] = totals.get(key, 0) + value
+        add_counts(totals, outcome)
         if sum(outcome.values()) < size:
             break
     return totals
+
+
+def add_counts(totals: dict[str, int], more: dict[str, int]) -> None:
+    for key, value in more.items():
+        totals[key] = totals.get(key, 0) + value
 
 
 @contextlib.contextmanager
@@ -166,8 +170,7 @@ def dispatch_all(now: datetime, size: int, order_ids: list[int] | None = None,
     with mail_slot() if order_ids is None else contextlib.nullcontext():
         for batch_no in range(1, 10_000):
             outcome = dispatch_batch(batch_no, now, size, order_ids, rounds)
-            for key, value in outcome.items():
-                totals[key] = totals.get(key, 0) + value
+            add_counts(totals, outcome)
             if sum(outcome.values()) < size * rounds:  # nothing more is due now
                 break
     return totals

@@ -36,6 +36,7 @@ from flows.common import app_engine, publish_manifest, runtime
 from flows.intake import archive_validations, publish_validations, read, write
 from flows.journey import (
     STAGES,
+    add_counts,
     check_outputs,
     due_batches,
     notify_state_changes,
@@ -181,8 +182,7 @@ def dispatch_each(now: datetime) -> dict[str, int]:
     totals: dict[str, int] = {}
     for message_no in range(1, MAX_MESSAGES_PER_SWEEP):
         outcome = dispatch_one(message_no, now)
-        for key, value in outcome.items():
-            totals[key] = totals.get(key, 0) + value
+        add_counts(totals, outcome)
         if sum(outcome.values()) == 0:
             break
     return totals

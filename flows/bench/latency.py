@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.bench.story import START, Workspace, input_files, using
+from flows.bench.story import START, Workspace, environment_set, input_files, using
 
 DEFAULT_WORKDIR = Path("var/bench-latency")
 DEPLOYMENT = "order-journey/on-demand"
@@ -95,16 +95,8 @@ def bench_server_settings() -> Iterator[None]:
     orders itself or compete with the measured runs. A 503 makes Prefect's client wait 2 s
     and try again: server.log says what caused each one.
     """
-    saved = {name: os.environ.get(name) for name in SERVER_SETTINGS}
-    os.environ.update(SERVER_SETTINGS)
-    try:
+    with environment_set(SERVER_SETTINGS):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.bench import targets
-from flows.bench.story import BenchError, Workspace, run_bench
+from flows.bench.story import BenchError, Workspace, environment_set, run_bench
 
 
 def machine() -> dict[str, Any]:
@@ -60,11 +60,8 @@ def private_prefect_database(workdir: Path) -> Iterator[None]:
     folder = workdir / "prefect"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    os.environ[name] = f"sqlite+aiosqlite:///{folder.resolve() / 'prefect.db'}"
-    try:
+    with environment_set({name: f"sqlite+aiosqlite:///{folder.resolve() / 'prefect.db'}"}):
         yield
-    finally:
-        os.environ.pop(name, None)
 
 
 def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),

@@ -68,11 +68,10 @@ class Workspace:
 
 
 @contextmanager
-def using(workspace: Workspace) -> Iterator[None]:
-    """Point the process-wide settings, runtime and engine at the workspace, then restore them."""
-    saved = {name: os.environ.get(name) for name in workspace.environment()}
-    os.environ.update(workspace.environment())
-    clear_process_caches()
+def environment_set(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables for the block, then each back as it was (or unset)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -81,7 +80,17 @@ def using(workspace: Workspace) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def using(workspace: Workspace) -> Iterator[None]:
+    """Point the process-wide settings, runtime and engine at the workspace, then restore them."""
+    with environment_set(workspace.environment()):
         clear_process_caches()
+        try:
+            yield
+        finally:
+            clear_process_caches()
 
 
 def clear_process_caches() -> None:
