@@ -117,3 +117,24 @@ def runtime(settings, cfg) -> Runtime:
 @pytest.fixture
 def now() -> datetime:
     return NOW
+
+
+FIGURES_FILE = ROOT / "test-artifacts" / "reliability-figures.txt"
+
+
+@pytest.fixture
+def figure(capsys):
+    """Print a reliability figure as one line even without -s (the figures are the point of
+    those tests) and append it to test-artifacts/reliability-figures.txt for the README.
+
+    Call it after the assertions, so a printed figure is one the test also checked.
+    """
+
+    def emit(line: str) -> None:
+        with capsys.disabled():
+            print(f"\nFIGURE {line}")
+        FIGURES_FILE.parent.mkdir(exist_ok=True)
+        with FIGURES_FILE.open("a") as out:
+            out.write(line + "\n")
+
+    return emit
