@@ -345,6 +345,36 @@ def artifacts_cmd(
                       (f" -> {item['saved_to']}" if "saved_to" in item else ""))
 
 
+archive_app = typer.Typer(no_args_is_help=True, help="The document and mail archive.")
+app.add_typer(archive_app, name="archive")
+
+
+@archive_app.command("reconcile")
+@user_errors
+def archive_reconcile_cmd(
+    grace_minutes: Annotated[int, typer.Option(min=0, help="Leave objects younger than this: "
+                                               "a batch may still be committing.")] = 60,
+    dry_run: Annotated[bool, typer.Option(help="List, delete nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete archive objects no row refers to (left by a crash between a write and its commit)."""
+    from datetime import timedelta
+
+    from tasks.orphans import reconcile
+
+    written_before = datetime.now(UTC) - timedelta(minutes=grace_minutes)
+    with session_scope(app_engine()) as session:
+        result = reconcile(session, runtime().archive, written_before, dry_run=dry_run)
+    if as_json:
+        print_json({**result.as_dict(), "refs": result.removed, "dry_run": dry_run})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    console.print(f"{result.checked} objects checked; {verb} {len(result.removed)} that nothing "
+                  f"refers to; {result.too_young} unreferenced but younger than {grace_minutes} min")
+    for ref in result.removed:
+        console.print(f"  {ref}")
+
+
 # --- holds ----------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from flows.common import app_engine, batch_size, business_now, publish_manifest,
 from flows.parameters import IngestRequest
 from tasks import intake
 from tasks.archive import download
+from tasks.faults import fault_point
 from tasks.manifest import intake_manifest
 from tasks.quality.gate import GateFailed
 from tasks.store.db import session_scope
@@ -82,7 +83,10 @@ def ingest_batch(
 ) -> intake.IntakeResult:
     """One batch in one transaction; a batch failing the quality gate stores nothing."""
     with session_scope(app_engine()) as session:
-        return write(kind, session, records, now)
+        result = write(kind, session, records, now)
+        fault_point(f"ingest:{kind}:before_commit")
+    fault_point(f"ingest:{kind}:after_commit")
+    return result
 
 
 def archive_validations(run_id: str, kind: str, now: datetime, result: intake.IntakeResult) -> str:

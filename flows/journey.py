@@ -11,7 +11,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -39,8 +39,11 @@ from tasks.aftercare.feedback import feedback_request
 from tasks.aftercare.followups import birthday_offers, care_guide, cross_sell, replenishment
 from tasks.aftercare.reviews import review_request
 from tasks.confirm import confirm
+from tasks.faults import fault_point
 from tasks.manifest import Manifest
-from tasks.messaging.outbox import dispatch
+from tasks.messaging.outbox import dispatch_committed
+from tasks.orphans import GRACE as ORPHAN_GRACE
+from tasks.orphans import reconcile
 from tasks.pack import pack
 from tasks.runtime import Runtime, StageResult
 from tasks.store.db import session_scope
@@ -72,6 +75,8 @@ def run_stage_batch(stage: str, batch_no: int, order_ids: list[int], now: dateti
     with session_scope(app_engine()) as session:
         result = STAGES[stage](session, order_ids, now, runtime())
         changes = take_state_changes(session)
+        fault_point(f"stage:{stage}:before_commit")
+    fault_point(f"stage:{stage}:after_commit")
     result.received = len(order_ids)
     notify_state_changes(changes)  # after the commit: only what really happened
     return result
@@ -92,8 +97,7 @@ def dispatch_batch(batch_no: int, now: datetime, size: int, order_ids: list[int]
     one finds less than `size` due. (No retries: the outbox itself retries deferred mail.)"""
     totals: dict[str, int] = {}
     for _ in range(rounds):
-        with session_scope(app_engine()) as session:
-            outcome = dispatch(session, now, runtime(), limit=size, order_ids=order_ids).as_dict()
+        outcome = dispatch_committed(app_engine(), now, runtime(), size, order_ids).as_dict()
         add_counts(totals, outcome)
         if sum(outcome.values()) < size:
             break
@@ -290,7 +294,22 @@ def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
     results["birthday"] = send_birthday_offers(now)
     for batch_no, ids in enumerate(paged(loyalty.customers_with_points, size), start=1):
         results["tiers"].add(run_customer_batch("tiers", batch_no, ids, now))
+    results["archive"] = reconcile_archive()
     return results
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def reconcile_archive() -> StageResult:
+    """Delete archive objects a crashed batch left with nothing referring to them.
+
+    Ages are the archive's own (wall-clock) write times, so this uses the real clock, not the
+    business date; objects younger than the grace period may belong to a batch still running.
+    """
+    written_before = datetime.now(UTC) - ORPHAN_GRACE
+    with session_scope(app_engine()) as session:
+        outcome = reconcile(session, runtime().archive, written_before)
+    return StageResult("archive", closed=len(outcome.removed), skipped=outcome.too_young,
+                       details=outcome.as_dict())
 
 
 def sharded_sweeps(as_of: datetime | None, size: int, shards: int) -> dict[str, Any]:

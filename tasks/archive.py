@@ -19,6 +19,8 @@ import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tasks.faults import fault_point
 from tasks.settings import Settings
 
 INDEX_MEMBER = "index.json"
@@ -105,6 +108,12 @@ def _check_member_name(name: str) -> None:
         raise ValueError(f"{INDEX_MEMBER} is reserved in bundles")
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    ref: str
+    written_at: datetime  # when the store wrote it (its clock, not the business clock)
+
+
 class ArtifactStore(ABC):
     """put/get with our own SHA-256, never overwriting; bundles of many small documents."""
 
@@ -123,6 +132,10 @@ class ArtifactStore(ABC):
         """Remove an object; an absent one is no error. Erasure is the only caller."""
 
     @abstractmethod
+    def objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under `prefix` (a key prefix such as 'documents/'), with its write time."""
+
+    @abstractmethod
     def _write(self, key: str, data: bytes, sha256: str, content_type: str) -> None:
         """Write if absent; same checksum present is success, a different one ArchiveError."""
 
@@ -134,6 +147,7 @@ class ArtifactStore(ABC):
         check_key(key)
         self.puts += 1
         self._write(key, data, sha256_hex(data), content_type)
+        fault_point("archive:after_put")
         return self.ref_for(key)
 
     def get(self, ref: str) -> bytes:
@@ -179,6 +193,14 @@ class FileStore(ArtifactStore):
         path.unlink(missing_ok=True)
         _sidecar(path).unlink(missing_ok=True)
 
+    def objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Objects, and what a crash mid-write leaves: `.tmp-*` files, sidecars alone."""
+        folder = self.root / prefix
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if path.is_file() and not _is_sidecar_of_an_object(path):
+                mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                yield StoredObject(self.ref_for(path.relative_to(self.root).as_posix()), mtime)
+
     def _read(self, ref: str) -> tuple[bytes, str | None]:
         path = self._path_of(ref)
         try:
@@ -197,6 +219,10 @@ class FileStore(ArtifactStore):
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+def _is_sidecar_of_an_object(path: Path) -> bool:
+    return path.name.endswith(".sha256") and path.with_name(path.name[:-7]).exists()
 
 
 def _link_new_file(path: Path, data: bytes) -> bool:
@@ -288,6 +314,17 @@ class S3Store(ArtifactStore):
         if not ref.startswith("s3://") or bucket != self.bucket:
             raise ArchiveError(f"{ref}: not an object of bucket {self.bucket}")
         return object_key
+
+    def objects(self, prefix: str) -> Iterator[StoredObject]:
+        listing = {"Bucket": self.bucket, "Prefix": self._object_key(prefix)}
+        while True:
+            with _s3_errors(f"list s3://{self.bucket}/{listing['Prefix']}"):
+                page = self.client.list_objects_v2(**listing)
+            for item in page.get("Contents", []):
+                yield StoredObject(f"s3://{self.bucket}/{item['Key']}", item["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            listing["ContinuationToken"] = page["NextContinuationToken"]
 
     def _read(self, ref: str) -> tuple[bytes, str | None]:
         object_key = self._object_key_of(ref)

@@ -45,7 +45,7 @@ from tasks.store.models import Customer, Message, Suppression
 
 MARKETING = "marketing"
 PENDING, SKIPPED, EXPIRED = "pending", "skipped", "expired"
-COUNTED = ("sent", "unknown")  # statuses that count against a cap: the mail may have arrived
+COUNTED = ("sent", "unknown", "sending")  # statuses that count against a cap: it may have arrived
 SUPPRESSION_REASONS = ("unsubscribe", "complaint", "bounce", "erasure")  # weakest first
 _HMAC_CONTEXT = b"journeys-suppression:"  # keeps these apart from unsubscribe-link signatures
 

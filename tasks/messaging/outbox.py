@@ -5,38 +5,49 @@ pending, and a resend carries the same Message-ID. Marketing mail is at-most-onc
 outcome is recorded as such and never resent. Before anything is rendered, the governor
 (tasks/messaging/governor.py) decides what of the claimed batch may go now; marketing mail
 carries a signed unsubscribe link and RFC 8058 one-click headers.
+
+A dispatch is three steps: claim (govern, build, mark the rows `sending` with a lease), send,
+record. `dispatch_committed` commits the claim before the transport is called, so a process
+that dies between sending and recording leaves its rows `sending`: when the lease runs out,
+transactional rows are sent again (same Message-ID) and marketing rows become `unknown`,
+never sent twice. (`dispatch` does all three in the caller's one transaction.)
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from email.errors import MessageError
 from email.utils import format_datetime
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Engine, Row, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from tasks.config import Config, TemplateSpec
+from tasks.faults import fault_point
 from tasks.messaging.governor import govern, record_decision
 from tasks.messaging.mime import address_header, alternative, checked_address, text_header
 from tasks.messaging.render import Rendered, one_line, renderer_for
 from tasks.messaging.transports import OutgoingMail, SendOutcome
 from tasks.messaging.unsubscribe import unsubscribe_url
 from tasks.runtime import Runtime
-from tasks.store.db import is_postgres
+from tasks.store.db import is_postgres, session_scope
 from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.models import Message
 
-PENDING, SENT, FAILED, UNKNOWN = "pending", "sent", "failed", "unknown"
+PENDING, SENDING, SENT, FAILED, UNKNOWN = "pending", "sending", "sent", "failed", "unknown"
 MARKETING = "marketing"
 MAX_ATTEMPTS = 10
 FIRST_RETRY = timedelta(minutes=5)
 MAX_RETRY = timedelta(hours=6)
+# How long a claim keeps other dispatchers off its rows: longer than any batch takes to send.
+SEND_LEASE = timedelta(minutes=15)
+LEASE_LOST = ("the dispatcher that claimed it stopped before recording the outcome; "
+              "marketing is sent at most once, so it is not sent again")
 
 
 @dataclass
@@ -97,6 +108,16 @@ def enqueue(session: Session, rows: Sequence[Mapping[str, Any]], now: datetime) 
 # --- dispatch -----------------------------------------------------------------------------
 
 
+@dataclass
+class Claim:
+    """A claimed batch: the rows admitted to go now, their mails, and what is settled already."""
+
+    admitted: list[Row[Any]] = field(default_factory=list)
+    outgoing: list[OutgoingMail] = field(default_factory=list)
+    outcomes: dict[int, SendOutcome] = field(default_factory=dict)
+    result: DispatchResult = field(default_factory=DispatchResult)
+
+
 def dispatch(
     session: Session,
     now: datetime,
@@ -104,31 +125,106 @@ def dispatch(
     limit: int = 1000,
     order_ids: Sequence[int] | None = None,
 ) -> DispatchResult:
-    """Send due pending mail (optionally only `order_ids`'): one select, one send, one update."""
+    """Send due pending mail (optionally only `order_ids`'), all in the caller's transaction."""
+    claim = claim_batch(session, now, rt, limit, order_ids)
+    return record_claim(session, claim, send_claim(claim, rt), now)
+
+
+def dispatch_committed(
+    engine: Engine,
+    now: datetime,
+    rt: Runtime,
+    limit: int = 1000,
+    order_ids: Sequence[int] | None = None,
+) -> DispatchResult:
+    """Like `dispatch`, with the claim committed before sending and the outcomes after: no
+    database lock is held while the transport talks, and a crash cannot send marketing twice."""
+    with session_scope(engine) as session:
+        claim = claim_batch(session, now, rt, limit, order_ids)
+        fault_point("dispatch:claimed")
+    fault_point("dispatch:before_send")
+    outcomes = send_claim(claim, rt)
+    fault_point("dispatch:after_send")
+    with session_scope(engine) as session:
+        result = record_claim(session, claim, outcomes, now)
+    fault_point("dispatch:after_commit")
+    return result
+
+
+def claim_batch(
+    session: Session, now: datetime, rt: Runtime, limit: int, order_ids: Sequence[int] | None
+) -> Claim:
+    """Claim due rows, let the governor decide, build the mails, mark the admitted `sending`."""
+    claim = Claim()
     rows = claim_due_messages(session, now, limit, order_ids)
+    rows = settle_lost_marketing(session, rows, claim.result)
     if not rows:
-        return DispatchResult()
+        return claim
     decision = govern(session, rows, now, rt)
     record_decision(session, decision)
-    admitted = decision.admitted
-    links = {r.id: unsubscribe_url(r.to_addr, rt) for r in admitted if r.msg_class == MARKETING}
-    outgoing, outcomes = prepare_mails(admitted, now, rt.config, links)
-    sent = rt.transport.send_batch(outgoing) if outgoing else []
-    outcomes.update({mail.row_id: outcome for mail, outcome in zip(outgoing, sent, strict=True)})
-    result = record_outcomes(session, admitted, outcomes, now)
-    for name, count in decision.counts().items():
+    add_decision_counts(claim.result, decision)
+    claim.admitted = decision.admitted
+    links = {r.id: unsubscribe_url(r.to_addr, rt) for r in claim.admitted
+             if r.msg_class == MARKETING}
+    claim.outgoing, claim.outcomes = prepare_mails(claim.admitted, now, rt.config, links)
+    mark_sending(session, claim.admitted, now)
+    return claim
+
+
+def send_claim(claim: Claim, rt: Runtime) -> dict[int, SendOutcome]:
+    """The transport's outcome for every admitted row (build failures included)."""
+    sent = rt.transport.send_batch(claim.outgoing) if claim.outgoing else []
+    pairs = zip(claim.outgoing, sent, strict=True)
+    return claim.outcomes | {mail.row_id: outcome for mail, outcome in pairs}
+
+
+def record_claim(
+    session: Session, claim: Claim, outcomes: Mapping[int, SendOutcome], now: datetime
+) -> DispatchResult:
+    result = record_outcomes(session, claim.admitted, outcomes, now)
+    for name, count in asdict(claim.result).items():
         setattr(result, name, getattr(result, name) + count)
     return result
+
+
+def add_decision_counts(result: DispatchResult, decision: Any) -> None:
+    for name, count in decision.counts().items():
+        setattr(result, name, getattr(result, name) + count)
+
+
+def mark_sending(session: Session, rows: Sequence[Row[Any]], now: datetime) -> None:
+    """Keep other dispatchers off these rows until the lease ends (or the outcome is in)."""
+    if not rows:
+        return
+    table = Message.__table__
+    session.execute(update(table).where(table.c.id.in_([r.id for r in rows]))
+                    .values(status=SENDING, not_before=now + SEND_LEASE))
+
+
+def settle_lost_marketing(
+    session: Session, rows: Sequence[Row[Any]], result: DispatchResult
+) -> list[Row[Any]]:
+    """Marketing rows whose claim's lease ran out are `unknown` (the mail may have gone);
+    transactional ones go again, with the same Message-ID."""
+    lost = [r.id for r in rows if r.status == SENDING and r.msg_class == MARKETING]
+    if lost:
+        table = Message.__table__
+        session.execute(update(table).where(table.c.id.in_(lost))
+                        .values(status=UNKNOWN, reason=LEASE_LOST))
+        result.unknown += len(lost)
+    return [r for r in rows if r.id not in set(lost)]
 
 
 def claim_due_messages(
     session: Session, now: datetime, limit: int, order_ids: Sequence[int] | None = None
 ) -> list[Row[Any]]:
-    """Pending rows due by `now`, most urgent first; locked with SKIP LOCKED on PostgreSQL."""
+    """Pending rows due by `now` and rows whose send lease ran out, most urgent first;
+    locked with SKIP LOCKED on PostgreSQL."""
     table = Message.__table__
     query = (
         select(table)
-        .where(table.c.status == PENDING, table.c.not_before <= now)
+        .where(or_(table.c.status == PENDING, table.c.status == SENDING),
+               table.c.not_before <= now)
         .order_by(table.c.priority, table.c.id)
         .limit(limit)
     )
@@ -235,7 +331,7 @@ def record_outcomes(
     table = Message.__table__
     statement = (
         update(table)
-        .where(table.c.id == bindparam("b_id"))
+        .where(table.c.id == bindparam("b_id"), table.c.status == SENDING)
         .values(
             status=bindparam("b_status"), reason=bindparam("b_reason"),
             attempts=table.c.attempts + 1, sent_at=bindparam("b_sent_at"),

@@ -1,8 +1,9 @@
 """The archive's IAM policies and bucket lifecycle (infra/*.json): structure, least privilege.
 
 The placeholders are bucket `journeys-archive` and prefix `journeys/`: replace both together.
-The stages' principal (iam-policy.json) never deletes; erasure (tasks/privacy.py) runs under its
-own principal (iam-policy-erasure.json) that may delete document and mail bundles only.
+The stages' principal (iam-policy.json) never deletes; erasure (tasks/privacy.py) and the archive
+reconcile (tasks/orphans.py) run under their own principal (iam-policy-erasure.json) that may
+delete document and mail bundles and manifests only.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ ACTION_OF_CALL = {
     "get_object": "s3:GetObject",
     "head_object": "s3:GetObject",
     "delete_object": "s3:DeleteObject",
+    "list_objects_v2": "s3:ListBucket",
 }
-ERASURE_CALLS = {"delete_object"}  # made only by erasure, under the erasure principal
+ERASURE_CALLS = {"delete_object"}  # only erasure and reconcile, under their principal
 DAYS_7_YEARS = 2555
 
 
@@ -122,12 +124,17 @@ def test_policy_covers_every_s3_call_the_archive_makes(policy, erasure_policy) -
     assert {ACTION_OF_CALL[c] for c in erasure_needs} <= granted_actions(erasure_policy)
 
 
-def test_erasure_policy_may_delete_only_document_and_mail_bundles(erasure_policy) -> None:
+def test_erasure_policy_may_delete_only_bundles_and_manifests(erasure_policy) -> None:
     test_policy_document_structure(erasure_policy)
-    assert granted_actions(erasure_policy) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    assert granted_actions(erasure_policy) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                               "s3:ListBucket"}
     for statement in allows(erasure_policy):
+        if as_list(statement["Action"]) == ["s3:ListBucket"]:  # reconcile lists our prefix only
+            assert statement["Condition"] == {"StringLike": {"s3:prefix": PREFIX + "*"}}
+            continue
         assert sorted(as_list(statement["Resource"])) == [
-            f"{BUCKET_ARN}/{PREFIX}documents/*", f"{BUCKET_ARN}/{PREFIX}mail/*"
+            f"{BUCKET_ARN}/{PREFIX}documents/*", f"{BUCKET_ARN}/{PREFIX}mail/*",
+            f"{BUCKET_ARN}/{PREFIX}manifests/*",
         ]
     test_insecure_transport_is_denied_for_bucket_and_objects(erasure_policy)
 
