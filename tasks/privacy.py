@@ -277,6 +277,11 @@ def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     )
 
 
+# Mail not sent yet: pending, or claimed by a dispatcher (`sending`; a dispatcher mid-send
+# finds it cancelled and leaves it so; one whose lease ran out would have sent it again).
+UNSENT = ("pending", "sending")
+
+
 def scrub_messages(session: Session, target: Target) -> tuple[int, int]:
     """Recipient and context go; pending mail is cancelled. Returns (scrubbed, cancelled)."""
     table = Message.__table__
@@ -287,13 +292,14 @@ def scrub_messages(session: Session, target: Target) -> tuple[int, int]:
     if is_postgres(session):
         query = query.with_for_update()  # waits for a dispatcher holding one of them
     rows = session.execute(query).all()
+    unsent = {r.id for r in rows if r.status in UNSENT}
     update_rows(session, table, [
         {"id": r.id, "to_addr": target.pseudonym, "context": {"erased": True},
-         "status": CANCELLED if r.status == "pending" else r.status,
-         "reason": CANCEL_REASON if r.status == "pending" else target.redactor.text(r.reason)}
+         "status": CANCELLED if r.id in unsent else r.status,
+         "reason": CANCEL_REASON if r.id in unsent else target.redactor.text(r.reason)}
         for r in rows
     ])
-    return len(rows), sum(1 for r in rows if r.status == "pending")
+    return len(rows), len(unsent)
 
 
 def anonymise_orders(session: Session, target: Target) -> None:
