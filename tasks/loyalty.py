@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.config import Config, section
@@ -44,11 +45,11 @@ from tasks.intake.schema import Rejected
 from tasks.messaging.outbox import enqueue as enqueue_messages
 from tasks.messaging.outbox import message_id_for, order_message
 from tasks.runtime import Runtime, StageResult
+from tasks.store.db import is_postgres
 from tasks.store.journal import (
     CLOSED,
     DONE,
     HELD,
-    insert_ignoring_duplicates,
     record_events,
     schedule_steps,
     set_steps,
@@ -255,10 +256,40 @@ def loyalty_events(entries: Iterable[Mapping[str, Any]], now: datetime) -> list[
     ]
 
 
-def append_entries(session: Session, rows: Sequence[dict[str, Any]], now: datetime) -> None:
-    """Insert ledger rows (a source key already there is left alone) and note them."""
-    insert_ignoring_duplicates(session, LoyaltyEntry, rows, ["source_key"])
-    record_events(session, loyalty_events(rows, now))
+def append_entries(
+    session: Session, rows: Sequence[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """Insert ledger rows (a source key already there is left alone); note and return the
+    rows really inserted. A concurrent batch may have inserted the same key after we looked,
+    and its timeline note is already there."""
+    if not rows:
+        return []
+    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    statement = (dialect_insert(LoyaltyEntry.__table__)
+                 .on_conflict_do_nothing(index_elements=["source_key"])
+                 .returning(LoyaltyEntry.__table__.c.source_key))
+    inserted = set(session.execute(statement, list(rows)).scalars())
+    new = [row for row in rows if row["source_key"] in inserted]
+    record_events(session, loyalty_events(new, now))
+    return new
+
+
+def lock_ledgers(session: Session, order_ids: Sequence[int]) -> None:
+    """Take these orders' ledgers for this transaction: approve and reverse read an order's
+    entries and append from the totals they read, so two at once would count from the same
+    totals (a refund taken from pending points another batch just approved, or two refunds
+    together reversing more than the order earned).
+
+    On PostgreSQL this locks the orders' earn entries (in id order, so batches cannot
+    deadlock); the entries read afterwards include what the lock holder committed. On SQLite
+    the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    """
+    if not order_ids or not is_postgres(session):
+        return
+    query = (select(LoyaltyEntry.id)
+             .where(LoyaltyEntry.source_key.in_([earn_key(oid) for oid in set(order_ids)]))
+             .order_by(LoyaltyEntry.id).with_for_update())
+    session.execute(query).all()
 
 
 def order_entries(session: Session, order_ids: Sequence[int]) -> list[Any]:
@@ -330,8 +361,7 @@ def earn(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
     enqueue_messages(session, invites, now)
     plan = plan_earn(orders, enrolled, settings, now)
     known = existing_keys(session, [e["source_key"] for e in plan.entries])
-    new = [e for e in plan.entries if e["source_key"] not in known]
-    append_entries(session, new, now)
+    new = append_entries(session, [e for e in plan.entries if e["source_key"] not in known], now)
     schedule_steps(session, [(e["order_id"], APPROVE_STEP, e["available_at"])
                              for e in plan.entries], now)
     quarantine(session, "loyalty_order", "loyalty", plan.problems, now)
@@ -483,6 +513,7 @@ def approve(session: Session, order_ids: Sequence[int], now: datetime, rt: Runti
     Consumes step `loyalty_approve`. Two entries per order (pending −N, approved +N), so the
     sums per status stay exact; an order approved before is left alone.
     """
+    lock_ledgers(session, order_ids)
     entries = order_entries(session, order_ids)
     by_order: dict[int, list[Any]] = defaultdict(list)
     for entry in entries:
@@ -565,6 +596,7 @@ def reverse_refunds(
     a refund with a bad amount or key is quarantined.
     """
     valid, problems = validate_refunds(refunds)
+    lock_ledgers(session, [r.order_id for r in valid])
     ledgers = refund_ledgers(session, sorted({r.order_id for r in valid}))
     rows: list[dict[str, Any]] = []
     counts = {"duplicates": 0, "not_earned": 0}
