@@ -1,9 +1,10 @@
 """Create what the journeys deployments need on a Prefect server; safe to rerun.
 
 Makes the `journeys` process work pool, the operator-tunable Variables, Secret blocks from the
-environment, the `journeys-mail` global concurrency limit and the alert automations. Anything
-that exists is kept: a second run changes nothing and never overwrites a value an operator
-edited. Secret values are never printed or logged.
+environment, the `journeys-mail` global concurrency limit, the lost-runs automation (a flow run
+whose heartbeats stop is marked Crashed) and the alert automations. Anything that exists is
+kept: a second run changes nothing and never overwrites a value an operator edited. Secret
+values are never printed or logged.
 
     python -m infra.bootstrap        # against PREFECT_API_URL
 """
@@ -23,8 +24,10 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     VariableCreate,
     WorkPoolCreate,
+    WorkPoolUpdate,
 )
-from prefect.events.actions import SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -47,6 +50,13 @@ ALERT_BLOCK = "journeys-alerts"
 ALERT_URL_ENV = "JOURNEYS_ALERT_WEBHOOK_URL"
 RUN_FAILED_AUTOMATION = "journeys: flow run failed"
 ORDER_HELD_AUTOMATION = "journeys: orders on hold"
+LOST_RUNS_AUTOMATION = "journeys: lost runs"
+# A flow run's process sends a heartbeat event every HEARTBEAT_SECONDS (Prefect's minimum; its
+# default, 180, is too slow for a 5-minute sweep). The pool passes the setting to every flow run;
+# a run with no heartbeat for LOST_AFTER (three missed beats) lost its process: it is Crashed.
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+HEARTBEAT_SECONDS = 30
+LOST_AFTER = timedelta(seconds=90)
 
 
 def bootstrap(client: SyncPrefectClient | None = None) -> list[str]:
@@ -66,6 +76,7 @@ def bootstrap(client: SyncPrefectClient | None = None) -> list[str]:
             *[ensure_variable(client, name, value) for name, value in VARIABLES.items()],
             *[ensure_secret(client, name, env) for name, env in SECRETS.items()],
             ensure_mail_limit(client),
+            ensure_automation(client, lost_runs_automation()),
             *ensure_alerts(client),
         ]
 
@@ -74,14 +85,32 @@ def ensure_work_pool(client: SyncPrefectClient) -> str:
     """The process pool every deployment runs on; workers join it with `--pool journeys`."""
     try:
         pool = client.read_work_pool(WORK_POOL)
-        return f"work pool {WORK_POOL}: kept ({pool.type})"
     except ObjectNotFound:
         client.create_work_pool(WorkPoolCreate(
             name=WORK_POOL, type="process",
             description="Runs the journeys flows as processes on the machines of its workers.",
-            base_job_template=ProcessWorker.get_default_base_job_template(),
+            base_job_template=with_heartbeat(ProcessWorker.get_default_base_job_template()),
         ))
-        return f"work pool {WORK_POOL}: created (process)"
+        return f"work pool {WORK_POOL}: created (process, heartbeat every {HEARTBEAT_SECONDS}s)"
+    if pool.type != "process" or HEARTBEAT_ENV in run_env_defaults(pool.base_job_template):
+        return f"work pool {WORK_POOL}: kept ({pool.type})"
+    client.update_work_pool(WORK_POOL, WorkPoolUpdate(
+        base_job_template=with_heartbeat(pool.base_job_template)))
+    return f"work pool {WORK_POOL}: updated (heartbeat every {HEARTBEAT_SECONDS}s)"
+
+
+def run_env_defaults(template: dict[str, Any]) -> dict[str, Any]:
+    """The environment the pool gives every flow run (its `env` job variable's default)."""
+    return template["variables"]["properties"].get("env", {}).get("default") or {}
+
+
+def with_heartbeat(template: dict[str, Any]) -> dict[str, Any]:
+    """The template, with flow runs sending heartbeats as often as the lost-runs automation
+    expects. A run's own `env` job variables are merged over it, not instead of it."""
+    template = json.loads(json.dumps(template))
+    env = template["variables"]["properties"].setdefault("env", {"type": "object"})
+    env["default"] = {HEARTBEAT_ENV: str(HEARTBEAT_SECONDS), **run_env_defaults(template)}
+    return template
 
 
 def ensure_variable(client: SyncPrefectClient, name: str, default: Any) -> str:
@@ -154,6 +183,38 @@ def ensure_alert_block(client: SyncPrefectClient) -> tuple[Any, str]:
     return block_id, f"notification block {ALERT_BLOCK}: {state} from {ALERT_URL_ENV}"
 
 
+def lost_runs_automation(within: timedelta = LOST_AFTER) -> AutomationCore:
+    """A journeys flow run whose heartbeats stop (its process or machine died) becomes Crashed.
+
+    Prefect's "detect zombie flows" automation, limited to runs tagged journeys: after each
+    heartbeat, expect another one (or the run's end, or a pause that stops its process) within
+    `within`. The Crashed state then alerts like any crash (RUN_FAILED_AUTOMATION). Running the
+    deployment again resumes the work: every stage is idempotent.
+    """
+    ends = ("Completed", "Failed", "Cancelled", "Crashed", "Paused", "Suspended")
+    return AutomationCore(
+        name=LOST_RUNS_AUTOMATION,
+        description=f"Marks a journeys flow run Crashed when it sends no heartbeat for "
+                    f"{within.total_seconds():.0f}s (its worker or machine died).",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "tag",
+                           "prefect.resource.id": f"prefect.tag.{TAG}"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ends)},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive, threshold=1, within=within,
+        ),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=f"No heartbeat for {within.total_seconds():.0f}s: the flow run's process "
+                    f"is gone (worker or machine died). Run the deployment again to resume; "
+                    f"every stage is safe to repeat.",
+        )],
+    )
+
+
 def alert_automations(block_id: Any) -> list[AutomationCore]:
     return [run_failed_automation(block_id), order_held_automation(block_id)]
 
@@ -224,6 +285,9 @@ def definition(automation: AutomationCore) -> dict[str, Any]:
     """What an automation does, without the ids the server assigns."""
     data = AutomationCore.model_validate(automation.model_dump()).model_dump(mode="json")
     data["trigger"].pop("id", None)
+    for name in ("after", "expect", "for_each"):  # sets: their JSON order is arbitrary
+        if isinstance(data["trigger"].get(name), list):
+            data["trigger"][name] = sorted(data["trigger"][name])
     return data
 
 

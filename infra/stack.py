@@ -39,7 +39,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.callables import parameter_schema
 from sqlalchemy.engine import make_url
 
-from infra.bootstrap import WORK_POOL, bootstrap
+from infra.bootstrap import HEARTBEAT_ENV, HEARTBEAT_SECONDS, WORK_POOL, bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = ROOT / "infra" / "prefect.yaml"
@@ -224,6 +224,9 @@ class LocalStack:
         env = prefect_env(self.api_url) | self.env
         env.setdefault("JOURNEYS_HOME", str(ROOT))
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
+        # Flow runs send heartbeats as often as the "journeys: lost runs" automation expects
+        # (the pool's job template says so too; this covers a pool made before it did).
+        env.setdefault(HEARTBEAT_ENV, str(HEARTBEAT_SECONDS))
         return env
 
     def watch(self, poll_seconds: float = 2.0) -> None:

@@ -14,17 +14,22 @@ from types import SimpleNamespace
 import pytest
 from prefect import get_client
 from prefect.blocks.system import Secret
-from prefect.client.schemas.actions import VariableUpdate
+from prefect.client.schemas.actions import VariableUpdate, WorkPoolUpdate
 from prefect.deployments import run_deployment
 from prefect.events import Event
 from prefect.events.clients import PrefectEventsClient
+from prefect.events.schemas.automations import Posture
 
 from infra.bootstrap import (
     ALERT_URL_ENV,
+    HEARTBEAT_ENV,
+    LOST_AFTER,
+    LOST_RUNS_AUTOMATION,
     MAIL_LIMIT,
     ORDER_HELD_AUTOMATION,
     RUN_FAILED_AUTOMATION,
     VARIABLES,
+    WORK_POOL,
     bootstrap,
 )
 
@@ -68,7 +73,7 @@ def bootstrapped_objects() -> dict[str, int]:
     with get_client(sync_client=True) as client:
         counts = {name: int(client.read_variable_by_name(name) is not None) for name in VARIABLES}
         counts[MAIL_LIMIT] = int(client.read_global_concurrency_limit_by_name(MAIL_LIMIT).limit)
-        for name in (RUN_FAILED_AUTOMATION, ORDER_HELD_AUTOMATION):
+        for name in (RUN_FAILED_AUTOMATION, ORDER_HELD_AUTOMATION, LOST_RUNS_AUTOMATION):
             counts[name] = len(client.read_automations_by_name(name))
     return counts
 
@@ -84,10 +89,56 @@ def test_a_second_bootstrap_changes_nothing_and_keeps_an_operators_value(stack, 
     assert not [line for line in second if "created" in line or "updated" in line]
     assert "variable journeys_batch_size: kept (250)" in second
     assert bootstrapped_objects() == {**dict.fromkeys(VARIABLES, 1), MAIL_LIMIT: 1,
-                                      RUN_FAILED_AUTOMATION: 1, ORDER_HELD_AUTOMATION: 1}
+                                      RUN_FAILED_AUTOMATION: 1, ORDER_HELD_AUTOMATION: 1,
+                                      LOST_RUNS_AUTOMATION: 1}
     printed = "\n".join(first + second)
     assert not [value for value in SECRET_VALUES.values() if value in printed]
     assert Secret.load("journeys-smtp-password").get() == "s3cret-smtp"
+
+
+def test_lost_runs_are_watched_without_any_webhook(stack, monkeypatch):
+    """The stack was bootstrapped without JOURNEYS_ALERT_WEBHOOK_URL: no alerts, but the
+    automation that marks a run without heartbeats Crashed is there, and an operator who
+    disabled it keeps it disabled."""
+    monkeypatch.delenv(ALERT_URL_ENV, raising=False)
+    with get_client(sync_client=True) as client:
+        (lost,) = client.read_automations_by_name(LOST_RUNS_AUTOMATION)
+        pool_env = client.read_work_pool(WORK_POOL).base_job_template["variables"][
+            "properties"]["env"]["default"]
+        client.pause_automation(lost.id)
+    try:
+        lines = bootstrap()
+        with get_client(sync_client=True) as client:
+            (again,) = client.read_automations_by_name(LOST_RUNS_AUTOMATION)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.resume_automation(lost.id)
+
+    assert f"automation {LOST_RUNS_AUTOMATION!r}: kept" in lines
+    assert (again.id, again.enabled) == (lost.id, False)
+    trigger = lost.trigger
+    assert (trigger.posture, trigger.within, trigger.after) == (
+        Posture.Proactive, LOST_AFTER, {"prefect.flow-run.heartbeat"})
+    assert "prefect.flow-run.heartbeat" in trigger.expect
+    assert [(a.type, a.state.value) for a in lost.actions] == [
+        ("change-flow-run-state", "CRASHED")]
+    assert pool_env == {HEARTBEAT_ENV: "30"}
+
+
+def test_a_pool_made_before_heartbeats_gets_them_and_keeps_its_other_run_env(stack):
+    with get_client(sync_client=True) as client:
+        template = client.read_work_pool(WORK_POOL).base_job_template
+        template["variables"]["properties"]["env"]["default"] = {"OPERATOR_SETTING": "1"}
+        client.update_work_pool(WORK_POOL, WorkPoolUpdate(base_job_template=template))
+
+    lines = bootstrap()
+    with get_client(sync_client=True) as client:
+        env = client.read_work_pool(WORK_POOL).base_job_template["variables"]["properties"][
+            "env"]["default"]
+
+    assert f"work pool {WORK_POOL}: updated (heartbeat every 30s)" in lines
+    assert env == {HEARTBEAT_ENV: "30", "OPERATOR_SETTING": "1"}
+    assert f"work pool {WORK_POOL}: kept (process)" in bootstrap()
 
 
 def test_a_rotated_secret_is_updated_from_the_environment(stack, alert_env, monkeypatch):
