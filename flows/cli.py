@@ -238,11 +238,28 @@ def order_cmd(external_id: str, as_json: JsonFlag = False) -> None:
     from tasks.store.queries import find_order, order_view
 
     with session_scope(app_engine()) as session:
-        view = order_view(session, find_order(session, external_id))
+        view = without_addresses(order_view(session, find_order(session, external_id)))
     if as_json:
         print_json(view)
     else:
         show_order(view)
+
+
+def without_addresses(view: dict[str, Any]) -> dict[str, Any]:
+    """Hold reasons, timeline details and mail outcomes can quote the customer's address
+    (`email_invalid: a..b@x.com`); show it masked, as the Prefect artifacts and forms do."""
+    from flows.reporting import mask_emails
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            return mask_emails(value)
+        if isinstance(value, dict):
+            return {key: masked(item) for key, item in value.items()}
+        return [masked(item) for item in value] if isinstance(value, list) else value
+
+    return view | {"hold_reason": masked(view["hold_reason"]),
+                   "events": [e | {"detail": masked(e["detail"])} for e in view["events"]],
+                   "messages": [m | {"reason": masked(m["reason"])} for m in view["messages"]]}
 
 
 def show_order(view: dict[str, Any]) -> None:
@@ -381,9 +398,10 @@ def archive_reconcile_cmd(
 @hold_app.command("list")
 @user_errors
 def hold_list(as_json: JsonFlag = False) -> None:
-    """Orders waiting for an operator, with their reasons."""
+    """Orders waiting for an operator, with their reasons (an address in one is masked)."""
     from sqlalchemy import select
 
+    from flows.reporting import mask_emails
     from tasks.store.models import Order
 
     with session_scope(app_engine()) as session:
@@ -391,7 +409,8 @@ def hold_list(as_json: JsonFlag = False) -> None:
             select(Order.external_id, Order.name, Order.hold_reason)
             .where(Order.state == "on_hold").order_by(Order.id)
         ).all()
-    held = [{"external_id": r[0], "name": r[1], "hold_reason": r[2]} for r in rows]
+    held = [{"external_id": r[0], "name": r[1], "hold_reason": r[2] and mask_emails(r[2])}
+            for r in rows]
     if as_json:
         print_json(held)
         return
