@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -32,9 +41,9 @@ from tasks.aftercare import (
     keyed_message,
 )
 from tasks.config import Config
-from tasks.intake.formats import validation_reasons
+from tasks.intake.formats import IntakeError, validation_reasons
 from tasks.intake.ingest import IntakeResult, quarantine_records
-from tasks.intake.schema import Rejected
+from tasks.intake.schema import INT_MAX, Rejected, refuse_nul
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime, StageResult
 from tasks.store.journal import insert_ignoring_duplicates, record_events
@@ -118,7 +127,7 @@ class FeedbackIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    order_id: int | None = None
+    order_id: int | None = Field(default=None, ge=1, le=INT_MAX)  # our orders.id column
     sig: str | None = Field(default=None, max_length=128)
     order_external_id: str | None = Field(default=None, max_length=64)
     source: str | None = Field(default=None, max_length=20)
@@ -126,6 +135,11 @@ class FeedbackIn(BaseModel):
     comment: str | None = Field(default=None, max_length=5000)
     tags: list[Tag] = Field(default_factory=list)
     submitted_at: Annotated[datetime, AfterValidator(_aware)]
+
+    @field_validator("sig", "order_external_id", "source", "comment", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return refuse_nul(value)  # PostgreSQL text cannot hold NUL characters
 
     @model_validator(mode="after")
     def _identifies_order(self) -> FeedbackIn:
@@ -146,9 +160,13 @@ class FeedbackItem:
 def read_feedback(path: Path | str) -> list[FeedbackItem | Rejected]:
     """Parse a JSON Lines file; a line that is not a valid answer becomes a Rejected record."""
     path = Path(path)
+    if not path.is_file():
+        raise IntakeError(f"{path}: no such file")
     items: list[FeedbackItem | Rejected] = []
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    for number, line in enumerate(text.splitlines(), start=1):
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    # Lines end at \n, \r or \r\n as in the other readers; str.splitlines() would also split
+    # at U+2028, U+0085 or a form feed, which JSON may hold inside a customer's comment.
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):
         if line.strip():
             items.append(parse_feedback_line(line.strip(), f"{path.name}:line {number}"))
     return items

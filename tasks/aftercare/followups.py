@@ -364,7 +364,7 @@ def birthday_in(year: int, birthday: date) -> date:
 def customer_zone(customer: Customer, fallback: str) -> ZoneInfo:
     try:
         return ZoneInfo(customer.timezone or fallback)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, e.g. 'America'
         return ZoneInfo(fallback)
 
 

@@ -6,6 +6,7 @@ the session and commits. Running the same input twice changes nothing the second
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from tasks.store.journal import (
 from tasks.store.models import Customer, Order, OrderLine, Product, Quarantine, Step
 
 CHUNK = 1000
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 CHANGEABLE_STATES = frozenset({RECEIVED, VERIFIED, PACKED, ON_HOLD})  # before confirmation
 FIRST_STEP = "verify"
 CUSTOMER_FACTS = ("external_id", "first_name", "last_name", "accepts_marketing", "orders_count",
@@ -126,10 +128,18 @@ def quarantine_records(
     return len(rows), len(rejected) - len(rows)
 
 
+def _storable(text: str | None) -> str | None:
+    """Text a database can hold: U+FFFD for NUL (PostgreSQL refuses it) and for a lone
+    surrogate (a JSON escape like \\udc00 that no UTF-8 can encode)."""
+    return UNSTORABLE.sub("\ufffd", text) if text else text
+
+
 def _quarantine_row(record: Rejected, now: datetime) -> dict[str, Any]:
     return {
-        "kind": record.kind, "source": record.source, "external_id": record.external_id,
-        "fingerprint": record.fingerprint, "payload": record.raw, "reasons": record.reasons,
+        "kind": record.kind, "source": _storable(record.source),
+        "external_id": _storable(record.external_id and record.external_id[:64]),
+        "fingerprint": record.fingerprint,
+        "payload": _storable(record.raw), "reasons": record.reasons,
         "origin": record.origin, "status": "open", "created_at": now, "released_at": None,
     }
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.numbers import is_currency
 from pydantic import (
@@ -27,7 +28,7 @@ ZERO = Decimal("0")
 
 def _blank_to_none(value: Any) -> Any:
     if isinstance(value, str):
-        value = value.strip()
+        value = refuse_nul(value).strip()
         return value or None
     return value
 
@@ -46,7 +47,25 @@ def _as_utc(value: datetime) -> datetime:
     """Aware datetimes are converted to UTC; naive ones are taken to be UTC already."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise ValueError("outside the range of dates we can store") from None
+
+
+def refuse_nul(value: Any) -> Any:
+    """Text (also inside dicts and lists) without NUL characters: PostgreSQL cannot store them."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("contains a NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_nul(key)
+            refuse_nul(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            refuse_nul(item)
+    return value
 
 
 def _currency(value: str) -> str:
@@ -56,11 +75,21 @@ def _currency(value: str) -> str:
     return code
 
 
+def _time_zone(name: str) -> str:
+    """A zone ZoneInfo can load: mail timing uses it (a folder such as 'America' is none)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"not a known time zone: {name!r}") from None
+    return name
+
+
 def split_tags(value: Any) -> Any:
     """Shopify sends tags as one comma-separated string; CSV files may use `|`."""
     if isinstance(value, str):
-        value = value.replace("|", ",").split(",")
+        value = refuse_nul(value).replace("|", ",").split(",")
     if isinstance(value, list):
+        refuse_nul(value)
         return [str(tag).strip() for tag in value if str(tag).strip()]
     return value
 
@@ -74,7 +103,7 @@ def _to_text(value: Any) -> Any:
 
 def _text_values(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+        return refuse_nul({str(k): "" if v is None else str(v) for k, v in value.items()})
     return value
 
 
@@ -101,6 +130,8 @@ OptionalId = _optional_text(64, _to_text)
 LowerText = _optional_text(100, _lower)
 UpperText = _optional_text(20, _upper)
 OptionalEmail = _optional_text(320, _lower)
+TimeZone = Annotated[Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)]
+                     | None, BeforeValidator(_blank_to_none)]
 RequiredText = Annotated[str, StringConstraints(min_length=1, max_length=500),
                          BeforeValidator(_blank_to_none)]
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=64),
@@ -156,7 +187,7 @@ class CustomerIn(Canonical):
     orders_count: Count | None = None
     tags: Tags | None = None
     locale: Locale = None
-    timezone: Short = None
+    timezone: TimeZone = None
 
 
 class LineIn(Canonical):
@@ -175,7 +206,8 @@ class LineIn(Canonical):
 class OrderIn(Canonical):
     """One order in our canonical schema (docs-snippets/canonical_schema.md describes it)."""
 
-    source: Annotated[str, StringConstraints(min_length=1, max_length=20)] = "canonical"
+    source: Annotated[str, StringConstraints(min_length=1, max_length=20),
+                      BeforeValidator(refuse_nul)] = "canonical"
     external_id: ExternalId
     name: Short = None
     email: Email
@@ -260,7 +292,8 @@ class ProductIn(Canonical):
     stock: Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)] = 0  # negative when oversold
     grams: Count = 0
     price: Money | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: Annotated[dict[str, Any], BeforeValidator(refuse_nul)] = Field(
+        default_factory=dict)
 
 
 def sha256_text(text: str) -> str:

@@ -287,7 +287,7 @@ def zone_of(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
         return fallback
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, e.g. 'America'
         return fallback
 
 

@@ -24,8 +24,8 @@ from pydantic import (
     field_validator,
 )
 
-from tasks.intake.formats import IntakeError, _json_records, _open, validation_reasons
-from tasks.intake.schema import Rejected, UTCDateTime
+from tasks.intake.formats import IntakeError, _guard, _json_records, _open, validation_reasons
+from tasks.intake.schema import Rejected, UTCDateTime, refuse_nul
 
 SHIPMENT_FORMATS = ("shopify", "canonical")
 EVENT_FORMATS = ("aftership", "canonical")
@@ -54,13 +54,17 @@ def carrier_slug(value: Any) -> Any:
 def _text(limit: int) -> Any:
     """Required text of at most `limit` characters; numbers are kept as text."""
     return Annotated[str, StringConstraints(min_length=1, max_length=limit, strip_whitespace=True),
-                     BeforeValidator(lambda v: str(v) if isinstance(v, int | float) else v)]
+                     BeforeValidator(_number_as_text)]
+
+
+def _number_as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int | float) else refuse_nul(value)
 
 
 def _clipped(limit: int) -> Any:
     """Optional free text clipped to `limit` characters (carrier messages can be long)."""
     return Annotated[str | None, BeforeValidator(
-        lambda v: (str(v).strip()[:limit] or None) if v is not None else None)]
+        lambda v: (refuse_nul(str(v)).strip()[:limit] or None) if v is not None else None)]
 
 
 def _day(value: Any) -> Any:
@@ -104,7 +108,8 @@ class ShipmentIn(Located):
     tracking_number: _text(100)
     tracking_url: _clipped(500) = None
     shipped_at: UTCDateTime
-    line_items: list[dict[str, Any]] = Field(default_factory=list)
+    line_items: Annotated[list[dict[str, Any]], BeforeValidator(refuse_nul)] = Field(
+        default_factory=list)
 
 
 class TrackingEventIn(Located):
@@ -134,6 +139,10 @@ class TrackingEventIn(Located):
 def read_shipments(path: Path | str, fmt: str | None = None) -> Iterator[ShipmentIn | Rejected]:
     """Shipments from a JSON Lines file, in file order (an order object may hold several)."""
     path = _checked(Path(path), fmt, SHIPMENT_FORMATS)
+    return _guard(path, _shipments(path, fmt))
+
+
+def _shipments(path: Path, fmt: str | None) -> Iterator[ShipmentIn | Rejected]:
     for number, text, data in _json_records(path):
         origin = f"{path.name}:line {number}"
         if isinstance(data, str):
@@ -145,6 +154,10 @@ def read_shipments(path: Path | str, fmt: str | None = None) -> Iterator[Shipmen
 def read_events(path: Path | str, fmt: str | None = None) -> Iterator[TrackingEventIn | Rejected]:
     """Tracking events from a JSON Lines file, one event per line, in file order."""
     path = _checked(Path(path), fmt, EVENT_FORMATS)
+    return _guard(path, _events(path, fmt))
+
+
+def _events(path: Path, fmt: str | None) -> Iterator[TrackingEventIn | Rejected]:
     for number, text, data in _json_records(path):
         origin = f"{path.name}:line {number}"
         if isinstance(data, str):
@@ -283,7 +296,10 @@ def _instant(value: Any) -> datetime:
 def _ts(value: Any) -> Any:
     """AfterShip's `ts` is Unix seconds; an ISO string is passed through."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):  # NaN, ±inf, beyond year 9999
+            return value  # validation then says why it is not a time
     return value
 
 

@@ -44,14 +44,9 @@ def bucket(s3_server: S3Server) -> str:
 
 
 @pytest.fixture
-def summary(capsys):
-    """Print one line per test even without -s: the figures are the point of these tests."""
-
-    def emit(line: str) -> None:
-        with capsys.disabled():
-            print(f"\ns3 faults: {line}")
-
-    return emit
+def summary(figure):
+    """One figure line per test (tests/conftest.py): the figures are the point of these tests."""
+    return lambda line: figure(f"s3 faults: {line}")
 
 
 def store_via(proxy: FaultProxy, bucket: str, **timeouts: float) -> S3Store:
