@@ -387,7 +387,8 @@ def archive_reconcile_cmd(
         return
     verb = "would delete" if dry_run else "deleted"
     console.print(f"{result.checked} objects checked; {verb} {len(result.removed)} that nothing "
-                  f"refers to; {result.too_young} unreferenced but younger than {grace_minutes} min")
+                  f"refers to; {result.too_young} unreferenced but younger than "
+                  f"{grace_minutes} min")
     for ref in result.removed:
         console.print(f"  {ref}")
 

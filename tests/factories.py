@@ -77,3 +77,20 @@ def add_order(
     if step:
         schedule_steps(session, [(order.id, step, now)], now)
     return order
+
+
+def seed_demo_store(engine, now: datetime, folder, orders: int, seed: int) -> None:
+    """The demo catalog and `orders` demo orders, ingested through intake as files would be."""
+    import json
+
+    from tasks.demo_data import demo_catalog, demo_orders
+    from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
+    from tasks.store.db import session_scope
+
+    catalog, placed = folder / "catalog.jsonl", folder / "orders.jsonl"
+    catalog.write_text("".join(json.dumps(p) + "\n" for p in demo_catalog(seed)))
+    placed.write_text("".join(json.dumps(o) + "\n" for o in demo_orders(orders, seed, now)))
+    with session_scope(engine) as session:
+        ingest_products(session, list(read_products(catalog)), now)
+    with session_scope(engine) as session:
+        ingest_orders(session, list(read_orders(placed)), now)

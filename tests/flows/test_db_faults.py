@@ -7,7 +7,6 @@ process with pg_terminate_backend, and the stage's next statement meets a dead c
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 
@@ -20,13 +19,12 @@ from sqlalchemy.pool import NullPool
 
 from flows.parameters import SweepRequest
 from tasks.confirm import confirm
-from tasks.demo_data import demo_catalog, demo_orders
-from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.pack import pack
 from tasks.store.db import normalise_url, session_scope
 from tasks.store.journal import due_order_ids
 from tasks.store.models import Artifact, Message, Order, OrderEvent, Step
 from tasks.verify import verify
+from tests.factories import seed_demo_store
 
 ORDERS = 40
 BATCH = 20
@@ -75,13 +73,7 @@ class BackendKiller:
 
 
 def seed_store(engine, now, tmp_path) -> None:
-    catalog, orders = tmp_path / "catalog.jsonl", tmp_path / "orders.jsonl"
-    catalog.write_text("".join(json.dumps(p) + "\n" for p in demo_catalog(5)))
-    orders.write_text("".join(json.dumps(o) + "\n" for o in demo_orders(ORDERS, 5, now)))
-    with session_scope(engine) as session:
-        ingest_products(session, list(read_products(catalog)), now)
-    with session_scope(engine) as session:
-        ingest_orders(session, list(read_orders(orders)), now)
+    seed_demo_store(engine, now, tmp_path, ORDERS, 5)
 
 
 def run_stage(engine, stage, now, rt) -> tuple[list[int], int]:

@@ -18,24 +18,17 @@ from prefect.settings import PREFECT_API_URL
 from sqlalchemy import func, select
 
 from flows.parameters import SweepRequest
-from tasks.demo_data import demo_catalog, demo_orders
-from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.store.db import session_scope
 from tasks.store.models import Artifact, LoyaltyEntry, Message, Order, OrderEvent, Step
 from tests.conftest import ROOT
+from tests.factories import seed_demo_store
 
 ORDERS = 400
 BATCH = 25
 
 
 def seed_store(engine, now, tmp_path) -> None:
-    catalog, orders = tmp_path / "catalog.jsonl", tmp_path / "orders.jsonl"
-    catalog.write_text("".join(json.dumps(p) + "\n" for p in demo_catalog(11)))
-    orders.write_text("".join(json.dumps(o) + "\n" for o in demo_orders(ORDERS, 11, now)))
-    with session_scope(engine) as session:
-        ingest_products(session, list(read_products(catalog)), now)
-    with session_scope(engine) as session:
-        ingest_orders(session, list(read_orders(orders)), now)
+    seed_demo_store(engine, now, tmp_path, ORDERS, 11)
 
 
 def start_sweep(db_url: str, archive: str, now) -> subprocess.Popen:

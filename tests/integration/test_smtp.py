@@ -221,10 +221,11 @@ def test_a_4xx_after_data_defers_and_the_retry_sends_the_same_message(
     assert [r.rcpt_tos for r in wire.received] == [["later@example.com"]]
     sent = message_row(engine, key)
     assert (sent.status, sent.attempts, sent.sent_at) == ("sent", 2, now + timedelta(minutes=5))
-    figure_once(figure, engine)(f"smtp 4xx after DATA ({deferred.reason!r}): deferred "
-           f"{(deferred.not_before - now).seconds // 60} min with the reason, retried "
-           f"{len(ids) - 1}x, delivered {len(wire.received)}x with the same Message-ID "
-           f"({len(set(ids))} Message-ID over {len(ids)} DATA attempts)")
+    figure_once(figure, engine)(
+        f"smtp 4xx after DATA ({deferred.reason!r}): deferred "
+        f"{(deferred.not_before - now).seconds // 60} min with the reason, retried "
+        f"{len(ids) - 1}x, delivered {len(wire.received)}x with the same Message-ID "
+        f"({len(set(ids))} Message-ID over {len(ids)} DATA attempts)")
 
 
 def test_a_5xx_after_data_fails_with_the_reason_and_is_never_retried(
@@ -241,9 +242,10 @@ def test_a_5xx_after_data_fails_with_the_reason_and_is_never_retried(
     assert (row.status, row.attempts, row.sent_at) == ("failed", 1, None)
     assert row.reason == "554 5.7.1 message refused as spam"
     assert len(wire.message_ids("spam@example.com")) == 1 and not wire.received
-    figure_once(figure, engine)(f"smtp 5xx after DATA: failed with the reason {row.reason!r}, DATA attempts "
-           f"{len(wire.message_ids('spam@example.com'))}, resent "
-           f"{len(wire.message_ids('spam@example.com')) - 1} over {len(later)} later dispatches")
+    figure_once(figure, engine)(
+        f"smtp 5xx after DATA: failed with the reason {row.reason!r}, DATA attempts "
+        f"{len(wire.message_ids('spam@example.com'))}, resent "
+        f"{len(wire.message_ids('spam@example.com')) - 1} over {len(later)} later dispatches")
 
 
 def test_lost_connection_after_data(engine, wire_rt, wire, now, figure):
@@ -271,10 +273,11 @@ def test_lost_connection_after_data(engine, wire_rt, wire, now, figure):
     promo_row, order_row = message_row(engine, promo), message_row(engine, order)
     assert (promo_row.status, promo_row.attempts) == ("unknown", 1)
     assert (order_row.status, order_row.attempts) == ("sent", 2)
-    figure_once(figure, engine)(f"smtp lost after DATA: transactional resent {len(order_ids) - 1}x with the same "
-           f"Message-ID ({len(set(order_ids))} Message-ID over {len(order_ids)} DATA attempts, "
-           f"delivered 1), marketing resent {len(promo_ids) - 1} over {len(later)} later "
-           f"dispatches (status {promo_row.status})")
+    figure_once(figure, engine)(
+        f"smtp lost after DATA: transactional resent {len(order_ids) - 1}x with the same "
+        f"Message-ID ({len(set(order_ids))} Message-ID over {len(order_ids)} DATA attempts, "
+        f"delivered 1), marketing resent {len(promo_ids) - 1} over {len(later)} later "
+        f"dispatches (status {promo_row.status})")
 
 
 def test_no_server_defers_the_whole_batch(settings, now):

@@ -14,7 +14,6 @@ infra/prefect.yaml, on that pool and without a schedule.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -37,16 +36,14 @@ from sqlalchemy import func, select
 from infra.bootstrap import (
     HEARTBEAT_ENV,
     HEARTBEAT_SECONDS,
-    LOST_RUNS_AUTOMATION,
     ensure_automation,
     lost_runs_automation,
     with_heartbeat,
 )
 from infra.stack import PREFECT, PREFECT_FILE, ROOT, _descendants, _reap, apply_deployment
-from tasks.demo_data import demo_catalog, demo_orders
-from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.store.db import make_engine, session_scope
 from tasks.store.models import Message, Order, OrderEvent, RunManifest
+from tests.factories import seed_demo_store
 from tests.stack.conftest import migrated, scratch_database, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -100,14 +97,7 @@ def own_pool(stack, tmp_path) -> Iterator[SimpleNamespace]:
 
 
 def seed_orders(engine, tmp_path) -> None:
-    now = datetime.fromisoformat(AS_OF)
-    catalog, orders = tmp_path / "catalog.jsonl", tmp_path / "orders.jsonl"
-    catalog.write_text("".join(json.dumps(p) + "\n" for p in demo_catalog(23)))
-    orders.write_text("".join(json.dumps(o) + "\n" for o in demo_orders(ORDERS, 23, now)))
-    with session_scope(engine) as session:
-        ingest_products(session, list(read_products(catalog)), now)
-    with session_scope(engine) as session:
-        ingest_orders(session, list(read_orders(orders)), now)
+    seed_demo_store(engine, datetime.fromisoformat(AS_OF), tmp_path, ORDERS, 23)
 
 
 class Worker:

@@ -404,5 +404,6 @@ def test_fuzzed_files_are_parsed_or_rejected_and_never_raise(
     stored = sum(len(tally.kept[kind]) for kind in counts)
     figure(f"fuzz intake: {tally.files:,} generated files and objects in {fuzzed:.0f} s "
            f"({len(targets)} targets) — {tally.records:,} records: {tally.parsed:,} parsed, "
-           f"{tally.rejected:,} rejected with reasons; {tally.file_errors:,} one-line file errors, tracebacks 0; "
+           f"{tally.rejected:,} rejected with reasons; {tally.file_errors:,} one-line file errors, "
+           f"tracebacks 0; "
            f"{stored:,} results stored in PostgreSQL in {stored_in:.1f} s, lost 0")
