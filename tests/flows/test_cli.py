@@ -290,3 +290,21 @@ def test_tracking_events_pass_the_quality_gate(cli, tmp_path):
     [entry] = json.loads(cli("quarantine", "list", "--json")[1])
     assert entry["reasons"][0]["check"] == "expect_column_values_to_be_between"
     assert entry["reasons"][0]["field"] == "checkpoint_in_future_seconds"
+
+
+def test_archive_reconcile_deletes_only_what_nothing_refers_to(cli, tmp_path):
+    cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--as-of", AS_OF)
+    cli("run", "--as-of", AS_OF)
+    folder = tmp_path / "artifacts" / "documents" / "2026" / "11" / "18"
+    lost = folder / "pack-from-a-killed-batch.zip"
+    lost.write_bytes(b"a bundle whose batch never committed")
+    kept = sorted(p.name for p in folder.iterdir() if p.name != lost.name)
+
+    code, out, _ = cli("archive", "reconcile", "--dry-run", "--grace-minutes", "0", "--json")
+    assert code == 0 and json.loads(out)["refs"] == [f"file://{lost}"] and lost.exists()
+    assert json.loads(cli("archive", "reconcile", "--json")[1])["too_young"] == 1
+    code, out, _ = cli("archive", "reconcile", "--grace-minutes", "0")
+    assert code == 0 and "deleted 1" in out and not lost.exists()
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    code, out, _ = cli("artifacts", "#1001", "--fetch", str(tmp_path / "fetched"))
+    assert code == 0  # every referenced document is still there and verifies
