@@ -4,12 +4,15 @@
 `<point>` do `<action>`: `kill` (SIGKILL itself: no cleanup, no rollback, no finally — what a
 power cut or the OOM killer does) or `hang` (sleep until killed from outside, e.g. to kill a
 worker mid-run). Unset — the only case in production — a fault point is one dict lookup.
+`JOURNEYS_FAULT_TRACE=<file>` appends each point reached to that file (the crash matrix uses it to
+find which points each step of its story reaches).
 
 The points (each named where it sits in the code):
   ingest:<kind>:before_commit / after_commit    a batch of input records
   stage:<stage>:before_commit / after_commit    one stage over one batch of orders
-  dispatch:before_send                          claimed and governed, nothing sent yet
-  dispatch:after_send                           the transport answered, outcomes not recorded
+  dispatch:before_send[:marketing]              claimed and governed, nothing sent yet
+  dispatch:after_send[:marketing]               the transport answered, outcomes not recorded
+                                                (`:marketing`: with marketing mail in the batch)
   dispatch:after_commit                         outcomes recorded
   archive:after_put                             an object is written, no row refers to it yet
 """
@@ -21,6 +24,7 @@ import signal
 import time
 
 ENV = "JOURNEYS_FAULT"
+TRACE_ENV = "JOURNEYS_FAULT_TRACE"
 _hits: dict[str, int] = {}
 
 
@@ -33,8 +37,21 @@ def _armed() -> tuple[str, int, str] | None:
     return name, int(nth or 1), action
 
 
-def fault_point(name: str) -> None:
-    """Do the armed action if this is the armed point and its n-th hit; otherwise nothing."""
+def fault_point(name: str, variant: str = "") -> None:
+    """Do the armed action if this is the armed point and its n-th hit; otherwise nothing.
+
+    With a `variant` (e.g. "marketing": marketing mail is in flight) the point is reached both
+    as `name` and as `name:variant`, so a crash can be aimed at that case alone.
+    """
+    fault_point_named(name)
+    if variant:
+        fault_point_named(f"{name}:{variant}")
+
+
+def fault_point_named(name: str) -> None:
+    if trace := os.environ.get(TRACE_ENV):
+        with open(trace, "a") as out:
+            out.write(name + "\n")
     armed = _armed()
     if armed is None or armed[0] != name:
         return

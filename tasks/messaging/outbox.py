@@ -142,9 +142,10 @@ def dispatch_committed(
     with session_scope(engine) as session:
         claim = claim_batch(session, now, rt, limit, order_ids)
         fault_point("dispatch:claimed")
-    fault_point("dispatch:before_send")
+    in_flight = "marketing" if any(r.msg_class == MARKETING for r in claim.admitted) else ""
+    fault_point("dispatch:before_send", in_flight)
     outcomes = send_claim(claim, rt)
-    fault_point("dispatch:after_send")
+    fault_point("dispatch:after_send", in_flight)
     with session_scope(engine) as session:
         result = record_claim(session, claim, outcomes, now)
     fault_point("dispatch:after_commit")

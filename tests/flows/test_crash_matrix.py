@@ -89,7 +89,8 @@ def test_every_crash_point_loses_nothing_and_sends_nothing_twice(tmp_path, figur
     resent = sum(c["duplicate_transactional"] for c in cases if c["resend_window"])
     unknown = sum(c["marketing_unknown"] for c in cases)
     undelivered = sum(c["marketing_undelivered"] for c in cases)
-    assert resent > 0 and unknown > 0, "the mail crash points never caught a send in flight"
+    if {"dispatch:after_send", "dispatch:after_send:marketing"} <= must_reach:
+        assert resent > 0 and unknown > 0, "the mail crash points never caught a send in flight"
 
     removed = sum(c["archive"]["removed"] for c in cases)
     seconds = max(r["seconds"] for r in results)
