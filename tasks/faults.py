@@ -3,14 +3,16 @@
 `JOURNEYS_FAULT=<point>[@<n>]:<action>` makes the n-th time (default 1st) this process reaches
 `<point>` do `<action>`: `kill` (SIGKILL itself: no cleanup, no rollback, no finally — what a
 power cut or the OOM killer does) or `hang` (sleep until killed from outside, e.g. to kill a
-worker mid-run). Unset — the only case in production — a fault point is one dict lookup.
+worker mid-run). Unset — the only case in production — a fault point is two environment
+lookups.
 `JOURNEYS_FAULT_TRACE=<file>` appends each point reached to that file (the crash matrix uses it to
 find which points each step of its story reaches).
 
 The points (each named where it sits in the code):
   ingest:<kind>:before_commit / after_commit    a batch of input records
   stage:<stage>:before_commit / after_commit    one stage over one batch of orders
-  dispatch:before_send[:marketing]              claimed and governed, nothing sent yet
+  dispatch:claimed                              claimed, governed, built; claim not committed
+  dispatch:before_send[:marketing]              the claim committed, nothing sent yet
   dispatch:after_send[:marketing]               the transport answered, outcomes not recorded
                                                 (`:marketing`: with marketing mail in the batch)
   dispatch:after_commit                         outcomes recorded

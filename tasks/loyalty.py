@@ -35,7 +35,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.config import Config, section
@@ -50,6 +49,7 @@ from tasks.store.journal import (
     CLOSED,
     DONE,
     HELD,
+    insert_new,
     record_events,
     schedule_steps,
     set_steps,
@@ -262,13 +262,7 @@ def append_entries(
     """Insert ledger rows (a source key already there is left alone); note and return the
     rows really inserted. A concurrent batch may have inserted the same key after we looked,
     and its timeline note is already there."""
-    if not rows:
-        return []
-    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    statement = (dialect_insert(LoyaltyEntry.__table__)
-                 .on_conflict_do_nothing(index_elements=["source_key"])
-                 .returning(LoyaltyEntry.__table__.c.source_key))
-    inserted = set(session.execute(statement, list(rows)).scalars())
+    inserted = insert_new(session, LoyaltyEntry, rows, "source_key")
     new = [row for row in rows if row["source_key"] in inserted]
     record_events(session, loyalty_events(new, now))
     return new

@@ -48,18 +48,23 @@ def referenced_objects(session: Session) -> set[str]:
     return refs
 
 
-def unreferenced(session: Session, store: ArtifactStore) -> list[StoredObject]:
-    """Objects under the indexed prefixes that no row points at, whatever their age."""
+def indexed_objects(store: ArtifactStore) -> list[StoredObject]:
+    """Everything under the prefixes the database indexes, listed once."""
+    return [obj for prefix in INDEXED_PREFIXES for obj in store.objects(prefix)]
+
+
+def unreferenced(session: Session, stored: list[StoredObject]) -> list[StoredObject]:
+    """The stored objects (`indexed_objects`) that no row points at, whatever their age."""
     refs = referenced_objects(session)
-    return [obj for prefix in INDEXED_PREFIXES for obj in store.objects(prefix)
-            if obj.ref not in refs]
+    return [obj for obj in stored if obj.ref not in refs]
 
 
 def reconcile(session: Session, store: ArtifactStore, written_before: datetime,
               dry_run: bool = False) -> Reconciled:
     """Delete unreferenced objects written before `written_before`; count what was seen."""
-    result = Reconciled(checked=sum(1 for p in INDEXED_PREFIXES for _ in store.objects(p)))
-    for obj in unreferenced(session, store):
+    stored = indexed_objects(store)  # one listing: an S3 prefix may be many pages
+    result = Reconciled(checked=len(stored))
+    for obj in unreferenced(session, stored):
         if obj.written_at >= written_before:
             result.too_young += 1
             continue

@@ -59,6 +59,10 @@ class DispatchResult:
     skipped: int = 0  # by the governor: suppressed or no consent
     expired: int = 0  # by the governor: held past the message's expiry
 
+    def add(self, counts: Mapping[str, int]) -> None:
+        for name, count in counts.items():
+            setattr(self, name, getattr(self, name) + count)
+
     def as_dict(self) -> dict[str, int]:
         """The four send outcomes always; the governor's skipped/expired when there were any."""
         counts = asdict(self)
@@ -163,7 +167,7 @@ def claim_batch(
         return claim
     decision = govern(session, rows, now, rt)
     record_decision(session, decision)
-    add_decision_counts(claim.result, decision)
+    claim.result.add(decision.counts())
     claim.admitted = decision.admitted
     links = {r.id: unsubscribe_url(r.to_addr, rt) for r in claim.admitted
              if r.msg_class == MARKETING}
@@ -183,14 +187,8 @@ def record_claim(
     session: Session, claim: Claim, outcomes: Mapping[int, SendOutcome], now: datetime
 ) -> DispatchResult:
     result = record_outcomes(session, claim.admitted, outcomes, now)
-    for name, count in asdict(claim.result).items():
-        setattr(result, name, getattr(result, name) + count)
+    result.add(asdict(claim.result))
     return result
-
-
-def add_decision_counts(result: DispatchResult, decision: Any) -> None:
-    for name, count in decision.counts().items():
-        setattr(result, name, getattr(result, name) + count)
 
 
 def mark_sending(session: Session, rows: Sequence[Row[Any]], now: datetime) -> None:
@@ -207,13 +205,13 @@ def settle_lost_marketing(
 ) -> list[Row[Any]]:
     """Marketing rows whose claim's lease ran out are `unknown` (the mail may have gone);
     transactional ones go again, with the same Message-ID."""
-    lost = [r.id for r in rows if r.status == SENDING and r.msg_class == MARKETING]
+    lost = {r.id for r in rows if r.status == SENDING and r.msg_class == MARKETING}
     if lost:
         table = Message.__table__
-        session.execute(update(table).where(table.c.id.in_(lost))
+        session.execute(update(table).where(table.c.id.in_(sorted(lost)))
                         .values(status=UNKNOWN, reason=LEASE_LOST))
         result.unknown += len(lost)
-    return [r for r in rows if r.id not in set(lost)]
+    return [r for r in rows if r.id not in lost]
 
 
 def claim_due_messages(

@@ -49,11 +49,24 @@ def insert_ignoring_duplicates(
     session: Session, model: type[Base], rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> None:
     """Bulk INSERT ... ON CONFLICT (keys) DO NOTHING, on PostgreSQL and SQLite alike."""
+    if rows:
+        session.execute(_insert_ignoring(session, model, keys), list(rows))
+
+
+def insert_new(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], key: str
+) -> set[Any]:
+    """Like insert_ignoring_duplicates; returns the `key` of each row really inserted (a
+    concurrent transaction may have inserted the same key after the caller looked)."""
     if not rows:
-        return
+        return set()
+    statement = _insert_ignoring(session, model, [key]).returning(model.__table__.c[key])
+    return set(session.execute(statement, list(rows)).scalars())
+
+
+def _insert_ignoring(session: Session, model: type[Base], keys: Sequence[str]) -> Any:
     dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    statement = dialect_insert(model).on_conflict_do_nothing(index_elements=list(keys))
-    session.execute(statement, list(rows))
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=list(keys))
 
 
 def due_order_ids(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tasks.archive import FileStore, open_store
-from tasks.orphans import reconcile, unreferenced
+from tasks.orphans import indexed_objects, reconcile, unreferenced
 from tasks.settings import Settings
 from tasks.store.db import session_scope
 from tasks.store.models import Artifact, RunManifest
@@ -53,7 +53,7 @@ def test_file_archive_orphans_and_crash_debris_are_removed(engine, tmp_path: Pat
         assert young.removed == [] and young.too_young == len(orphans)
         done = reconcile(session, store, written_before=LATER)
         assert set(done.removed) == orphans
-        assert unreferenced(session, store) == []
+        assert unreferenced(session, indexed_objects(store)) == []
     assert not debris.exists()
     assert (tmp_path / "archive" / "quality/2026/11/18/sweep/run-2-outbox.json").exists()
     assert store.get(store.ref_for("manifests/2026/11/18/sweep/run-1.json")) == b"{}"
@@ -69,7 +69,7 @@ def test_s3_orphans_are_listed_and_deleted(sqlite_engine, s3_server, now, figure
     with session_scope(sqlite_engine) as session:
         done = reconcile(session, store, written_before=LATER)
         assert set(done.removed) == orphans
-        assert unreferenced(session, store) == []
+        assert unreferenced(session, indexed_objects(store)) == []
     listed = s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
     assert sorted(o["Key"] for o in listed) == [
         "journeys/documents/2026/11/18/pack-kept.zip",
