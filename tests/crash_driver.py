@@ -37,6 +37,8 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
+from flows.bench import story
+
 STEPS = (  # (name, kind, day): the bench's story, compressed
     ("ingest products", "products", 0), ("ingest orders", "orders", 0), ("sweep day 0", None, 0),
     ("ingest shipments", "shipments", 1), ("ingest events", "events", 3),
@@ -146,12 +148,11 @@ def world_action(kind: str, inputs: Path, at: datetime):
     """Write the outside world's file (shipments, deliveries) from the store, as the bench does."""
 
     def run() -> int:
-        from flows.bench.story import Workspace, world_file
         from tasks import simulation
 
         make = {"shipments": lambda s: simulation.shipments_for(s, at),
                 "events": lambda s: simulation.deliveries_for(s, at)}[kind]
-        path = world_file(Workspace(inputs.parent, None), kind, make)
+        path = story.world_file(story.Workspace.at(inputs.parent, None), kind, make)
         return sum(1 for _ in path.open())
 
     return run
@@ -161,17 +162,18 @@ def reconcile_action():
     """Delete unreferenced archive objects (no grace: nothing else runs); check every ref."""
 
     def run() -> dict[str, Any]:
+        from sqlalchemy import select
+
         from flows.common import app_engine, runtime
-        from tasks.orphans import reconcile, unreferenced
+        from tasks.orphans import indexed_objects, reconcile, unreferenced
         from tasks.store.db import session_scope
         from tasks.store.models import Artifact
 
         far = datetime.now(UTC) + timedelta(days=1)
         with session_scope(app_engine()) as session:
             removed = reconcile(session, runtime().archive, far).removed
-            left = unreferenced(session, runtime().archive)
-            refs = list(session.scalars(Artifact.__table__.select().with_only_columns(
-                Artifact.ref)))
+            left = unreferenced(session, indexed_objects(runtime().archive))
+            refs = list(session.scalars(select(Artifact.ref)))
         unreadable = [ref for ref in refs if not readable(runtime().archive, ref)]
         return {"removed": len(removed), "left": len(left), "unreadable": len(unreadable)}
 
@@ -237,7 +239,6 @@ class Driver:
         self.root = Path(spec["root"])
         self.store = Store(self.root)
         self.spool = self.root / "spool"
-        self.start = datetime.fromisoformat(spec["start"])
         self.api_retries = 0
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -245,7 +246,7 @@ class Driver:
                 **extra}
 
     def at(self, step: tuple) -> datetime:
-        return self.start + timedelta(days=step[2])
+        return story.day(step[2])  # the bench's clock: its input files are placed from it
 
     def run_step(self, step: tuple, at: datetime, **extra: str) -> tuple[str, Any]:
         """The step in a child; again (up to twice) when the Prefect server could not serve it
@@ -306,16 +307,10 @@ class Driver:
                 "rerun_mail": rerun_mail, "catch_up": catch_up}
 
     def new_store(self, seed: int) -> None:
-        from flows.bench.story import Workspace, bench_catalog, write_jsonl
-        from tasks.demo_data import demo_orders
-
+        """An empty store and the bench's input files (products, orders) for this seed."""
         shutil.rmtree(self.store.live, ignore_errors=True)
-        inputs = self.store.live / "input"
-        inputs.mkdir(parents=True)
-        orders = self.spec["orders"]
-        write_jsonl(inputs / "products.jsonl", bench_catalog(orders, seed))
-        write_jsonl(inputs / "orders.jsonl", demo_orders(orders, seed, self.start))
-        assert Workspace  # the bench's layout: input/ beside the database and archive
+        self.store.live.mkdir(parents=True)
+        story.input_files(story.Workspace.at(self.store.live, None), self.spec["orders"], seed)
 
     def crash_case(self, seed: int, index: int, point: str, nth: int,
                    expected: dict[str, Any]) -> dict[str, Any]:
@@ -456,7 +451,6 @@ def warm_imports() -> None:
     """Everything the children need, imported once; nothing may start a thread before fork."""
     import great_expectations  # noqa: F401 - 5-7 s: pay it once, not per child
 
-    import flows.bench.story  # noqa: F401
     import flows.intake  # noqa: F401
     import flows.journey  # noqa: F401
     import tasks.orphans  # noqa: F401

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,13 +72,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextmanager
+def serving(handler: ScriptedHandler) -> Iterator[Any]:
+    """An aiosmtpd server on the handler's host and port until the block ends; yields its state."""
+    controller = Controller(handler, hostname=handler.state.host, port=handler.state.port)
+    controller.start()
+    try:
+        yield handler.state
+    finally:
+        controller.stop()
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     """An aiosmtpd server on 127.0.0.1 and a free port, for one test."""
-    state = SmtpServer(host=HOST, port=free_port())
-    controller = Controller(ScriptedHandler(state), hostname=HOST, port=state.port)
-    controller.start()
-    try:
+    with serving(ScriptedHandler(SmtpServer(host=HOST, port=free_port()))) as state:
         yield state
-    finally:
-        controller.stop()

@@ -26,7 +26,6 @@ SEEDS = [int(s) for s in os.environ.get("JOURNEYS_CRASH_SEEDS", "7,8,9").split("
 # A developer's subset, e.g. JOURNEYS_CRASH_POINTS=dispatch:after_send:marketing (CI: all).
 ONLY = [p for p in os.environ.get("JOURNEYS_CRASH_POINTS", "").split(",") if p]
 ORDERS, BATCH = 30, 10
-START = "2026-03-02T17:00:00+00:00"  # a Monday, outside the recipients' quiet hours
 STAGES_REACHED = ("verify", "pack", "confirm", "track", "loyalty_earn", "loyalty_approve",
                   "feedback_request", "review_request", "care_guide", "cross_sell",
                   "replenishment")
@@ -42,7 +41,7 @@ MUST_REACH = {
 def start_driver(seed: int, variant: int, root: Path) -> tuple[subprocess.Popen, Path]:
     """One driver per seed; `variant` picks which hit of each point it kills (1st, 2nd, last)."""
     root.mkdir(parents=True)
-    spec = {"root": str(root), "start": START, "smtp_port": free_port(), "batch_size": BATCH,
+    spec = {"root": str(root), "smtp_port": free_port(), "batch_size": BATCH,
             "orders": ORDERS, "seeds": [seed], "variant": variant, "points": ONLY}
     (root / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),

@@ -11,7 +11,6 @@ from email.policy import default as default_policy
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from tasks.messaging.outbox import dispatch, enqueue, message_id_for
@@ -21,7 +20,14 @@ from tasks.store.db import session_scope
 from tasks.store.models import Message
 from tests.conftest import FIXTURES
 from tests.factories import add_customer
-from tests.fixtures_smtp import HOST, Received, ScriptedHandler, SmtpServer, free_port
+from tests.fixtures_smtp import (
+    HOST,
+    Received,
+    ScriptedHandler,
+    SmtpServer,
+    free_port,
+    serving,
+)
 
 DOMAIN = "northwind.example"
 NOTHING = {"sent": 0, "failed": 0, "deferred": 0, "unknown": 0}
@@ -48,13 +54,8 @@ class WireHandler(ScriptedHandler):
 
 @pytest.fixture
 def wire() -> Iterator[WireServer]:
-    state = WireServer(host=HOST, port=free_port())
-    controller = Controller(WireHandler(state), hostname=HOST, port=state.port)
-    controller.start()
-    try:
+    with serving(WireHandler(WireServer(host=HOST, port=free_port()))) as state:
         yield state
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
