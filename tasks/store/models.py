@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -92,8 +93,9 @@ class Customer(Base):
     __tablename__ = "customers"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised (lower-case)
-    external_id: Mapped[str | None] = mapped_column(String(64))
+    # Normalised (lower-case); None for a customer the source gave no address (POS, phone).
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the source's id
     first_name: Mapped[str | None] = mapped_column(String(200))
     last_name: Mapped[str | None] = mapped_column(String(200))
     accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -138,7 +140,7 @@ class Order(Base):
     # Hashes of versions this order replaced: a late or repeated older version is a duplicate.
     previous_hashes: Mapped[list[str]] = mapped_column(default=list)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
-    email: Mapped[str] = mapped_column(String(320))
+    email: Mapped[str | None] = mapped_column(String(320))  # None: the order gets no mail
     currency: Mapped[str] = mapped_column(String(3))
     locale: Mapped[str | None] = mapped_column(String(20))
     financial_status: Mapped[str] = mapped_column(String(30))
@@ -154,6 +156,7 @@ class Order(Base):
     shipping_title: Mapped[str | None] = mapped_column(String(200))
     shipping_address: Mapped[dict[str, Any]] = mapped_column(default=dict)
     gift_note: Mapped[str | None] = mapped_column(Text)
+    customer_note: Mapped[str | None] = mapped_column(Text)  # the buyer's note to the store
     note_attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     tags: Mapped[list[str]] = mapped_column(default=list)
     accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -190,6 +193,9 @@ class OrderLine(Base):
     total_discount: Mapped[Decimal]
     grams: Mapped[int] = mapped_column(Integer, default=0)
     gift_card: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False for gift cards and digital goods: never packed, shipped or promised a date.
+    requires_shipping: Mapped[bool] = mapped_column(Boolean, default=True)
+    variant_id: Mapped[str | None] = mapped_column(String(64))  # identifies a line without SKU
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     order: Mapped[Order] = relationship(back_populates="lines")
@@ -319,8 +325,10 @@ class Shipment(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
-    carrier: Mapped[str] = mapped_column(String(60))  # AfterShip slug, e.g. ups, dhl
-    tracking_number: Mapped[str] = mapped_column(String(100), index=True)
+    # The source's fulfillment id: a parcel announced without carrier or number is still one.
+    fulfillment_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    carrier: Mapped[str | None] = mapped_column(String(60))  # AfterShip slug, e.g. ups, dhl
+    tracking_number: Mapped[str | None] = mapped_column(String(100), index=True)
     tracking_url: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(30))  # AfterShip tag: InTransit, Delivered ...
     substatus: Mapped[str | None] = mapped_column(String(40))  # e.g. Exception_011
@@ -350,6 +358,31 @@ class TrackingEvent(Base):
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
     applied: Mapped[bool] = mapped_column(Boolean)  # False: stale, never moved the shipment
+
+
+class InboxDelivery(Base):
+    """A webhook delivery, stored before it is acknowledged; drained by every sweep.
+
+    The raw body is kept byte for byte (its HMAC was checked on these bytes) so that processing
+    can be retried or replayed; (provider, delivery_id) is the sender's retry identity.
+    """
+
+    __tablename__ = "inbox"
+    __table_args__ = (UniqueConstraint("provider", "delivery_id"), Index(None, "status", "id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))  # shopify | aftership | ses | reconcile
+    topic: Mapped[str] = mapped_column(String(60))
+    delivery_id: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    triggered_at: Mapped[datetime | None]
+    shop: Mapped[str | None] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # see tasks/inbox
+    reason: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    processed_at: Mapped[datetime | None]
 
 
 class Suppression(Base):
