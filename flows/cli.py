@@ -195,6 +195,47 @@ def ingest_feedback_cmd(path: Path, as_of: AsOfOpt = None, as_json: JsonFlag = F
     show_counts(f"feedback from {path}", counts, as_json)
 
 
+PROVIDERS = ("shopify", "aftership")
+
+
+@ingest_app.command("webhooks")
+@user_errors
+def ingest_webhooks_cmd(
+    provider: Annotated[str, typer.Argument(help="shopify | aftership")],
+    path: Path,
+    topic: Annotated[str | None, typer.Option(
+        "--topic", help="Shopify topic of every body in the file, e.g. orders/paid, "
+        "fulfillments/update, products/update (AfterShip bodies name their own event).")] = None,
+    as_of: AsOfOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest a file of webhook bodies (JSON Lines) exactly as the edge takes them: each body
+    goes into the inbox, then the inbox is drained through the same intake."""
+    from flows.journey import drain
+    from flows.parameters import SweepRequest
+    from tasks import inbox
+
+    if provider not in PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+    if provider == "shopify" and (provider, topic) not in inbox.KIND_OF_TOPIC:
+        known = sorted(t for p, t in inbox.KIND_OF_TOPIC if p == "shopify")
+        raise UserError(f"--topic {topic!r} is not taken in from files; one of {', '.join(known)}")
+    now, settings = parse_instant(as_of), get_settings()
+    engine = inbox.inbox_engine(inbox.inbox_url(settings), settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            stored = inbox.store_file(session, path, provider, topic, now)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    app_engine()
+    result = drain(SweepRequest(as_of=now))
+    counts = {"bodies": stored, **{k: v for k, v in result.items() if k != "intake"}}
+    if as_json:
+        print_json(counts | {"intake": result["intake"]})
+    else:
+        show_counts(f"{provider} webhook bodies from {path}", counts, as_json)
+
+
 # --- run, order, report -----------------------------------------------------------------------
 
 
@@ -295,10 +336,15 @@ def show_order(view: dict[str, Any]) -> None:
 @user_errors
 def report_cmd(as_json: JsonFlag = False) -> None:
     """Orders by state, holds by reason, messages by status, quarantine by reason."""
+    from tasks import inbox
     from tasks.store.queries import report
 
     with session_scope(app_engine()) as session:
         data = report(session)
+    settings = get_settings()
+    with session_scope(inbox.inbox_engine(inbox.inbox_url(settings),
+                                          settings.database_url)) as session:
+        data |= inbox.inbox_summary(session)
     if as_json:
         print_json(data)
     else:
@@ -635,6 +681,27 @@ def deploy_cmd() -> None:
         raise UserError(str(exc)) from None
     except httpx.HTTPError as exc:  # includes a server that is not there
         raise UserError(f"Prefect API at {os.environ.get('PREFECT_API_URL')}: {exc}") from None
+
+
+@app.command("edge")
+@user_errors
+def edge_cmd(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; put a TLS proxy "
+                                      "in front before opening it beyond this machine.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    proxy_headers: Annotated[bool, typer.Option(
+        "--proxy-headers", help="Trust X-Forwarded-For from --forwarded-allow-ips (behind a "
+        "proxy: rate limits and logs then see the real client).")] = False,
+    forwarded_allow_ips: Annotated[str | None, typer.Option(
+        "--forwarded-allow-ips", help="Proxy addresses whose forwarded headers are trusted.")]
+    = None,
+) -> None:
+    """The edge: POST /webhooks/shopify, /webhooks/aftership into the inbox; /healthz, /readyz."""
+    from flows.edge import serve
+
+    app_engine()
+    serve(host, port, proxy_headers, forwarded_allow_ips)
 
 
 @app.command("server")

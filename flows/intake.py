@@ -21,60 +21,10 @@ from flows.parameters import IngestRequest
 from tasks import intake
 from tasks.archive import download
 from tasks.faults import fault_point
+from tasks.intake.writers import read, write
 from tasks.manifest import intake_manifest
 from tasks.quality.gate import GateFailed
 from tasks.store.db import session_scope
-
-KINDS = ("orders", "products", "shipments", "events", "feedback")
-
-
-def read(kind: str, path: Path, fmt: str | None):
-    """The reader for a kind of input; each detects its format unless `fmt` is given."""
-    from tasks.aftercare.feedback import read_feedback
-    from tasks.tracking.formats import read_events, read_shipments
-
-    readers = {"orders": intake.read_orders, "products": intake.read_products,
-               "shipments": read_shipments, "events": read_events,
-               "feedback": lambda p, _fmt: read_feedback(p)}
-    return readers[kind](path, fmt)
-
-
-def gate_events(records: list[Any], now: datetime) -> list[Any]:
-    """The tracking-events suite over the batch; failing events become quarantine records.
-
-    A repeated event id is not a failure here: intake counts it as a duplicate.
-    """
-    from tasks.quality.frames import tracking_frame
-    from tasks.quality.gate import quarantine_reasons, validate_frame
-    from tasks.tracking.formats import EVENT
-
-    events = [r for r in records if not isinstance(r, intake.Rejected)]
-    if not events:
-        return records
-    rows = [{"event_id": e.event_id, "tracking_number": e.tracking_number, "tag": e.tag,
-             "checkpoint_time": e.occurred_at.isoformat()} for e in events]
-    failures = validate_frame("tracking_events", tracking_frame(rows, now)).failures
-    refused = {id(events[pos]): quarantine_reasons(found) for pos, found in failures.items()}
-    return [r.rejected(EVENT, refused[id(r)], r.event_id) if id(r) in refused else r
-            for r in records]
-
-
-def write(kind: str, session, records: list[Any], now: datetime) -> intake.IntakeResult:
-    """Store one batch of a kind (orders pass the quality gate first)."""
-    from tasks.aftercare.feedback import ingest_feedback
-    from tasks.tracking.ingest import ingest_events, ingest_shipments
-
-    rt = runtime()
-    if kind == "orders":
-        limit = rt.config.quality.failure_limit(len(records))
-        return intake.ingest_orders(session, records, now, max_failure_rate=limit)
-    if kind == "events":
-        records = gate_events(records, now)
-    writers = {"products": lambda: intake.ingest_products(session, records, now),
-               "shipments": lambda: ingest_shipments(session, records, now, rt.config),
-               "events": lambda: ingest_events(session, records, now),
-               "feedback": lambda: ingest_feedback(session, records, now, rt)}
-    return writers[kind]()
 
 
 @task(task_run_name="ingest-{kind}-batch-{batch_no}", cache_policy=NONE)
@@ -83,7 +33,7 @@ def ingest_batch(
 ) -> intake.IntakeResult:
     """One batch in one transaction; a batch failing the quality gate stores nothing."""
     with session_scope(app_engine()) as session:
-        result = write(kind, session, records, now)
+        result = write(kind, session, records, now, runtime())
         fault_point(f"ingest:{kind}:before_commit")
     fault_point(f"ingest:{kind}:after_commit")
     return result

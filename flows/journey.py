@@ -34,7 +34,7 @@ from flows.common import (
 from flows.order_events import emit_state_changes
 from flows.parameters import DailyRequest, OrderJourneyRequest, SweepRequest
 from flows.reporting import publish_order_timeline, publish_store_picture
-from tasks import loyalty
+from tasks import inbox, loyalty
 from tasks.aftercare.feedback import feedback_request
 from tasks.aftercare.followups import birthday_offers, care_guide, cross_sell, replenishment
 from tasks.aftercare.reviews import review_request
@@ -192,6 +192,24 @@ def sweep_manifest(results: dict[str, StageResult], now: datetime) -> Manifest:
     return manifest
 
 
+@task(task_run_name="drain-inbox-{pass_no}", cache_policy=NONE)
+def drain_inbox(now: datetime, size: int, pass_no: int = 1) -> dict[str, Any]:
+    """Webhook deliveries into intake, oldest first; publishes the pass's manifest."""
+    rt = runtime()
+    engine = inbox.inbox_engine(inbox.inbox_url(rt.settings), rt.settings.database_url)
+    result = inbox.drain(engine, app_engine(), now, rt, size)
+    if result.taken:
+        counts = result.as_dict()
+        run_id = f"{flow_run.id or uuid.uuid4()}-inbox-{pass_no}"
+        publish_manifest(Manifest(
+            run_id, "inbox", now, received=result.taken, quarantined=counts["quarantined"],
+            processed=counts["processed"] + counts["ignored"], deferred=counts["waiting"]))
+        create_table_artifact([{"kind": kind, **r} for kind, r in counts["intake"].items()],
+                              key="journey-sweep-inbox",
+                              description=f"Webhook inbox drained: {counts}")
+    return result.as_dict()
+
+
 @task(cache_policy=NONE)
 def check_outputs(now: datetime) -> dict[str, Any]:
     """Validate what this sweep confirmed; archive and publish the result; fail if it is wrong."""
@@ -240,8 +258,12 @@ def sweep(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B0
     workers at once: each batch claims its orders (SKIP LOCKED on PostgreSQL).
     """
     now, size = business_now(request.as_of), batch_size(request.batch_size)
+    drained = drain_inbox(now, size) if request.shard == 0 else {}
     results = run_stages(now, size, (request.shard, request.shards))
+    if drained.get("waiting"):  # fulfillments of orders this sweep confirmed can ship now
+        drained = drain_inbox(now, size, 2)
     report = summary(results, dispatch_all(now, size, rounds=MAIL_ROUNDS))
+    report["inbox"] = drained
     create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
     manifest = sweep_manifest(results, now)
     report["manifest"] = manifest.counts()
@@ -251,6 +273,12 @@ def sweep(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B0
         report["output_checks"] = check_outputs(now)
     get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)
     return report
+
+
+@flow(name="inbox-drain", log_prints=True)
+def drain(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B008 (frozen)
+    """Take waiting webhook deliveries into intake now (every sweep does this first)."""
+    return drain_inbox(business_now(request.as_of), batch_size(request.batch_size))
 
 
 def paged(query, size: int):

@@ -37,6 +37,22 @@ class Settings(BaseSettings):
         default=None, description="Custom S3 endpoint (SeaweedFS, MinIO); empty for AWS."
     )
     s3_sse: str | None = Field(default=None, description="Server-side encryption, e.g. AES256.")
+    inbox_url: str | None = Field(
+        default=None,
+        description="Database of the webhook inbox. Default: the app database on PostgreSQL; "
+        "beside a SQLite app database, its own file (inbox.db), so the edge never waits "
+        "behind a sweep's write lock.",
+    )
+    shopify_webhook_secret: str | None = Field(
+        default=None, description="The Shopify app's client secret: checks X-Shopify-Hmac-Sha256."
+    )
+    shopify_webhook_secret_previous: str | None = Field(
+        default=None, description="The secret before a rotation (Shopify signs with it for up "
+        "to an hour afterwards); remove it after that.",
+    )
+    aftership_webhook_secret: str | None = Field(
+        default=None, description="AfterShip's webhook secret: checks aftership-hmac-sha256."
+    )
 
 
 class SecretUnavailable(RuntimeError):

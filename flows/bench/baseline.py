@@ -125,7 +125,7 @@ def ingest_record(kind: str, record_no: int, record: Any, now: datetime) -> inta
     """One input record in its own transaction (and its own quality-gate validation)."""
     TASK_CALLS["record"] += 1
     with session_scope(app_engine()) as session:
-        return write(kind, session, [record], now)
+        return write(kind, session, [record], now, runtime())
 
 
 @task(task_run_name="{stage}-{order_id}", cache_policy=NONE, retries=2, retry_delay_seconds=2)

@@ -171,6 +171,8 @@ class Order(Base):
     stock_reserved: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The source's own `updated_at` of the version stored: an older version arriving late loses.
+    source_updated_at: Mapped[datetime | None]
 
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", order_by="OrderLine.position", cascade="all, delete-orphan"

@@ -4,7 +4,8 @@ without tracking; lines that need no shipping
 ``inbox`` holds every webhook delivery before it is acknowledged (UNIQUE provider + delivery
 id). ``customers.email`` and ``orders.email`` become optional (POS, phone and draft orders have
 none); customers are found by the source's id first. ``orders.customer_note`` is Shopify's
-``note`` (the buyer's note to the store, not a gift message). ``order_lines`` learn
+``note`` (the buyer's note to the store, not a gift message); ``orders.source_updated_at`` lets
+the newest version win when webhooks arrive out of order. ``order_lines`` learn
 ``requires_shipping`` and ``variant_id``; ``shipments`` learn the source's ``fulfillment_id``
 and may lack carrier and tracking number.
 
@@ -53,6 +54,9 @@ def upgrade() -> None:
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.alter_column('email', existing_type=sa.String(length=320), nullable=True)
         batch_op.add_column(sa.Column('customer_note', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('source_updated_at',
+                                      tasks.store.models.UTCDateTime(timezone=True),
+                                      nullable=True))
 
     with op.batch_alter_table('order_lines', schema=None) as batch_op:
         batch_op.add_column(sa.Column('requires_shipping', sa.Boolean(), nullable=False,
@@ -84,6 +88,7 @@ def downgrade() -> None:
 
     op.execute("DELETE FROM orders WHERE email IS NULL")
     with op.batch_alter_table('orders', schema=None) as batch_op:
+        batch_op.drop_column('source_updated_at')
         batch_op.drop_column('customer_note')
         batch_op.alter_column('email', existing_type=sa.String(length=320), nullable=False)
 
