@@ -713,12 +713,15 @@ def server_cmd(
     prefect_db: Annotated[str | None, typer.Option(
         "--prefect-db", help="PostgreSQL URL for Prefect's own database (default: SQLite; or "
         "$JOURNEYS_PREFECT_DATABASE_URL).")] = None,
+    edge_port: Annotated[int, typer.Option(
+        "--edge-port", help="Port of the edge (webhooks in) on 127.0.0.1; 0: no edge.")] = 8000,
 ) -> None:
-    """Prefect server, deployments and workers on this machine, until Ctrl-C stops them all."""
+    """Prefect server, deployments, workers and the edge on this machine, until Ctrl-C."""
     from infra.stack import StackError, run_stack
 
     try:
-        run_stack(port=port, prefect_db_url=prefect_db, workers=workers, report=console.print)
+        run_stack(port=port, prefect_db_url=prefect_db, workers=workers, report=console.print,
+                  edge_port=edge_port or None)
     except StackError as exc:
         raise UserError(str(exc)) from None
 

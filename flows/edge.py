@@ -9,6 +9,7 @@ several edges can run behind one proxy.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -52,8 +53,12 @@ async def read_body(request: Request) -> bytes:
 
 
 def create_app(settings: Settings | None = None,
-               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
-    """The edge app over the inbox database that `settings` name (default: the environment)."""
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+               nudge: Callable[[], None] = lambda: None) -> FastAPI:
+    """The edge app over the inbox database that `settings` name (default: the environment).
+
+    `nudge` is called after each stored delivery (flows/realtime.py: ask for real-time intake).
+    """
     settings = settings or get_settings()
     engine = inbox.inbox_engine(inbox.inbox_url(settings), settings.database_url)
     limiter, refusals = MovingWindowRateLimiter(MemoryStorage()), REFUSED_LIMIT
@@ -73,6 +78,7 @@ def create_app(settings: Settings | None = None,
         except SQLAlchemyError as exc:  # not stored: the sender must retry
             log.error("%s delivery not stored: %s", delivery.provider, type(exc).__name__)
             return PlainTextResponse("not stored, retry later\n", status_code=503)
+        nudge()
         return PlainTextResponse("stored\n", status_code=200)
 
     @app.exception_handler(BodyTooLarge)
@@ -128,12 +134,23 @@ def ping(engine: Engine) -> None:
         connection.execute(text("SELECT 1"))
 
 
+def realtime_nudge() -> Callable[[], None]:
+    """With a Prefect API to talk to, stored deliveries ask for real-time intake; else nothing
+    (the sweep drains the inbox anyway). JOURNEYS_REALTIME=off turns it off."""
+    if not os.environ.get("PREFECT_API_URL") or os.environ.get("JOURNEYS_REALTIME") == "off":
+        return lambda: None
+    from flows.realtime import Nudger
+
+    return Nudger().nudge
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, proxy_headers: bool = False,
           forwarded_allow_ips: str | None = None) -> None:
     """Run the edge with uvicorn until stopped (SIGINT/SIGTERM end it cleanly)."""
     import uvicorn
 
-    uvicorn.run(create_app(), host=host, port=port, proxy_headers=proxy_headers,
+    app = create_app(nudge=realtime_nudge())
+    uvicorn.run(app, host=host, port=port, proxy_headers=proxy_headers,
                 forwarded_allow_ips=forwarded_allow_ips, log_level="info",
                 timeout_graceful_shutdown=10)
 

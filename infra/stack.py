@@ -172,8 +172,9 @@ class LocalStack:
 
     def __init__(self, port: int = 4200, prefect_db_url: str | None = None, workers: int = 1,
                  env: dict[str, str] | None = None, log_dir: Path | None = None,
-                 report: Report = print):
+                 report: Report = print, edge_port: int | None = None):
         self.port = port
+        self.edge_port = edge_port  # None: no edge and no real-time task worker
         self.prefect_db_url = prefect_db_url or os.environ.get("JOURNEYS_PREFECT_DATABASE_URL")
         self.worker_count = workers
         self.env = dict(env or {})  # extra environment for workers and so for flow runs
@@ -181,6 +182,7 @@ class LocalStack:
         self.report = report
         self.server: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        self.services: dict[str, subprocess.Popen] = {}  # the edge, the real-time task worker
         self.deployments: list[str] = []
         self._logs: list[IO] = []
 
@@ -209,6 +211,10 @@ class LocalStack:
             self.deployments = deploy(self.api_url, report=self.report)
             for _ in range(self.worker_count):
                 self.add_worker()
+            for name in self.service_commands():
+                self.start_service(name)
+            if self.edge_port is not None:
+                self._wait_for_edge()
         except BaseException:
             self.stop()
             raise
@@ -219,6 +225,17 @@ class LocalStack:
         worker = self._spawn(f"worker-{number}", self._worker_command(number), self.worker_env())
         self.workers.append(worker)
         return worker
+
+    def service_commands(self) -> dict[str, list[str]]:
+        """The edge (webhooks in) and the task worker that turns them into mail in seconds."""
+        if self.edge_port is None:
+            return {}
+        edge = [sys.executable, "-c", "from flows.cli import main; main()", "edge",
+                "--port", str(self.edge_port)]
+        return {"edge": edge, "realtime": [sys.executable, "-m", "flows.realtime"]}
+
+    def start_service(self, name: str) -> None:
+        self.services[name] = self._spawn(name, self.service_commands()[name], self.worker_env())
 
     def worker_env(self) -> dict[str, str]:
         env = prefect_env(self.api_url) | self.env
@@ -239,6 +256,10 @@ class LocalStack:
                     self.report(f"worker {index + 1} exited ({worker.returncode}); restarting it")
                     self.workers[index] = self._spawn(
                         f"worker-{index + 1}", self._worker_command(index + 1), self.worker_env())
+            for name, service in list(self.services.items()):
+                if service.poll() is not None:
+                    self.report(f"{name} exited ({service.returncode}); restarting it")
+                    self.start_service(name)
             time.sleep(poll_seconds)
 
     def stop(self) -> None:
@@ -257,6 +278,11 @@ class LocalStack:
         for worker in self.workers:
             _reap(worker, self.worker_grace)
         self.workers = []
+        for service in self.services.values():
+            _signal_group(service, signal.SIGTERM)
+        for service in self.services.values():
+            _reap(service, self.worker_grace)
+        self.services = {}
         if self.server is not None:
             _signal_group(self.server, signal.SIGTERM)
             _reap(self.server, self.server_grace)
@@ -318,6 +344,21 @@ class LocalStack:
             time.sleep(0.5)
         raise StackError(f"the Prefect server did not answer within {self.startup_timeout:.0f}s"
                          f"{self._log_hint('server')}")
+
+    def _wait_for_edge(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.services["edge"].poll() is not None:
+                raise StackError(f"the edge exited while starting "
+                                 f"({self._exit_code(self.services['edge'])}){self._log_hint('edge')}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.edge_port}/readyz", timeout=2).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise StackError(f"the edge did not answer within {self.startup_timeout:.0f}s"
+                         f"{self._log_hint('edge')}")
 
     def _log_hint(self, name: str) -> str:
         if self.log_dir is None:
@@ -390,13 +431,15 @@ def _start_time(pid: int) -> str:
 
 
 def run_stack(port: int = 4200, prefect_db_url: str | None = None, workers: int = 1,
-              report: Report = print) -> None:
+              report: Report = print, edge_port: int | None = 8000) -> None:
     """Run the stack in the foreground until Ctrl-C, SIGTERM or SIGHUP: `journeys server`."""
     previous = {signum: signal.signal(signum, _interrupt)
                 for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with LocalStack(port, prefect_db_url, workers, report=report) as stack:
-            report(f"journeys: UI {stack.ui_url}  API {stack.api_url}  workers {workers}; "
+        with LocalStack(port, prefect_db_url, workers, report=report,
+                        edge_port=edge_port) as stack:
+            edge = f"  edge http://127.0.0.1:{edge_port}" if edge_port else ""
+            report(f"journeys: UI {stack.ui_url}  API {stack.api_url}  workers {workers}{edge}; "
                    f"Ctrl-C stops everything")
             stack.watch()
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ quarantine entry has the reasons), ignored (a topic journeys does not act on; ke
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -55,6 +56,10 @@ KIND_OF_TOPIC = {
     ("aftership", "edd_revise"): "events",
     ("aftership", "tracking_pending_time"): "events",
 }
+# (provider, topic) → "module:function" acting on such deliveries that are not intake records
+# (privacy requests, refunds, consent ...). An action takes (session, bodies, now, rt) and
+# returns {inbox row id: (outcome, reason)} for each body; it runs in the drain's transaction.
+ACTION_OF_TOPIC: dict[tuple[str, str], str] = {}
 FORMAT_OF_PROVIDER = {"shopify": "shopify", "aftership": "aftership"}
 QUARANTINE_KIND = {"orders": "order", "products": "product", "shipments": "shipment",
                    "events": "tracking_event"}
@@ -132,6 +137,20 @@ class DrainResult:
                 "intake": {kind: r.as_dict() for kind, r in self.intake.items()}}
 
 
+@dataclass(frozen=True)
+class Body:
+    """A delivery's parsed body, handed to a topic action."""
+
+    row_id: int
+    topic: str
+    data: dict[str, Any]
+    received_at: datetime
+    shop: str | None = None
+
+
+Outcome = tuple[str, str | None]
+
+
 @dataclass
 class _Routed:
     """One inbox row's records (or why it has none) on the way to intake."""
@@ -179,6 +198,7 @@ def drain_rows(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime, 
         for kind, records in records_by_kind(routed).items():
             result.intake[kind] = write(kind, session, records, now, rt, max_failure_rate=1.0)
         remember_versions(session, routed)
+        run_actions(session, routed, now, rt)
         refused = quarantined_fingerprints(session, routed)
     for item in routed:
         if item.outcome is None:
@@ -192,6 +212,8 @@ def drain_rows(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime, 
 def route(row: Row[Any]) -> _Routed:
     """The records a delivery's body maps to, or the reason it maps to none."""
     kind = KIND_OF_TOPIC.get((row.provider, row.topic))
+    if (row.provider, row.topic) in ACTION_OF_TOPIC:
+        kind = "action"
     if kind is None:
         return _Routed(row, None, [], IGNORED, f"topic {row.topic} is not acted on")
     text, origin = body_text(row), f"inbox {row.provider} {row.topic} #{row.id}"
@@ -204,6 +226,8 @@ def route(row: Row[Any]) -> _Routed:
         rejected = Rejected(QUARANTINE_KIND[kind], row.provider, text,
                             [{"field": "_record", "reason": reason}], origin)
         return _Routed(row, kind, [rejected], QUARANTINED, reason)
+    if kind == "action":
+        return _Routed(row, kind, [Body(row.id, row.topic, data, row.received_at, row.shop)])
     return _Routed(row, kind, records_of(kind, FORMAT_OF_PROVIDER[row.provider], data, text,
                                          origin))
 
@@ -232,11 +256,30 @@ def records_of(kind: str, fmt: str, data: dict[str, Any], raw: str, origin: str)
     return [event_from_json(data, fmt, raw, origin)]
 
 
+def run_actions(session: Session, routed: list[_Routed], now: datetime, rt: Runtime) -> None:
+    """Each topic's action over its bodies (in arrival order); their outcomes onto the rows."""
+    by_action: dict[str, list[_Routed]] = {}
+    for item in routed:
+        if item.kind == "action" and item.outcome is None:
+            by_action.setdefault(ACTION_OF_TOPIC[(item.row.provider, item.row.topic)],
+                                 []).append(item)
+    for target, items in by_action.items():
+        outcomes = resolve(target)(session, [item.records[0] for item in items], now, rt)
+        for item in items:
+            item.outcome, item.reason = outcomes.get(item.row.id, (PROCESSED, None))
+
+
+def resolve(target: str) -> Any:
+    """`package.module:function` → the function (imported only when its topic arrives)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def records_by_kind(routed: list[_Routed]) -> dict[str, list[Any]]:
     """Records still to store, by kind; orders newest-last so the newest version of each wins."""
     by_kind: dict[str, list[Any]] = {}
     for item in routed:
-        if item.outcome is None and item.kind:
+        if item.outcome is None and item.kind and item.kind != "action":
             by_kind.setdefault(item.kind, []).extend(item.records)
     if "orders" in by_kind:
         by_kind["orders"].sort(key=_source_updated_at)

@@ -27,6 +27,7 @@ from tasks.store.db import make_engine
 from tasks.store.migrate import ensure_schema
 from tests.browser import PAGE_TIMEOUT_MS, VIEWPORT, chromium
 from tests.conftest import PG_SERVER_URL, ROOT
+from tests.edge_process import AFTERSHIP_SECRET, SHOPIFY_SECRET
 
 log = logging.getLogger("tests.stack")
 
@@ -39,6 +40,10 @@ class Stack:
     archive_dir: Path
     log_dir: Path
     local: LocalStack
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.local.edge_port}"
 
     def add_worker(self):
         """Start one more worker on the journeys pool (stopped with the stack)."""
@@ -93,19 +98,22 @@ def worker_env(app_db_url: str, archive_dir: Path) -> dict[str, str]:
         "JOURNEYS_MAIL_TRANSPORT": "file",
         "JOURNEYS_SECRET_KEY": "stack-test-secret",
         "JOURNEYS_CONFIG_DIR": str(ROOT / "configs"),
+        "JOURNEYS_SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET,
+        "JOURNEYS_AFTERSHIP_WEBHOOK_SECRET": AFTERSHIP_SECRET,
     }
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    """Server (PostgreSQL) + bootstrap + deployments + one worker, for the whole session."""
+    """Server (PostgreSQL) + bootstrap + deployments + one worker + the edge and its real-time
+    task worker, for the whole session."""
     archive_dir = tmp_path_factory.mktemp("stack-archive")
     log_dir = tmp_path_factory.mktemp("stack-logs")
     with scratch_database("journeys_prefect") as prefect_db, \
             scratch_database("journeys_app") as app_db:
         local = LocalStack(port=free_port(), prefect_db_url=prefect_db, workers=1,
                            env=worker_env(migrated(app_db), archive_dir), log_dir=log_dir,
-                           report=log.info)
+                           report=log.info, edge_port=free_port())
         with local, pointed_at(local.api_url):
             yield Stack(local.api_url, local.ui_url, app_db, archive_dir, log_dir, local)
 
