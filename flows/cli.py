@@ -236,6 +236,66 @@ def ingest_webhooks_cmd(
         show_counts(f"{provider} webhook bodies from {path}", counts, as_json)
 
 
+@ingest_app.command("bounces")
+@user_errors
+def ingest_bounces_cmd(path: Path, as_of: AsOfOpt = None, as_json: JsonFlag = False) -> None:
+    """Suppress a provider's bounce/complaint list: CSV (email,type[,reason]) or JSON Lines
+    ({"email", "type": bounce|complaint, "reason"}). Bad rows are reported, never fatal."""
+    from tasks.messaging.bounces import ListError, ingest_list
+
+    engine = app_engine()
+    try:
+        result = ingest_list(lambda: session_scope(engine), path, parse_instant(as_of),
+                             runtime().settings.secret_key)
+    except ListError as exc:
+        raise UserError(str(exc)) from None
+    rejected = [{"line": line, "reason": why} for line, why in result.rejected]
+    if as_json:
+        print_json(result.counts() | {"rejected_rows": rejected})
+        return
+    show_counts(f"bounces and complaints from {path}", result.counts(), as_json)
+    for row in rejected:
+        console.print(f"line {row['line']}: {row['reason']}")
+
+
+# --- reconcile ------------------------------------------------------------------------------
+
+reconcile_app = typer.Typer(no_args_is_help=True, help="Pull what webhooks missed from the source.")
+app.add_typer(reconcile_app, name="reconcile")
+
+
+@reconcile_app.command("shopify")
+@user_errors
+def reconcile_shopify_cmd(
+    since: Annotated[str | None, typer.Option(
+        "--since", help="ISO 8601 instant: orders updated after it (default: the last "
+        "reconciled version less 5 minutes, else 72 hours back).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pull Shopify orders updated since the watermark (Admin API) into the webhook inbox, then
+    drain it through intake, as the hourly reconcile-shopify deployment does."""
+    from flows.parameters import ReconcileRequest
+    from flows.reconcile import reconcile_shopify
+    from tasks.shopify_admin import ShopifyError
+
+    try:
+        instant = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise UserError(f"--since {since!r} is not an ISO 8601 date-time") from None
+    if instant is not None and instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    app_engine()
+    try:
+        report = reconcile_shopify(ReconcileRequest(since=instant))
+    except ShopifyError as exc:
+        raise UserError(f"Shopify: {exc}") from None
+    if as_json:
+        print_json(report)
+    else:
+        show_counts("Shopify orders reconciled", {k: v for k, v in report.items()
+                                                  if k != "inbox"}, as_json)
+
+
 # --- run, order, report -----------------------------------------------------------------------
 
 
@@ -696,12 +756,14 @@ def edge_cmd(
     forwarded_allow_ips: Annotated[str | None, typer.Option(
         "--forwarded-allow-ips", help="Proxy addresses whose forwarded headers are trusted.")]
     = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Edge processes sharing "
+                                         "the port (one per core is plenty).")] = 1,
 ) -> None:
     """The edge: POST /webhooks/shopify, /webhooks/aftership into the inbox; /healthz, /readyz."""
     from flows.edge import serve
 
     app_engine()
-    serve(host, port, proxy_headers, forwarded_allow_ips)
+    serve(host, port, proxy_headers, forwarded_allow_ips, workers)
 
 
 @app.command("server")
@@ -787,6 +849,9 @@ def bench_cmd(
     latency: Annotated[int, typer.Option("--latency", min=0, help="Also time this many single "
                        "order journeys through a Prefect server and worker.")] = 0,
     floor: Annotated[bool, typer.Option("--floor/--no-floor", help="Measure the floor.")] = True,
+    webhooks: Annotated[int, typer.Option("--webhooks", min=0, help="Also load a fresh edge "
+                        "with signed webhooks for this many seconds: accepted/s, "
+                        "acknowledgement latency, nothing lost (wrk when installed).")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure the journey: N seeded orders through every stage, against the floor (and the
@@ -796,7 +861,7 @@ def bench_cmd(
 
     try:
         result = bench(orders, seed, workdir, database, batch, floor,
-                       baseline_orders if baseline else None, latency or None)
+                       baseline_orders if baseline else None, latency or None, webhooks or None)
     except BenchError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -840,6 +905,12 @@ def show_bench(result: dict[str, Any]) -> None:
         warm, cold = latency["latency_s"], latency["cold_start_s"]
         console.print(f"one order, {latency['runs']} runs: confirmation p50 {warm['p50']} s, "
                       f"p95 {warm['p95']} s after the run started; cold start p50 {cold['p50']} s")
+    if hooks := result.get("webhooks"):
+        ack = hooks["ack_ms"]
+        console.print(f"edge ({hooks['database']}, {hooks['generator']}): {hooks['accepted']} "
+                      f"webhooks accepted, {hooks['accepted_per_second']}/s; acknowledged p50 "
+                      f"{ack['p50']} ms, p99 {ack['p99']} ms; stored {hooks['stored']}, "
+                      f"lost {hooks['lost']}")
     verdicts = Table(title="targets")
     for name in ("target", "figure", "status"):
         verdicts.add_column(name)

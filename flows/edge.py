@@ -8,10 +8,14 @@ several edges can run behind one proxy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,7 +26,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from tasks import inbox, webhooks
+from tasks import inbox, sns, webhooks
 from tasks.faults import fault_point
 from tasks.settings import Settings, get_settings
 from tasks.store.db import session_scope
@@ -72,9 +76,11 @@ def create_app(settings: Settings | None = None,
         log.warning("%s webhook refused: missing or wrong signature (client %s)", provider, client)
         return PlainTextResponse("signature missing or wrong\n", status_code=401)
 
+    writer = GroupWriter(engine, clock)
+
     async def accept(delivery: inbox.Delivery) -> PlainTextResponse:
         try:
-            await run_in_threadpool(store_delivery, engine, delivery, clock())
+            await writer.store(delivery)
         except SQLAlchemyError as exc:  # not stored: the sender must retry
             log.error("%s delivery not stored: %s", delivery.provider, type(exc).__name__)
             return PlainTextResponse("not stored, retry later\n", status_code=503)
@@ -105,6 +111,26 @@ def create_app(settings: Settings | None = None,
             return refused(request, "aftership")
         return await accept(webhooks.aftership_delivery(body))
 
+    certificates = sns.Certificates.from_setting(settings.sns_certificates)
+    topics = sns.topic_arns(settings.sns_topic_arns)
+
+    @app.post("/webhooks/ses")
+    async def ses(request: Request) -> PlainTextResponse:
+        """SES notifications through an SNS HTTP(S) subscription (signed by SNS, not by HMAC)."""
+        body = await read_body(request)
+        try:  # a certificate may have to be fetched: off the event loop
+            message = await run_in_threadpool(sns.verified, body, certificates, topics, clock())
+        except sns.Refused as exc:
+            answer = refused(request, "ses")
+            if answer.status_code == 401:
+                log.warning("ses webhook refused: %s", exc)  # fixed text, never the body
+            return answer
+        delivery = sns.ses_delivery(body, message)
+        if message["Type"] != sns.NOTIFICATION:
+            log.warning("SNS %s for %s: to confirm, the operator visits %s", message["Type"],
+                        message["TopicArn"], message.get("SubscribeURL"))
+        return await accept(delivery)
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -121,10 +147,55 @@ def create_app(settings: Settings | None = None,
     return app
 
 
-def store_delivery(engine: Engine, delivery: inbox.Delivery, now: datetime) -> None:
-    """One delivery, committed before the caller answers 2xx."""
+class GroupWriter:
+    """Deliveries that arrive together are committed together (group commit).
+
+    Each request waits for the commit of the transaction holding its delivery, so nothing is
+    acknowledged before it is durable; under load one transaction carries many deliveries
+    instead of one each. A failed commit fails every request in it (503: they are retried).
+    """
+
+    max_batch = 500
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]):
+        self.engine, self.clock = engine, clock
+        self.queue: queue.SimpleQueue[tuple[inbox.Delivery, asyncio.Future, Any]] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._run, name="inbox-writer", daemon=True).start()
+
+    async def store(self, delivery: inbox.Delivery) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.queue.put((delivery, done, loop))
+        await done
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get())
+            try:
+                store_deliveries(self.engine, [d for d, _, _ in batch], self.clock())
+                failure = None
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting request
+                failure = exc
+            for _, done, loop in batch:
+                loop.call_soon_threadsafe(_settle, done, failure)
+
+
+def _settle(done: asyncio.Future, failure: BaseException | None) -> None:
+    if done.cancelled():  # the client went away; the delivery is stored (or not) regardless
+        return
+    if failure is None:
+        done.set_result(None)
+    else:
+        done.set_exception(failure)
+
+
+def store_deliveries(engine: Engine, deliveries: list[inbox.Delivery], now: datetime) -> None:
+    """Deliveries, committed before any of their senders is answered 2xx."""
     with session_scope(engine) as session:
-        inbox.store(session, [delivery], now)
+        inbox.store(session, deliveries, now)
         fault_point("edge:before_commit")
     fault_point("edge:after_commit")
 
@@ -144,13 +215,22 @@ def realtime_nudge() -> Callable[[], None]:
     return Nudger().nudge
 
 
+def app_from_environment() -> FastAPI:
+    """The app uvicorn builds in each worker process (settings from the environment)."""
+    return create_app(nudge=realtime_nudge())
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, proxy_headers: bool = False,
-          forwarded_allow_ips: str | None = None) -> None:
-    """Run the edge with uvicorn until stopped (SIGINT/SIGTERM end it cleanly)."""
+          forwarded_allow_ips: str | None = None, workers: int = 1) -> None:
+    """Run the edge with uvicorn until stopped (SIGINT/SIGTERM end it cleanly).
+
+    With `workers` > 1 uvicorn runs that many processes on one socket; each commits its own
+    deliveries and keeps its own refusal counts (so the per-client limit is per process).
+    """
     import uvicorn
 
-    app = create_app(nudge=realtime_nudge())
-    uvicorn.run(app, host=host, port=port, proxy_headers=proxy_headers,
+    uvicorn.run("flows.edge:app_from_environment", factory=True, workers=workers,
+                host=host, port=port, proxy_headers=proxy_headers,
                 forwarded_allow_ips=forwarded_allow_ips, log_level="info",
                 timeout_graceful_shutdown=10)
 

@@ -66,8 +66,8 @@ def private_prefect_database(workdir: Path) -> Iterator[None]:
 
 def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
           database_url: str | None = None, size: int = 1000, floor: bool = True,
-          baseline_orders: int | None = None, latency_runs: int | None = None
-          ) -> dict[str, Any]:
+          baseline_orders: int | None = None, latency_runs: int | None = None,
+          webhooks: int | None = None) -> dict[str, Any]:
     """Everything asked for, measured in this process (the latency bench starts its own stack)."""
     if database_url and len(set(sizes)) > 1:
         raise BenchError("--database takes one --orders size (each run needs an empty database)")
@@ -83,6 +83,10 @@ def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
         from flows.bench.latency import measure_latency
 
         result["latency"] = measure_latency(latency_runs, workdir / "latency", seed)
+    if webhooks:
+        from flows.bench.webhooks import measure_webhooks
+
+        result["webhooks"] = measure_webhooks(webhooks, workdir / "webhooks", database_url)
     result["targets"] = judge(result)
     return result
 
@@ -91,4 +95,5 @@ def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
     largest = max(result["runs"], key=lambda r: r["orders"])
     return [*targets.journey_targets(largest), targets.scaling_target(result["runs"]),
             targets.baseline_target(largest, result.get("baseline")),
-            targets.latency_target(result.get("latency"))]
+            targets.latency_target(result.get("latency")),
+            targets.webhook_target(result.get("webhooks"))]

@@ -85,3 +85,18 @@ def latency_target(latency: dict[str, Any] | None) -> dict[str, Any]:
         return verdict(False, "no order was confirmed", target)
     return verdict(p50 <= LATENCY_P50 and p95 <= LATENCY_P95,
                    f"p50 {p50:.2f} s, p95 {p95:.2f} s", target)
+
+
+WEBHOOKS_PER_SECOND, ACK_P99_MS = 1000, 50
+
+
+def webhook_target(webhooks: dict[str, Any] | None) -> dict[str, Any]:
+    target = (f"edge: ≥ {WEBHOOKS_PER_SECOND} signed webhooks/s accepted, p99 ≤ {ACK_P99_MS} ms, "
+              "none lost")
+    if webhooks is None:
+        return verdict(None, "run with --webhooks N", target)
+    rate, p99 = webhooks["accepted_per_second"], webhooks["ack_ms"]["p99"]
+    figure = (f"{rate:.0f}/s, p99 {p99} ms, lost {webhooks['lost']} "
+              f"({webhooks['database']}, {webhooks['concurrency']} in flight)")
+    met = rate >= WEBHOOKS_PER_SECOND and p99 is not None and p99 <= ACK_P99_MS
+    return verdict(met and webhooks["lost"] == 0, figure, target)
