@@ -59,7 +59,13 @@ KIND_OF_TOPIC = {
 # (provider, topic) → "module:function" acting on such deliveries that are not intake records
 # (privacy requests, refunds, consent ...). An action takes (session, bodies, now, rt) and
 # returns {inbox row id: (outcome, reason)} for each body; it runs in the drain's transaction.
-ACTION_OF_TOPIC: dict[tuple[str, str], str] = {}
+ACTION_OF_TOPIC: dict[tuple[str, str], str] = {
+    ("ses", "Bounce"): "tasks.messaging.bounces:on_bounces",
+    ("ses", "Complaint"): "tasks.messaging.bounces:on_complaints",
+    ("shopify", "customers/data_request"): "tasks.privacy_requests:export_customer_data",
+    ("shopify", "customers/redact"): "tasks.privacy_requests:redact_customers",
+    ("shopify", "shop/redact"): "tasks.privacy_requests:redact_shop",
+}
 FORMAT_OF_PROVIDER = {"shopify": "shopify", "aftership": "aftership"}
 QUARANTINE_KIND = {"orders": "order", "products": "product", "shipments": "shipment",
                    "events": "tracking_event"}
@@ -223,6 +229,8 @@ def route(row: Row[Any]) -> _Routed:
         data = f"not valid JSON: {exc}"
     if not isinstance(data, dict):
         reason = data if isinstance(data, str) else "expected a JSON object"
+        if kind == "action":  # no intake record to quarantine: the row keeps body and reason
+            return _Routed(row, kind, [], IGNORED, reason)
         rejected = Rejected(QUARANTINE_KIND[kind], row.provider, text,
                             [{"field": "_record", "reason": reason}], origin)
         return _Routed(row, kind, [rejected], QUARANTINED, reason)

@@ -198,6 +198,7 @@ class OrderLine(Base):
     # False for gift cards and digital goods: never packed, shipped or promised a date.
     requires_shipping: Mapped[bool] = mapped_column(Boolean, default=True)
     variant_id: Mapped[str | None] = mapped_column(String(64))  # identifies a line without SKU
+    refunded_quantity: Mapped[int] = mapped_column(Integer, default=0)  # by the source's refunds
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     order: Mapped[Order] = relationship(back_populates="lines")
@@ -473,3 +474,29 @@ class Erasure(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Replaced archive objects not yet deleted (refs were switched, the delete may have failed).
     stale_objects: Mapped[list[str]] = mapped_column(default=list)
+
+
+class PrivacyRequest(Base):
+    """A privacy obligation from Shopify's mandatory webhooks (tasks/privacy_requests.py).
+
+    Holds no e-mail address: `subject` is the keyed hash erasure uses. Open while
+    `completed_at` is NULL; `due_at` is when Shopify's 30 days run out.
+    """
+
+    __tablename__ = "privacy_requests"
+    __table_args__ = (Index(None, "completed_at", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_key: Mapped[str] = mapped_column(String(200), unique=True)  # the effect key
+    kind: Mapped[str] = mapped_column(String(30))  # customers/data_request | .../redact | shop/..
+    shop_domain: Mapped[str | None] = mapped_column(String(255))
+    shopify_request_id: Mapped[str | None] = mapped_column(String(64))  # data_request.id
+    shopify_customer_id: Mapped[str | None] = mapped_column(String(64))  # as given
+    subject: Mapped[str | None] = mapped_column(String(64))  # HMAC of the e-mail as given
+    customer_ids: Mapped[list[Any]] = mapped_column(default=list)  # ours, found for it
+    received_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+    export_ref: Mapped[str | None] = mapped_column(String(500))
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    note: Mapped[str | None] = mapped_column(String(500))  # what is left to do, or what was done

@@ -14,6 +14,7 @@ from tasks.store.models import (
     Message,
     Order,
     OrderEvent,
+    PrivacyRequest,
     Quarantine,
     Shipment,
 )
@@ -155,7 +156,34 @@ def report(session: Session) -> dict[str, Any]:
             str(rating): rates for rating, rates in review_rates_by_rating(session).items()
         },
         "latest_runs": latest_manifests(session),
+        "privacy_requests": privacy_requests(session),
     }
+
+
+def privacy_requests(session: Session, finished: int = 20) -> dict[str, dict[str, Any]]:
+    """Open privacy obligations, soonest deadline first, then the latest finished ones (with
+    where each data export was written)."""
+    open_ = select(PrivacyRequest).where(PrivacyRequest.completed_at.is_(None)).order_by(
+        PrivacyRequest.due_at, PrivacyRequest.id)
+    done = select(PrivacyRequest).where(PrivacyRequest.completed_at.is_not(None)).order_by(
+        PrivacyRequest.completed_at.desc(), PrivacyRequest.id.desc()).limit(finished)
+    rows = [*session.scalars(open_), *session.scalars(done)]
+    return {_privacy_label(r): _privacy_view(r) for r in rows}
+
+
+def _privacy_label(request: PrivacyRequest) -> str:
+    about = (f"request {request.shopify_request_id}" if request.shopify_request_id
+             else f"customer {request.shopify_customer_id}" if request.shopify_customer_id
+             else "customer (by e-mail)" if request.subject else request.shop_domain or "")
+    return f"#{request.id} {request.kind} {about}".strip()
+
+
+def _privacy_view(request: PrivacyRequest) -> dict[str, Any]:
+    view = {"status": "open" if request.completed_at is None else "done",
+            "received": request.received_at.isoformat(), "due": request.due_at.isoformat(),
+            "completed": request.completed_at and request.completed_at.isoformat(),
+            "export": request.export_ref, "note": request.note}
+    return {key: value for key, value in view.items() if value is not None}
 
 
 def _quarantine_label(reason: dict[str, Any]) -> str:

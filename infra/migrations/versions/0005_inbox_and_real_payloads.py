@@ -6,7 +6,7 @@ id). ``customers.email`` and ``orders.email`` become optional (POS, phone and dr
 none); customers are found by the source's id first. ``orders.customer_note`` is Shopify's
 ``note`` (the buyer's note to the store, not a gift message); ``orders.source_updated_at`` lets
 the newest version win when webhooks arrive out of order. ``order_lines`` learn
-``requires_shipping`` and ``variant_id``; ``shipments`` learn the source's ``fulfillment_id``
+``requires_shipping``, ``variant_id`` and ``refunded_quantity``; ``shipments`` learn the source's ``fulfillment_id``
 and may lack carrier and tracking number.
 
 Revision ID: 0005
@@ -62,6 +62,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('requires_shipping', sa.Boolean(), nullable=False,
                                       server_default=sa.true()))
         batch_op.add_column(sa.Column('variant_id', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('refunded_quantity', sa.Integer(), nullable=False,
+                                      server_default='0'))
 
     with op.batch_alter_table('shipments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('fulfillment_id', sa.String(length=64), nullable=True))
@@ -83,6 +85,7 @@ def downgrade() -> None:
         batch_op.drop_column('fulfillment_id')
 
     with op.batch_alter_table('order_lines', schema=None) as batch_op:
+        batch_op.drop_column('refunded_quantity')
         batch_op.drop_column('variant_id')
         batch_op.drop_column('requires_shipping')
 
