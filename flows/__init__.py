@@ -14,12 +14,14 @@ from typing import Any
 _EXPORTS = {
     "sweep": "flows.journey", "daily": "flows.journey", "order_journey": "flows.journey",
     "ingest": "flows.intake",
+    "reconcile_shopify": "flows.reconcile",
     "release_quarantine": "flows.operations", "erase_customer": "flows.operations",
     "review_holds": "flows.decisions", "review_cases": "flows.decisions",
     "SweepRequest": "flows.parameters", "DailyRequest": "flows.parameters",
     "OrderJourneyRequest": "flows.parameters", "IngestRequest": "flows.parameters",
     "QuarantineReleaseRequest": "flows.parameters", "ErasureRequest": "flows.parameters",
     "HoldReviewRequest": "flows.parameters", "CaseReviewRequest": "flows.parameters",
+    "ReconcileRequest": "flows.parameters",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -120,3 +120,18 @@ class CaseReviewRequest(Request):
     timeout_minutes: int | None = Field(None, ge=1, le=10_080, title="Wait at most (minutes)",
                                         description="Then every case stays open. Empty: the "
                                         "Variable journeys_decision_timeout_minutes, else 240.")
+
+
+class ReconcileRequest(Request):
+    """Pull Shopify orders updated since the watermark into the webhook inbox, then drain it."""
+
+    since: Annotated[datetime | None, Field(
+        title="Updated since",
+        description="Ask Shopify for orders updated after this instant (ISO 8601 with a zone), "
+                    "e.g. to recover from a long outage. Empty: the newest order version a "
+                    "previous reconcile stored, less 5 minutes; else 72 hours back.",
+    )] = None
+    page_size: int = Field(3, ge=1, le=10, title="Orders per request", description=(
+        "Orders per GraphQL request. Shopify refuses a query priced above 1,000 points and "
+        "each order with its lines, fulfillments and refunds is priced at about 270, so keep "
+        "this at 3 unless Shopify's cost extension shows room."))

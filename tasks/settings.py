@@ -53,6 +53,34 @@ class Settings(BaseSettings):
     aftership_webhook_secret: str | None = Field(
         default=None, description="AfterShip's webhook secret: checks aftership-hmac-sha256."
     )
+    sns_topic_arns: str | None = Field(
+        default=None, description="SNS topics whose SES notifications /webhooks/ses accepts "
+        "(comma-separated ARNs); empty accepts any topic whose message SNS signed.",
+    )
+    sns_certificates: str | None = Field(
+        default=None, description="A folder of trusted SNS signing certificates, "
+        "<folder>/<host>/<file> for https://<host>/<file>, read instead of fetching them from "
+        "AWS (tests; an edge without internet access). Empty: fetch from AWS over HTTPS.",
+    )
+    shopify_shop: str | None = Field(
+        default=None, description="The shop's myshopify domain (example.myshopify.com), for the "
+        "reconcile-shopify flow's Admin API calls.",
+    )
+    shopify_admin_token: str | None = Field(
+        default=None, description="Admin API access token of the shop's custom app (shpat_...); "
+        "needs read_orders (and read_all_orders to look back beyond 60 days).",
+    )
+    shopify_api_version: str = Field(
+        default="2025-07", description="Shopify Admin API version the reconcile flow queries."
+    )
+    shopify_admin_url: str | None = Field(
+        default=None, description="Base URL instead of https://{shop} (a proxy, or a test server); "
+        "/admin/api/{version}/graphql.json is appended.",
+    )
+    shopify_reconcile_lookback_hours: int = Field(
+        default=72, ge=1, description="How far back the first reconcile run (or one whose inbox "
+        "rows were purged) asks Shopify for updated orders.",
+    )
 
 
 class SecretUnavailable(RuntimeError):
