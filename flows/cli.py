@@ -618,7 +618,7 @@ def quarantine_release(
     from tasks.intake.release import release
 
     with session_scope(app_engine()) as session:
-        outcome = release(session, entry_id, parse_instant(as_of), fixed)
+        outcome = release(session, entry_id, parse_instant(as_of), fixed, rt=runtime())
     if outcome.status == "still_rejected":
         reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in outcome.reasons)
         raise UserError(f"quarantine entry {entry_id} still rejected: {reasons}")

@@ -25,7 +25,7 @@ def release_quarantine(request: QuarantineReleaseRequest) -> dict[str, Any]:
     now, rows = business_now(request.as_of), []
     for entry_id in request.entry_ids:
         with session_scope(app_engine()) as session:
-            outcome = release(session, entry_id, now)
+            outcome = release(session, entry_id, now, rt=runtime())
         reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in outcome.reasons or [])
         rows.append({"entry": entry_id, "outcome": outcome.status, "reasons": reasons})
     create_table_artifact(rows, key="quarantine-release", description="What each entry did")

@@ -1,4 +1,9 @@
-"""Working the quarantine: release an entry (as it was, or corrected) back into intake."""
+"""Working the quarantine: release an entry (as it was, or corrected) back into intake.
+
+Every kind the quarantine holds can be released: orders and products through their intake,
+shipments, tracking events and feedback through the same writers files and webhooks use
+(tasks/intake/writers.py), which need the runtime (config, settings).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,23 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tasks.intake.formats import IntakeError, read_orders, read_products
 from tasks.intake.ingest import ingest_orders, ingest_products
-from tasks.intake.schema import Rejected
+from tasks.intake.schema import Rejected, sha256_text
 from tasks.store.models import Order, Quarantine
 
+if TYPE_CHECKING:
+    from tasks.runtime import Runtime
+
 READERS = {"order": (read_orders, ingest_orders), "product": (read_products, ingest_products)}
+# Quarantine kind → the writers' kind of input, for kinds whose intake needs the runtime.
+WRITER_KINDS = {"shipment": "shipments", "tracking_event": "events", "feedback": "feedback"}
+KINDS = (*READERS, *WRITER_KINDS)
 
 
 class QuarantineNotFound(LookupError):
@@ -40,30 +51,42 @@ def get_entry(session: Session, entry_id: int) -> Quarantine:
 
 
 def release(
-    session: Session, entry_id: int, now: datetime, fixed: Path | None = None
+    session: Session, entry_id: int, now: datetime, fixed: Path | None = None,
+    rt: Runtime | None = None,
 ) -> ReleaseOutcome:
     """Re-validate the record (or its corrected version) and feed it back into intake.
 
     The entry is marked released only when intake accepts the record; releasing twice is a
     no-op. A record that still fails stays in quarantine, and the reasons are returned.
+    Shipments, tracking events and feedback need `rt` (their intake queues mail, reads config).
     """
     entry = get_entry(session, entry_id)
     if entry.status == "released":
         return ReleaseOutcome("already_released")
     if entry.status == "erased":  # its customer was erased (tasks/privacy.py): nothing to feed
         return ReleaseOutcome("erased")
+    if entry.kind not in KINDS:
+        raise IntakeError(f"quarantine entry {entry.id}: kind {entry.kind!r} cannot be released")
+    if entry.kind in WRITER_KINDS and rt is None:
+        raise IntakeError(f"releasing a {entry.kind} needs the runtime (config and settings)")
     items = _read_record(entry, fixed)
     rejected = [item for item in items if isinstance(item, Rejected)]
     if not items:
         return ReleaseOutcome("still_rejected", [{"field": "_record", "reason": "no record"}])
     if rejected:
         return ReleaseOutcome("still_rejected", [r for item in rejected for r in item.reasons])
-    if entry.kind == "order" and (refused := _gate_reasons(items, now)):
-        return ReleaseOutcome("still_rejected", refused)
-    counts = READERS[entry.kind][1](session, items, now).as_dict()
-    refused = _not_taken(session, items) if entry.kind == "order" else []
-    if refused:
-        return ReleaseOutcome("still_rejected", refused, counts)
+    if entry.kind in WRITER_KINDS:
+        outcome = _write_checked(session, entry, items, now, rt)  # type: ignore[arg-type]
+        if outcome.status == "still_rejected":
+            return outcome
+        counts = outcome.counts
+    else:
+        if entry.kind == "order" and (refused := _gate_reasons(items, now)):
+            return ReleaseOutcome("still_rejected", refused)
+        counts = READERS[entry.kind][1](session, items, now).as_dict()
+        refused = _not_taken(session, items) if entry.kind == "order" else []
+        if refused:
+            return ReleaseOutcome("still_rejected", refused, counts)
     session.execute(
         update(Quarantine).where(Quarantine.id == entry.id, Quarantine.status == "open")
         .values(status="released", released_at=now)
@@ -73,7 +96,7 @@ def release(
 
 def _read_record(entry: Quarantine, fixed: Path | None) -> list[Any]:
     """The corrected file, or the stored record, parsed by the ordinary auto-detecting reader."""
-    reader = READERS[entry.kind][0]
+    reader = _reader(entry.kind)
     if fixed is not None:
         return list(reader(fixed, None))
     suffix = ".csv" if entry.source == "csv" else ".jsonl"
@@ -81,6 +104,45 @@ def _read_record(entry: Quarantine, fixed: Path | None) -> list[Any]:
         path = Path(folder) / f"quarantine-{entry.id}{suffix}"
         path.write_text(entry.payload.rstrip("\n") + "\n", encoding="utf-8")
         return list(reader(path, None))
+
+
+def _reader(kind: str) -> Any:
+    if kind in READERS:
+        return READERS[kind][0]
+    from tasks.intake.writers import read
+
+    return lambda path, fmt: read(WRITER_KINDS[kind], path, fmt)
+
+
+def _write_checked(
+    session: Session, entry: Quarantine, items: list[Any], now: datetime, rt: Runtime
+) -> ReleaseOutcome:
+    """Feed the records to their writer; if it quarantines any again, undo it all.
+
+    The entry's own fingerprint is moved aside meanwhile, so a record refused again (unknown
+    parcel, order not confirmed yet, ...) lands as a new entry whose reasons we can read,
+    instead of being taken for a duplicate of this one.
+    """
+    from tasks.intake.writers import write
+
+    entry_id, fingerprint = entry.id, entry.fingerprint
+    last_id = session.scalar(select(func.max(Quarantine.id))) or 0
+    savepoint = session.begin_nested()
+    _set_fingerprint(session, entry_id, sha256_text(f"releasing quarantine entry {entry_id}"))
+    counts = write(WRITER_KINDS[entry.kind], session, items, now, rt, max_failure_rate=1.0)
+    if counts.quarantined:
+        query = select(Quarantine.reasons).where(Quarantine.id > last_id)
+        reasons = [reason for found in session.scalars(query) for reason in found]
+        savepoint.rollback()
+        return ReleaseOutcome("still_rejected", reasons, counts.as_dict())
+    _set_fingerprint(session, entry_id, fingerprint)
+    savepoint.commit()
+    return ReleaseOutcome("released", counts=counts.as_dict())
+
+
+def _set_fingerprint(session: Session, entry_id: int, fingerprint: str) -> None:
+    session.execute(update(Quarantine).where(Quarantine.id == entry_id)
+                    .values(fingerprint=fingerprint).execution_options(synchronize_session=False))
 
 
 def _gate_reasons(orders: list[Any], now: datetime) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -64,8 +65,24 @@ def bundle_key(messages: list[OutgoingMail], members: dict[str, bytes]) -> str:
     return f"mail/{day:%Y/%m/%d}/{digest.hexdigest()[:16]}.zip"
 
 
+SAFE_MEMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,149}")
+UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+
+
 def member_name(effect_key: str) -> str:
-    return f"{effect_key.replace(':', '_')}.eml"
+    """The .eml name of a mail in its bundle: always a valid archive key, stable and unique.
+
+    A plain key keeps its readable form ('order:7:confirm:confirmation:v2' →
+    'order_7_confirm_confirmation_v2.eml', as every bundle written so far names it). Any other
+    key (a '#', a newline, '/', non-ASCII, a very long key) gets a sanitised prefix and a
+    short SHA-256 of the whole key, so two keys never share a name.
+    """
+    readable = effect_key.replace(":", "_")
+    if SAFE_MEMBER.fullmatch(readable):
+        return f"{readable}.eml"
+    prefix = UNSAFE_RUN.sub("_", readable)[:80].strip("._-") or "mail"
+    digest = hashlib.sha256(effect_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{prefix}-{digest}.eml"
 
 
 class FileTransport:

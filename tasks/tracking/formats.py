@@ -3,15 +3,21 @@
 Shipments: Shopify fulfillment objects, Shopify order objects with `fulfillments[]`, or our
 canonical shipment record. Events: AfterShip webhook bodies or our canonical event record.
 The format is recognised per record; `fmt` forces one. Nothing here touches the database.
+
+Text that later becomes part of a key, a path or a header (tracking numbers, fulfillment and
+event ids, sub-tags) is trimmed and refused if it holds a control or invisible format character;
+other characters ('#', '/', emoji) are legal in carriers' numbers and kept: whatever is built
+from them (effect keys, links, archive names) makes them safe itself.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -40,7 +47,17 @@ CARRIER_SLUGS = {
     "dhl ecommerce": "dhl-global-mail", "canada post": "canada-post", "royal mail": "royal-mail",
     "australia post": "australia-post", "dpd": "dpd", "gls": "gls", "ontrac": "ontrac",
 }
+# Shopify fulfillment statuses: only `success` ships; pending/open are not shipped yet.
+SHIPPED_FULFILLMENT = "success"
+WAITING_FULFILLMENT = ("pending", "open")
 FAILED_FULFILLMENT = ("cancelled", "error", "failure")
+FulfillmentStatus = Literal["pending", "open", "success", "cancelled", "error", "failure"]
+# AfterShip webhook events (the body's `event`); a body without one is a tracking update.
+TRACKING_UPDATE, EDD_REVISE, PENDING_TIME = "tracking_update", "edd_revise", "tracking_pending_time"
+EventKind = Literal["tracking_update", "edd_revise", "tracking_pending_time"]
+# Unicode categories that must never reach a key, a path or a header: controls (newline, tab,
+# NUL, DEL, C1), format characters (zero-width, bidi overrides), surrogates, line separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def carrier_slug(value: Any) -> Any:
@@ -61,6 +78,45 @@ def _number_as_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) else refuse_nul(value)
 
 
+def refuse_control(value: Any) -> Any:
+    """Trimmed text without control or invisible format characters (it goes into keys)."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    for char in value:
+        if unicodedata.category(char) in UNSAFE_CATEGORIES:
+            raise ValueError(f"contains a control character (U+{ord(char):04X}); "
+                             "it cannot be part of a key")
+    return value
+
+
+def _key_text(value: Any) -> Any:
+    return refuse_control(_number_as_text(value))
+
+
+def _key(limit: int) -> Any:
+    """Required text that becomes part of keys: trimmed, no control characters."""
+    return Annotated[str, StringConstraints(min_length=1, max_length=limit),
+                     BeforeValidator(_key_text)]
+
+
+def _optional_key(limit: int) -> Any:
+    """Like `_key`, but blank or missing is None."""
+    return Annotated[str | None, StringConstraints(min_length=1, max_length=limit),
+                     BeforeValidator(lambda v: _key_text(v) or None)]
+
+
+def _fulfillment_status(value: Any) -> Any:
+    """Shopify's status, lower-cased; a fulfillment without one is taken as shipped."""
+    if value is None or value == "":
+        return SHIPPED_FULFILLMENT
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _event_kind(value: Any) -> Any:
+    return TRACKING_UPDATE if value is None or value == "" else value
+
+
 def _clipped(limit: int) -> Any:
     """Optional free text clipped to `limit` characters (carrier messages can be long)."""
     return Annotated[str | None, BeforeValidator(
@@ -74,11 +130,11 @@ def _day(value: Any) -> Any:
     return value or None
 
 
-Carrier = Annotated[str, StringConstraints(min_length=1, max_length=60),
-                    BeforeValidator(carrier_slug)]
 OptionalCarrier = Annotated[str | None, StringConstraints(max_length=60),
                             BeforeValidator(carrier_slug)]
 Day = Annotated[date | None, BeforeValidator(_day)]
+SafeSubtag = Annotated[str | None, StringConstraints(max_length=40), BeforeValidator(
+    lambda v: (refuse_control(refuse_nul(str(v))) or None) if v is not None else None)]
 
 
 class Located(BaseModel):
@@ -100,26 +156,43 @@ class Located(BaseModel):
 
 
 class ShipmentIn(Located):
-    """One parcel of an order, whatever format announced it."""
+    """One parcel of an order, whatever format announced it.
+
+    A parcel is known by its carrier and tracking number, or (before the feed gives those) by
+    the source's fulfillment id; `status` is the fulfillment's (Shopify's), `success` if none.
+    """
 
     order_source: _text(20) = "canonical"
     order_external_id: _text(64)
-    carrier: Carrier
-    tracking_number: _text(100)
+    fulfillment_id: _optional_key(64) = None
+    status: Annotated[FulfillmentStatus, BeforeValidator(_fulfillment_status)] = "success"
+    carrier: OptionalCarrier = Field(default=None, validate_default=True)
+    tracking_number: _optional_key(100) = Field(default=None, validate_default=True)
     tracking_url: _clipped(500) = None
     shipped_at: UTCDateTime
     line_items: Annotated[list[dict[str, Any]], BeforeValidator(refuse_nul)] = Field(
         default_factory=list)
 
+    @field_validator("carrier", "tracking_number")
+    @classmethod
+    def _identified(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and not info.data.get("fulfillment_id"):
+            raise ValueError("required: a parcel needs a carrier and a tracking number "
+                             "(or the fulfillment id that announced it)")
+        return value
+
 
 class TrackingEventIn(Located):
     """One carrier event for one tracking number."""
 
-    event_id: _text(100)
-    tracking_number: _text(100)
+    event_id: _key(100)
+    event: Annotated[EventKind, BeforeValidator(_event_kind)] = TRACKING_UPDATE
+    tracking_number: _key(100)
     carrier: OptionalCarrier = None
+    order_id: _clipped(200) = None  # the order the carrier's tracking names, when it names one
+    order_number: _clipped(200) = None
     tag: _text(30)
-    subtag: _clipped(40) = None
+    subtag: SafeSubtag = None
     occurred_at: UTCDateTime
     message: _clipped(500) = None
     location: _clipped(200) = None
@@ -215,9 +288,6 @@ def shipments_from_json(
 
 
 def _shipment(data: dict[str, Any], fmt: str, raw: str, origin: str) -> ShipmentIn | Rejected:
-    if "_rejected" in data:
-        return Rejected(SHIPMENT, fmt, raw, _whole(data["_rejected"]), origin,
-                        _short(data.get("order_external_id")))
     result = _validate(ShipmentIn, data)
     if isinstance(result, list):
         return Rejected(SHIPMENT, fmt, raw, result, origin, _short(data.get("order_external_id")))
@@ -225,13 +295,15 @@ def _shipment(data: dict[str, Any], fmt: str, raw: str, origin: str) -> Shipment
 
 
 def shopify_fulfillment(obj: dict[str, Any], order_id: Any) -> list[dict[str, Any]]:
-    """A Shopify fulfillment → one canonical shipment dict per tracking number."""
-    status = str(obj.get("status") or "").lower()
+    """A Shopify fulfillment → one canonical shipment dict per tracking number (one if none).
+
+    Its status travels with it: intake ships `success`, waits on pending/open and undoes a
+    parcel whose fulfillment was cancelled or failed.
+    """
     base = {"order_source": "shopify", "order_external_id": order_id,
+            "fulfillment_id": obj.get("id"), "status": obj.get("status"),
             "carrier": obj.get("tracking_company"), "shipped_at": obj.get("created_at"),
             "line_items": [_shopify_item(item) for item in obj.get("line_items") or []]}
-    if status in FAILED_FULFILLMENT:
-        return [base | {"_rejected": f"fulfillment status is {status}: nothing was shipped"}]
     numbers = obj.get("tracking_numbers") or [obj.get("tracking_number")]
     urls = obj.get("tracking_urls") or [obj.get("tracking_url")]
     return [base | {"tracking_number": number, "tracking_url": urls[i] if i < len(urls) else None}
@@ -268,15 +340,23 @@ def event_from_json(
 
 
 def aftership_event(body: dict[str, Any]) -> dict[str, Any]:
-    """The webhook's current tag, timed by its latest checkpoint (or the webhook's `ts`)."""
+    """The webhook's current tag, timed by its latest checkpoint (or the webhook's `ts`).
+
+    `event` says which kind of webhook it is (a body without one is a tracking update);
+    `msg.order_id` / `msg.order_number` name the merchant's order when the tracking has one.
+    """
     msg = body.get("msg")
     if not isinstance(msg, dict):
         raise ValueError("msg is not an object")
     checkpoints = [c for c in msg.get("checkpoints") or [] if isinstance(c, dict)]
     latest = max(checkpoints, key=lambda c: _instant(c.get("checkpoint_time")), default={})
+    kind = body.get("event")
+    default_tag = "Pending" if kind == PENDING_TIME else None
     return {
-        "event_id": body.get("event_id"), "tracking_number": msg.get("tracking_number"),
-        "carrier": msg.get("slug"), "tag": msg.get("tag") or latest.get("tag"),
+        "event_id": body.get("event_id"), "event": kind,
+        "tracking_number": msg.get("tracking_number"), "carrier": msg.get("slug"),
+        "order_id": msg.get("order_id"), "order_number": msg.get("order_number"),
+        "tag": msg.get("tag") or latest.get("tag") or default_tag,
         "subtag": msg.get("subtag") or latest.get("subtag"),
         "occurred_at": latest.get("checkpoint_time") or _ts(body.get("ts")),
         "message": latest.get("message"), "location": _location(latest.get("location")),
@@ -311,7 +391,8 @@ def _location(value: Any) -> Any:
 
 AFTERSHIP_NAMES = {"tracking_number": "msg.tracking_number", "carrier": "msg.slug",
                    "tag": "msg.tag", "subtag": "msg.subtag", "occurred_at": "ts",
-                   "expected_delivery": "msg.expected_delivery"}
+                   "expected_delivery": "msg.expected_delivery", "order_id": "msg.order_id",
+                   "order_number": "msg.order_number"}
 
 
 def _aftership_name(field: str) -> str:

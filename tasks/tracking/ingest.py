@@ -1,18 +1,24 @@
 """Writing shipments and tracking events to the store, chunk by chunk, a few statements each.
 
-A new shipment of a confirmed order ships the order and queues its "shipped" mail; tracking
-events move shipments forward only (a stale or out-of-order event is kept, marked not applied)
-and schedule the "track" step for the orders they touch. The caller owns the session and commits.
+A new shipment of a confirmed order ships the order and queues its "shipped" mail; a changed
+fulfillment (tracking added or corrected) updates its parcel; a cancelled or failed one undoes
+its parcel (status "Cancelled") and, when nothing else of the order is under way, takes the
+order back to confirmed; a pending or open one changes nothing yet. Tracking events move
+shipments forward only (a stale or out-of-order event is kept, marked not applied) and schedule
+the "track" step for the orders they touch. The caller owns the session and commits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session, selectinload
 
@@ -31,21 +37,56 @@ from tasks.store.journal import (
     reopen_step,
 )
 from tasks.store.models import Order, Shipment, TrackingEvent
-from tasks.tracking.formats import EVENT, SHIPMENT, ShipmentIn, TrackingEventIn
+from tasks.tracking.formats import (
+    EDD_REVISE,
+    EVENT,
+    FAILED_FULFILLMENT,
+    SHIPMENT,
+    TRACKING_UPDATE,
+    WAITING_FULFILLMENT,
+    ShipmentIn,
+    TrackingEventIn,
+)
 
 SHIPPED, DELIVERED = "shipped", "delivered"
 DELIVERED_TAG = "Delivered"
 INITIAL_STATUS = "Pending"
+# A parcel whose fulfillment was cancelled or failed: not an AfterShip tag, so no tracking event
+# moves it again; its substatus keeps the source's word (cancelled, error, failure).
+CANCELLED_STATUS = "Cancelled"
 SHIP_STEP = "ship"  # no step row: shipping is driven by the warehouse feed, not by a sweep
 TRACK_STEP = "track"
 SHIPPED_TEMPLATE = "shipped"
 SHIPPABLE = frozenset({CONFIRMED, SHIPPED, DELIVERED})
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# Tracking numbers that can stand in an effect key as they are (the key format since v1).
+PLAIN_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NO_TRACKING_YET = "not available yet"
 
 ShipmentKey = tuple[str, str]  # (tracking_number, carrier)
 
 
 # ---------------------------------------------------------------- shipments
+
+
+@dataclass
+class _ShipmentPlan:
+    """One chunk's shipments sorted by what must happen to them."""
+
+    new: list[tuple[ShipmentIn, Order]] = field(default_factory=list)
+    changed: list[tuple[ShipmentIn, RowMapping]] = field(default_factory=list)
+    cancelled: list[tuple[ShipmentIn, RowMapping]] = field(default_factory=list)
+    waiting: list[tuple[ShipmentIn, str]] = field(default_factory=list)  # with why
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class _StoredParcels:
+    """The chunk's parcels already stored, by tracking key and by fulfillment id."""
+
+    by_number: dict[tuple[str, str | None], RowMapping] = field(default_factory=dict)
+    by_fulfillment: dict[str, list[RowMapping]] = field(default_factory=dict)
+    claimed: set[int] = field(default_factory=set)  # parcels a record of this chunk took
 
 
 def ingest_shipments(
@@ -61,27 +102,37 @@ def ingest_shipments(
 def _ingest_shipment_chunk(
     session: Session, chunk: list[ShipmentIn | Rejected], now: datetime, cfg: Config
 ) -> IntakeResult:
-    rejected = [item for item in chunk if isinstance(item, Rejected)]
-    latest = {(s.tracking_number, s.carrier): s for s in chunk if isinstance(s, ShipmentIn)}
-    orders = _orders_by_key(session, list(latest.values()))
-    known = _existing_shipments(session, list(latest))
-    new: list[tuple[ShipmentIn, Order]] = []
-    for key, shipment in latest.items():
-        if key in known:
-            continue  # the same parcel again: a duplicate, whatever its order became since
-        order = orders.get((shipment.order_source, shipment.order_external_id))
-        problem = _shipment_problem(shipment, order)
-        if problem:
-            rejected.append(shipment.rejected(SHIPMENT, [problem], shipment.order_external_id))
-        else:
-            new.append((shipment, order))  # type: ignore[arg-type]
-    _insert_shipments(session, new, now)
-    _ship_orders(session, new, now, cfg)
-    quarantined, _ = quarantine_records(session, rejected, now)
+    records = latest_records([s for s in chunk if isinstance(s, ShipmentIn)])
+    orders = _orders_by_key(session, records)
+    plan = plan_shipments(records, orders, _stored_parcels(session, records))
+    plan.rejected += [item for item in chunk if isinstance(item, Rejected)]
+    _insert_shipments(session, plan.new, now)
+    _ship_orders(session, plan.new, now, cfg)
+    _update_tracking(session, plan.changed, now)
+    _cancel_parcels(session, plan.cancelled, now)
+    record_events(session, _waiting_events(plan.waiting, orders, now))
+    quarantined, _ = quarantine_records(session, plan.rejected, now)
+    updated = len(plan.changed) + len(plan.cancelled)
+    # Waiting (pending/open) and never-shipped failed fulfillments change nothing: until intake
+    # counts them on their own they are counted with the duplicates.
     return IntakeResult(
-        received=len(chunk), accepted=len(new), quarantined=quarantined,
-        duplicates=len(chunk) - len(new) - quarantined,
+        received=len(chunk), accepted=len(plan.new), updated=updated, quarantined=quarantined,
+        duplicates=len(chunk) - len(plan.new) - updated - quarantined,
     )
+
+
+def record_key(record: ShipmentIn) -> tuple[str | None, ...]:
+    """A record's parcel within a chunk: its tracking key, else its fulfillment."""
+    if record.tracking_number:
+        return (record.tracking_number, record.carrier)
+    return ("fulfillment", record.fulfillment_id)
+
+
+def latest_records(records: list[ShipmentIn]) -> list[ShipmentIn]:
+    """The last record of each parcel; a fulfillment's untracked record yields to a tracked one."""
+    latest = {record_key(r): r for r in records}
+    tracked = {r.fulfillment_id for r in latest.values() if r.tracking_number}
+    return [r for r in latest.values() if r.tracking_number or r.fulfillment_id not in tracked]
 
 
 def _orders_by_key(session: Session, shipments: list[ShipmentIn]) -> dict[tuple[str, str], Order]:
@@ -99,22 +150,104 @@ def _orders_by_key(session: Session, shipments: list[ShipmentIn]) -> dict[tuple[
     return {(o.source, o.external_id): o for o in session.scalars(query)}
 
 
-def _existing_shipments(session: Session, keys: list[ShipmentKey]) -> set[ShipmentKey]:
-    if not keys:
-        return set()
-    query = select(Shipment.tracking_number, Shipment.carrier).where(
-        Shipment.tracking_number.in_({number for number, _ in keys}))
-    return {(number, carrier) for number, carrier in session.execute(query)}
+def _stored_parcels(session: Session, records: list[ShipmentIn]) -> _StoredParcels:
+    """Parcels sharing a tracking number or a fulfillment id with the records, in one query."""
+    numbers = {r.tracking_number for r in records if r.tracking_number}
+    fulfillments = {r.fulfillment_id for r in records if r.fulfillment_id}
+    stored = _StoredParcels()
+    if not numbers and not fulfillments:
+        return stored
+    table = Shipment.__table__
+    query = select(table).where(or_(table.c.tracking_number.in_(numbers),
+                                    table.c.fulfillment_id.in_(fulfillments))).order_by(table.c.id)
+    for row in session.execute(query).mappings():
+        if row["tracking_number"] is not None:
+            stored.by_number[(row["tracking_number"], row["carrier"])] = row
+        if row["fulfillment_id"] is not None:
+            stored.by_fulfillment.setdefault(row["fulfillment_id"], []).append(row)
+    return stored
+
+
+def plan_shipments(
+    records: list[ShipmentIn], orders: dict[tuple[str, str], Order], stored: _StoredParcels
+) -> _ShipmentPlan:
+    """Decide each record: a new parcel, a change, an undo, a wait, a duplicate or a rejection."""
+    plan = _ShipmentPlan()
+    per_fulfillment: dict[str | None, int] = {}
+    for record in records:
+        per_fulfillment[record.fulfillment_id] = per_fulfillment.get(record.fulfillment_id, 0) + 1
+    for record in records:
+        parcel = _stored_parcel(record, stored, per_fulfillment[record.fulfillment_id] == 1)
+        order = orders.get((record.order_source, record.order_external_id))
+        _decide(plan, record, parcel, order)
+    return plan
+
+
+def _stored_parcel(
+    record: ShipmentIn, stored: _StoredParcels, alone: bool
+) -> RowMapping | None:
+    """The stored parcel this record speaks of: same tracking key, else same fulfillment.
+
+    A tracked record takes its fulfillment's untracked parcel (tracking arrived later), or its
+    only parcel when it is its fulfillment's only record (the number was corrected).
+    """
+    parcel = stored.by_number.get((record.tracking_number, record.carrier)) \
+        if record.tracking_number else None
+    siblings = [row for row in stored.by_fulfillment.get(record.fulfillment_id or "", [])
+                if row["id"] not in stored.claimed]
+    if parcel is None and siblings:
+        untracked = [row for row in siblings if row["tracking_number"] is None]
+        if not record.tracking_number or untracked:
+            parcel = (untracked or siblings)[0]
+        elif alone and len(siblings) == 1 and not _taken_number(record, stored):
+            parcel = siblings[0]
+    if parcel is not None:
+        stored.claimed.add(parcel["id"])
+    return parcel
+
+
+def _taken_number(record: ShipmentIn, stored: _StoredParcels) -> bool:
+    """Whether another parcel already holds this record's tracking number (any carrier)."""
+    return any(number == record.tracking_number for number, _ in stored.by_number)
+
+
+def _decide(
+    plan: _ShipmentPlan, record: ShipmentIn, parcel: RowMapping | None, order: Order | None
+) -> None:
+    fulfillment = f"fulfillment {record.fulfillment_id or record.tracking_number}"
+    if record.status in WAITING_FULFILLMENT:
+        plan.waiting.append((record, f"{fulfillment} is {record.status}: not shipped yet"))
+    elif record.status in FAILED_FULFILLMENT:
+        if parcel is None:
+            plan.waiting.append((record, f"{fulfillment} is {record.status}: nothing shipped"))
+        elif parcel["status"] != CANCELLED_STATUS:
+            plan.cancelled.append((record, parcel))
+    elif parcel is None:
+        problem = _shipment_problem(record, order)
+        if problem:
+            plan.rejected.append(record.rejected(SHIPMENT, [problem], record.order_external_id))
+        else:
+            plan.new.append((record, order))  # type: ignore[arg-type]
+    elif parcel["status"] != CANCELLED_STATUS and _tracking_changes(record, parcel):
+        plan.changed.append((record, parcel))
+
+
+def _tracking_changes(record: ShipmentIn, parcel: RowMapping) -> dict[str, Any]:
+    """What the record adds to or corrects in the parcel's tracking; it never erases any."""
+    wanted = {"tracking_number": record.tracking_number, "tracking_url": record.tracking_url,
+              "carrier": record.carrier or (parcel["carrier"] if record.tracking_number else None)}
+    return {name: value for name, value in wanted.items()
+            if value is not None and value != parcel[name]}
 
 
 def _shipment_problem(shipment: ShipmentIn, order: Order | None) -> dict[str, str] | None:
     """Why this shipment cannot be recorded, named as the input names the field."""
-    field = "order_id" if shipment.order_source == "shopify" else "order_external_id"
+    field_name = "order_id" if shipment.order_source == "shopify" else "order_external_id"
     if order is None:
         ref = f"{shipment.order_source}/{shipment.order_external_id}"
-        return {"field": field, "reason": f"no such order: {ref}"}
+        return {"field": field_name, "reason": f"no such order: {ref}"}
     if order.state not in SHIPPABLE:
-        return {"field": field,
+        return {"field": field_name,
                 "reason": f"order is {order.state}; only confirmed orders can be shipped"}
     return None
 
@@ -123,10 +256,11 @@ def _insert_shipments(
     session: Session, new: list[tuple[ShipmentIn, Order]], now: datetime
 ) -> None:
     rows = [
-        {"order_id": order.id, "carrier": s.carrier, "tracking_number": s.tracking_number,
-         "tracking_url": s.tracking_url, "status": INITIAL_STATUS, "substatus": None,
-         "expected_delivery": None, "line_items": s.line_items, "status_at": None,
-         "shipped_at": s.shipped_at, "delivered_at": None, "created_at": now, "updated_at": now}
+        {"order_id": order.id, "fulfillment_id": s.fulfillment_id, "carrier": s.carrier,
+         "tracking_number": s.tracking_number, "tracking_url": s.tracking_url,
+         "status": INITIAL_STATUS, "substatus": None, "expected_delivery": None,
+         "line_items": s.line_items, "status_at": None, "shipped_at": s.shipped_at,
+         "delivered_at": None, "created_at": now, "updated_at": now}
         for s, order in new
     ]
     insert_ignoring_duplicates(session, Shipment, rows, ["tracking_number", "carrier"])
@@ -147,43 +281,125 @@ def _ship_orders(
     _bulk_update(session, Order.__table__,
                  [{"id": oid, "shipped_at": at} for oid, at in first_shipped.items()],
                  where={"id": "id"})
-    record_events(session, [_shipment_event(s, o, now) for s, o in new])
+    record_events(session, [_shipment_event(s, o.id, now) for s, o in new])
     mails = [shipped_message(s, o, cfg, now) for s, o in new if o.state in (CONFIRMED, SHIPPED)]
     enqueue(session, mails, now)
 
 
-def _shipment_event(shipment: ShipmentIn, order: Order, now: datetime) -> dict[str, Any]:
-    return {"order_id": order.id, "at": now, "kind": "shipment", "from_state": None,
+def _update_tracking(
+    session: Session, changed: list[tuple[ShipmentIn, RowMapping]], now: datetime
+) -> None:
+    """Tracking that arrived (or was corrected) after the parcel: the same parcel, updated."""
+    rows = [{"id": parcel["id"], "tracking_number": parcel["tracking_number"],
+             "carrier": parcel["carrier"], "tracking_url": parcel["tracking_url"],
+             **_tracking_changes(record, parcel), "updated_at": now}
+            for record, parcel in changed]
+    _bulk_update(session, Shipment.__table__, rows, where={"id": "id"})
+    record_events(session, [_shipment_event(record, parcel["order_id"], now, "tracking updated")
+                            for record, parcel in changed])
+
+
+def _cancel_parcels(
+    session: Session, cancelled: list[tuple[ShipmentIn, RowMapping]], now: datetime
+) -> None:
+    """Undo parcels whose fulfillment was cancelled or failed; unship orders left with none."""
+    rows = [{"id": parcel["id"], "status": CANCELLED_STATUS, "substatus": record.status,
+             "updated_at": now} for record, parcel in cancelled]
+    _bulk_update(session, Shipment.__table__, rows, where={"id": "id"})
+    record_events(session, [_shipment_event(r, p["order_id"], now, f"fulfillment {r.status}")
+                            for r, p in cancelled])
+    _unship_orders(session, {parcel["order_id"] for _, parcel in cancelled}, now)
+
+
+def _unship_orders(session: Session, order_ids: set[int], now: datetime) -> None:
+    """Shipped orders whose parcels are all cancelled, none ever scanned, go back to confirmed."""
+    if not order_ids:
+        return
+    parcels: dict[int, list[Any]] = {}
+    query = select(Shipment.order_id, Shipment.status, Shipment.status_at).where(
+        Shipment.order_id.in_(order_ids))
+    for row in session.execute(query):
+        parcels.setdefault(row.order_id, []).append(row)
+    undone = sorted(oid for oid, rows in parcels.items()
+                    if all(r.status == CANCELLED_STATUS and r.status_at is None for r in rows))
+    transitions = [Transition(oid, CONFIRMED, detail={"reason": "every parcel was cancelled"})
+                   for oid in undone]
+    apply_transitions(session, SHIP_STEP, SHIPPED, transitions, now)
+    _bulk_update(session, Order.__table__,
+                 [{"id": oid, "state": CONFIRMED, "shipped_at": None} for oid in undone],
+                 where={"id": "id", "state": "state"})
+
+
+def _waiting_events(
+    waiting: list[tuple[ShipmentIn, str]], orders: dict[tuple[str, str], Order], now: datetime
+) -> list[dict[str, Any]]:
+    """Why a fulfillment changed nothing, on its order's timeline (when the order is known)."""
+    events = []
+    for record, reason in waiting:
+        order = orders.get((record.order_source, record.order_external_id))
+        if order is not None:
+            events.append(_shipment_event(record, order.id, now, reason))
+    return events
+
+
+def _shipment_event(
+    shipment: ShipmentIn, order_id: int, now: datetime, note: str | None = None
+) -> dict[str, Any]:
+    detail = {"fulfillment_id": shipment.fulfillment_id, "carrier": shipment.carrier,
+              "tracking_number": shipment.tracking_number}
+    return {"order_id": order_id, "at": now, "kind": "shipment", "from_state": None,
             "to_state": None, "actor": "journeys",
-            "detail": {"carrier": shipment.carrier, "tracking_number": shipment.tracking_number}}
+            "detail": {k: v for k, v in detail.items() if v is not None}
+            | ({"note": note} if note else {})}
 
 
-def tracking_link(carrier: str, tracking_number: str, url: str | None, cfg: Config) -> str:
-    """The carrier's link, or our own tracking page when the feed gave none."""
+def tracking_link(
+    carrier: str | None, tracking_number: str | None, url: str | None, cfg: Config
+) -> str:
+    """The carrier's link, our own tracking page when the feed gave none, or (no tracking
+    number yet) the store's website."""
     if url:
         return url
+    if not tracking_number:
+        return cfg.store.website
     base = cfg.store.links_base_url.rstrip("/")
-    return f"{base}/track/{quote(carrier, safe='')}/{quote(tracking_number, safe='')}"
+    return f"{base}/track/{quote(carrier or 'unknown', safe='')}/{quote(tracking_number, safe='')}"
+
+
+def shipped_step(shipment: ShipmentIn) -> str:
+    """The "shipped" mail's step: `ship-{number}` for a plain number (the key since v1, so
+    mail already queued keeps its key), else `parcel-{hash}` of the parcel's identity.
+
+    A number with '#', '/', ':', spaces or non-ASCII, or no number yet (a fulfillment without
+    tracking), must not shape a key that becomes a file name; the hash is stable per parcel.
+    """
+    number = shipment.tracking_number
+    if number and PLAIN_NUMBER.fullmatch(number):
+        return f"ship-{number}"
+    identity = (f"tracking\0{shipment.carrier or ''}\0{number}" if number
+                else f"fulfillment\0{shipment.order_source}\0{shipment.fulfillment_id}")
+    return f"parcel-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
 def shipped_message(
     shipment: ShipmentIn, order: Order, cfg: Config, now: datetime
 ) -> dict[str, Any]:
-    """The "shipped" mail for one parcel, keyed order:{id}:ship-{tracking}:shipped:v{n}."""
+    """The "shipped" mail for one parcel, keyed order:{id}:{shipped_step}:shipped:v{n}."""
     context = {
         "store": store_context(cfg),
         "customer": customer_context(order),
         "order": {"id": order.id, "name": order.name or f"#{order.external_id}",
                   "locale": locale_of(order, cfg),
                   "promised_delivery": _iso(order.promised_delivery)},
-        "shipment": {"carrier": shipment.carrier, "tracking_number": shipment.tracking_number,
+        "shipment": {"carrier": shipment.carrier or "",
+                     "tracking_number": shipment.tracking_number or NO_TRACKING_YET,
                      "tracking_url": tracking_link(shipment.carrier, shipment.tracking_number,
                                                      shipment.tracking_url, cfg),
                      "contents": [_item(i) for i in shipment.line_items]},
     }
     return order_message(
         order_id=order.id, customer_id=order.customer_id,
-        step=f"ship-{shipment.tracking_number}", template=SHIPPED_TEMPLATE,
+        step=shipped_step(shipment), template=SHIPPED_TEMPLATE,
         spec=cfg.messaging.templates[SHIPPED_TEMPLATE], to_addr=order.email, context=context,
         not_before=now, domain=cfg.messaging.from_address.rpartition("@")[2],
     )
@@ -245,13 +461,17 @@ def _unseen_events(session: Session, events: list[TrackingEventIn]) -> list[Trac
 
 
 def _shipments_by_number(session: Session, numbers: set[str]) -> dict[str, list[RowMapping]]:
-    """Shipments by tracking number (a number may recur across carriers); locked on PostgreSQL."""
+    """Shipments by tracking number (a number may recur across carriers), with their order's
+    external id and name; locked on PostgreSQL."""
     if not numbers:
         return {}
     table = Shipment.__table__
-    query = select(table).where(table.c.tracking_number.in_(numbers)).order_by(table.c.id)
+    query = (select(table, Order.external_id.label("order_external_id"),
+                    Order.name.label("order_name"))
+             .join(Order, Order.id == table.c.order_id)
+             .where(table.c.tracking_number.in_(numbers)).order_by(table.c.id))
     if is_postgres(session):
-        query = query.with_for_update()
+        query = query.with_for_update(of=table)
     found: dict[str, list[RowMapping]] = {}
     for row in session.execute(query).mappings():
         found.setdefault(row["tracking_number"], []).append(row)
@@ -261,23 +481,62 @@ def _shipments_by_number(session: Session, numbers: set[str]) -> dict[str, list[
 def _event_problem(
     event: TrackingEventIn, candidates: list[RowMapping], now: datetime
 ) -> dict[str, str] | RowMapping:
-    """The shipment this event belongs to, or why it cannot be accepted."""
+    """The shipment this event belongs to, or why it cannot be accepted.
+
+    A parcel is known by carrier AND number: an event naming a carrier matches only that
+    carrier's parcel (or the one parcel with this number whose carrier the feed never named);
+    an event naming none matches only when one parcel has the number. When the event names an
+    order, the parcel must belong to it.
+    """
     if event.occurred_at > now + FUTURE_TOLERANCE:
         return {"field": "occurred_at", "reason": "more than 5 minutes in the future"}
-    if event.carrier:
-        candidates = [row for row in candidates if row["carrier"] == event.carrier] or candidates
     if not candidates:
         return {"field": "tracking_number",
                 "reason": f"unknown tracking number: {event.tracking_number} (no shipment)"}
-    if len(candidates) > 1:
+    matching = _same_carrier(event, candidates)
+    if not matching:
+        return {"field": "carrier", "reason": f"no {event.carrier} parcel has tracking number "
+                f"{event.tracking_number} (only {_carriers(candidates)})"}
+    if len(matching) > 1:
         return {"field": "tracking_number",
-                "reason": f"tracking number {event.tracking_number} matches several carriers; "
-                          "the event names none of them"}
-    return candidates[0]
+                "reason": f"tracking number {event.tracking_number} matches several parcels "
+                          f"({_carriers(matching)}); the event names none of them"}
+    if not _names_order_of(event, matching[0]):
+        return {"field": "order_id", "reason": f"tracking number {event.tracking_number} "
+                "belongs to another order than the one the event names"}
+    return matching[0]
 
 
-def is_applicable(status: str, status_at: datetime | None, event: TrackingEventIn) -> bool:
-    """Forward only: never older than the current status, never out of Delivered."""
+def _same_carrier(event: TrackingEventIn, candidates: list[RowMapping]) -> list[RowMapping]:
+    if not event.carrier:
+        return candidates
+    same = [row for row in candidates if row["carrier"] == event.carrier]
+    unnamed = [row for row in candidates if row["carrier"] is None]
+    return same or (unnamed if len(unnamed) == 1 else [])
+
+
+def _carriers(rows: list[RowMapping]) -> str:
+    return ", ".join(sorted({row["carrier"] or "carrier not named" for row in rows}))
+
+
+def _names_order_of(event: TrackingEventIn, parcel: RowMapping) -> bool:
+    """True when the event names no order, or names the parcel's (by id or number/name)."""
+    named = {ref.strip().lstrip("#") for ref in (event.order_id, event.order_number) if ref}
+    if not named:
+        return True
+    ours = {str(parcel[key]).strip().lstrip("#")
+            for key in ("order_external_id", "order_name") if parcel[key]}
+    return bool(named & ours)
+
+
+def is_applicable(shipment: dict[str, Any], event: TrackingEventIn) -> bool:
+    """Forward only: a tracking update, never before the parcel shipped nor older than its
+    status, never out of Delivered, never for a cancelled parcel."""
+    status, status_at = shipment["status"], shipment["status_at"]
+    if event.event != TRACKING_UPDATE or status == CANCELLED_STATUS:
+        return False  # a revised estimate or a pending-time alert moves no parcel
+    if event.occurred_at < shipment["shipped_at"]:
+        return False
     if status_at is not None and event.occurred_at < status_at:
         return False
     return not (status == DELIVERED_TAG and event.tag != DELIVERED_TAG)
@@ -288,20 +547,29 @@ def _apply_events(
 ) -> list[int]:
     """Store the events, update the shipments they move; returns the orders touched."""
     current = {row["id"]: dict(row) for _, row in accepted}
-    rows, moved = [], {}
+    rows, moved, revised = [], {}, {}
     for event, shipment in sorted(accepted, key=lambda pair: pair[0].occurred_at):
         state = current[shipment["id"]]
-        applied = is_applicable(state["status"], state["status_at"], event)
+        applied = is_applicable(state, event)
         if applied:
             _advance(state, event)
             moved[state["id"]] = state
+        elif _revises_estimate(state, event):
+            state["expected_delivery"] = event.expected_delivery
+            revised[state["id"]] = state
         rows.append(_event_row(event, shipment["id"], applied, now))
     insert_ignoring_duplicates(session, TrackingEvent, rows, ["event_id"])
-    _update_shipments(session, list(moved.values()), now)
+    _update_shipments(session, list((revised | moved).values()), now)
     order_ids = sorted({state["order_id"] for state in moved.values()})
     record_events(session, [_tracking_event(state, now) for state in moved.values()])
     reopen_step(session, order_ids, TRACK_STEP, now)
     return order_ids
+
+
+def _revises_estimate(state: dict[str, Any], event: TrackingEventIn) -> bool:
+    """An `edd_revise` webhook: the carrier's new estimate, and nothing else, for a live parcel."""
+    return (event.event == EDD_REVISE and event.expected_delivery is not None
+            and state["status"] != CANCELLED_STATUS)
 
 
 def _advance(state: dict[str, Any], event: TrackingEventIn) -> None:

@@ -34,7 +34,14 @@ from tasks.store.journal import (
     set_steps,
 )
 from tasks.store.models import Message, Order, ServiceCase, Shipment, Step
-from tasks.tracking.ingest import DELIVERED, DELIVERED_TAG, SHIPPED, TRACK_STEP, tracking_link
+from tasks.tracking.ingest import (
+    CANCELLED_STATUS,
+    DELIVERED,
+    DELIVERED_TAG,
+    SHIPPED,
+    TRACK_STEP,
+    tracking_link,
+)
 
 LATE_CASE_STEP = "open_late_case"
 NOTICE_TAGS = {"AttemptFail": "failed_attempt", "AvailableForPickup": "pickup"}
@@ -96,10 +103,11 @@ def track(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
 
 
 def shipments_by_order(session: Session, order_ids: list[int]) -> dict[int, list[Shipment]]:
-    """Every parcel of the batch's orders, in one query."""
+    """Every live parcel of the batch's orders (not those whose fulfillment was cancelled)."""
     found: dict[int, list[Shipment]] = {oid: [] for oid in order_ids}
     if order_ids:
-        query = select(Shipment).where(Shipment.order_id.in_(order_ids)).order_by(Shipment.id)
+        query = select(Shipment).where(Shipment.order_id.in_(order_ids),
+                                       Shipment.status != CANCELLED_STATUS).order_by(Shipment.id)
         for shipment in session.scalars(query):
             found[shipment.order_id].append(shipment)
     return found

@@ -73,9 +73,10 @@ def test_fulfillment_ships_the_order_and_mails_once(engine, runtime, now):
         again = ingest_shipments(session, read_shipments(FIXTURES / "shipments_shopify.jsonl"),
                                  later, cfg)
 
-    # 5 shipments + the cancelled fulfillment + the bad record + the broken line
-    assert first.as_dict() == {"received": 8, "accepted": 4, "updated": 0, "duplicates": 0,
-                               "quarantined": 4}
+    # 5 shipments + the cancelled fulfillment + the bad record + the broken line; a cancelled
+    # fulfillment that never shipped is not quarantined (counted with the duplicates for now)
+    assert first.as_dict() == {"received": 8, "accepted": 4, "updated": 0, "duplicates": 1,
+                               "quarantined": 3}
     assert again.as_dict() == {"received": 8, "accepted": 0, "updated": 0, "duplicates": 8,
                                "quarantined": 0}
     with session_scope(engine) as session:
