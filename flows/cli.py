@@ -759,7 +759,7 @@ def edge_cmd(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Edge processes sharing "
                                          "the port (one per core is plenty).")] = 1,
 ) -> None:
-    """The edge: POST /webhooks/shopify, /webhooks/aftership into the inbox; /healthz, /readyz."""
+    """The edge: POST /webhooks/shopify, /aftership, /ses into the inbox; /healthz, /readyz."""
     from flows.edge import serve
 
     app_engine()

@@ -126,8 +126,8 @@ def create_app(settings: Settings | None = None,
                 log.warning("ses webhook refused: %s", exc)  # fixed text, never the body
             return answer
         delivery = sns.ses_delivery(body, message)
-        if message["Type"] != sns.NOTIFICATION:
-            log.warning("SNS %s for %s: to confirm, the operator visits %s", message["Type"],
+        if message["Type"] == "SubscriptionConfirmation":  # the operator confirms, not the edge
+            log.warning("SNS subscription to %s waits for confirmation: visit %s",
                         message["TopicArn"], message.get("SubscribeURL"))
         return await accept(delivery)
 

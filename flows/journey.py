@@ -323,7 +323,22 @@ def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
     for batch_no, ids in enumerate(paged(loyalty.customers_with_points, size), start=1):
         results["tiers"].add(run_customer_batch("tiers", batch_no, ids, now))
     results["archive"] = reconcile_archive()
+    results["privacy"] = privacy_housekeeping(now)
     return results
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def privacy_housekeeping(now: datetime) -> StageResult:
+    """Finish open privacy obligations (archive work an earlier failure left) and empty the
+    inbox bodies settled more than 30 days ago (they hold addresses)."""
+    from tasks.privacy_requests import finish_open_requests
+
+    rt = runtime()
+    finish_open_requests(app_engine(), now, rt)
+    engine = inbox.inbox_engine(inbox.inbox_url(rt.settings), rt.settings.database_url)
+    with session_scope(engine) as session:
+        purged = inbox.purge_bodies(session, now)
+    return StageResult("privacy", closed=purged, details={"inbox_bodies_emptied": purged})
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=2)

@@ -442,6 +442,19 @@ def inbox_summary(session: Session) -> dict[str, dict[str, Any]]:
             "inbox_last_delivery": {p: at.isoformat() for p, at in session.execute(last)}}
 
 
+RETENTION = timedelta(days=30)
+
+
+def purge_bodies(session: Session, now: datetime, keep: timedelta = RETENTION) -> int:
+    """Empty the bodies of deliveries settled more than `keep` ago (they hold customers'
+    addresses); the rows stay, so counts and delivery ids still answer "did this arrive?"."""
+    table = InboxDelivery.__table__
+    statement = (update(table).where(table.c.status != PENDING,
+                                     table.c.processed_at < now - keep, table.c.body != b"")
+                 .values(body=b""))
+    return session.execute(statement).rowcount
+
+
 def store_file(session: Session, path: Path, provider: str, topic: str | None, now: datetime
                ) -> int:
     """Each JSON line of a file as a delivery of `topic` (AfterShip: the body's `event`).
