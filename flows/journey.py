@@ -198,6 +198,7 @@ def drain_inbox(now: datetime, size: int, pass_no: int = 1) -> dict[str, Any]:
     rt = runtime()
     engine = inbox.inbox_engine(inbox.inbox_url(rt.settings), rt.settings.database_url)
     result = inbox.drain(engine, app_engine(), now, rt, size)
+    notify_inbox(result)
     if result.taken:
         counts = result.as_dict()
         run_id = f"{flow_run.id or uuid.uuid4()}-inbox-{pass_no}"
@@ -208,6 +209,24 @@ def drain_inbox(now: datetime, size: int, pass_no: int = 1) -> dict[str, Any]:
                               key="journey-sweep-inbox",
                               description=f"Webhook inbox drained: {counts}")
     return result.as_dict()
+
+
+def notify_inbox(result: inbox.DrainResult) -> None:
+    """Per provider, what a drain pass took and refused, as Prefect events; the automations
+    "journeys: webhooks stopped" and "journeys: webhooks refused" watch them. Best effort."""
+    from prefect.events import emit_event
+
+    providers = {provider for provider, _ in result.by_provider}
+    try:
+        for provider in providers:
+            counts = {outcome: n for (p, outcome), n in result.by_provider.items()
+                      if p == provider}
+            resource = {"prefect.resource.id": f"journeys.inbox.{provider}"}
+            emit_event("journeys.inbox.received", resource=resource, payload=counts)
+            if counts.get(inbox.QUARANTINED):
+                emit_event("journeys.inbox.refused", resource=resource, payload=counts)
+    except Exception:  # noqa: BLE001 - the inbox and the report stay the record
+        get_run_logger().warning("could not emit inbox events", exc_info=True)
 
 
 @task(cache_policy=NONE)

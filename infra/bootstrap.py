@@ -50,6 +50,9 @@ ALERT_BLOCK = "journeys-alerts"
 ALERT_URL_ENV = "JOURNEYS_ALERT_WEBHOOK_URL"
 RUN_FAILED_AUTOMATION = "journeys: flow run failed"
 ORDER_HELD_AUTOMATION = "journeys: orders on hold"
+WEBHOOKS_STOPPED_AUTOMATION = "journeys: webhooks stopped"
+WEBHOOKS_REFUSED_AUTOMATION = "journeys: webhooks refused"
+WEBHOOKS_QUIET = timedelta(hours=12)  # a small store can be quiet overnight
 LOST_RUNS_AUTOMATION = "journeys: lost runs"
 # A flow run's process sends a heartbeat event every HEARTBEAT_SECONDS (Prefect's minimum; its
 # default, 180, is too slow for a 5-minute sweep). The pool passes the setting to every flow run;
@@ -216,7 +219,54 @@ def lost_runs_automation(within: timedelta = LOST_AFTER) -> AutomationCore:
 
 
 def alert_automations(block_id: Any) -> list[AutomationCore]:
-    return [run_failed_automation(block_id), order_held_automation(block_id)]
+    return [run_failed_automation(block_id), order_held_automation(block_id),
+            webhooks_stopped_automation(block_id), webhooks_refused_automation(block_id)]
+
+
+def webhooks_stopped_automation(block_id: Any, quiet: timedelta = WEBHOOKS_QUIET
+                                ) -> AutomationCore:
+    """A provider that sent webhooks and then nothing for `quiet`: its subscription may be gone
+    (Shopify deletes one after 8 failed retries) or the edge unreachable. Sweeps emit
+    journeys.inbox.received per provider whenever they drain its deliveries."""
+    return AutomationCore(
+        name=WEBHOOKS_STOPPED_AUTOMATION,
+        description=f"Alerts journeys-alerts when a provider's webhooks stop for "
+                    f"{quiet.total_seconds() / 3600:.0f} h.",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "journeys.inbox.*"},
+            after={"journeys.inbox.received"}, expect={"journeys.inbox.received"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive, threshold=1, within=quiet,
+        ),
+        actions=[SendNotification(
+            block_document_id=block_id,
+            subject="journeys: no webhooks from {{ event.resource.id }}",
+            body="No deliveries drained from {{ event.resource.id }} for "
+                 f"{quiet.total_seconds() / 3600:.0f} h. Check the provider's webhook "
+                 "subscription and the edge (/readyz); reconcile-shopify catches up on orders.",
+        )],
+    )
+
+
+def webhooks_refused_automation(block_id: Any) -> AutomationCore:
+    """Deliveries that keep landing in quarantine: ten drain passes with refusals in an hour."""
+    return AutomationCore(
+        name=WEBHOOKS_REFUSED_AUTOMATION,
+        description="Alerts journeys-alerts when webhook deliveries keep being quarantined.",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "journeys.inbox.*"},
+            expect={"journeys.inbox.refused"},
+            posture=Posture.Reactive, threshold=10, within=timedelta(hours=1),
+        ),
+        actions=[SendNotification(
+            block_document_id=block_id,
+            subject="journeys: webhook deliveries keep failing",
+            body="{{ event.resource.id }}: deliveries are being quarantined ({{ event.payload }})."
+                 " See journeys quarantine list and journeys report (inbox).",
+        )],
+    )
 
 
 def run_failed_automation(block_id: Any) -> AutomationCore:

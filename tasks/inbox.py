@@ -65,6 +65,12 @@ ACTION_OF_TOPIC: dict[tuple[str, str], str] = {
     ("shopify", "customers/data_request"): "tasks.privacy_requests:export_customer_data",
     ("shopify", "customers/redact"): "tasks.privacy_requests:redact_customers",
     ("shopify", "shop/redact"): "tasks.privacy_requests:redact_shop",
+    ("shopify", "refunds/create"): "tasks.lifecycle:on_refunds",
+    ("shopify", "orders/cancelled"): "tasks.lifecycle:on_orders_cancelled",
+    ("shopify", "order_transactions/create"): "tasks.lifecycle:on_transactions",
+    ("shopify", "customers/create"): "tasks.lifecycle:on_customers",
+    ("shopify", "customers/update"): "tasks.lifecycle:on_customers",
+    ("shopify", "products/delete"): "tasks.lifecycle:on_products_deleted",
 }
 FORMAT_OF_PROVIDER = {"shopify": "shopify", "aftership": "aftership"}
 QUARANTINE_KIND = {"orders": "order", "products": "product", "shipments": "shipment",
@@ -130,10 +136,13 @@ class DrainResult:
     taken: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     intake: dict[str, IntakeResult] = field(default_factory=dict)
+    # (provider, outcome) → rows: what the alerts watch (a provider gone quiet, or refused)
+    by_provider: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def add(self, other: DrainResult) -> None:
         self.taken += other.taken
         self.outcomes.update(other.outcomes)
+        self.by_provider.update(other.by_provider)
         for kind, result in other.intake.items():
             self.intake.setdefault(kind, IntakeResult()).add(result)
 
@@ -210,6 +219,7 @@ def drain_rows(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime, 
         if item.outcome is None:
             item.outcome = QUARANTINED if fingerprint(item.row) in refused else PROCESSED
         result.outcomes[item.outcome] += 1
+        result.by_provider[(item.row.provider, item.outcome)] += 1
     with session_scope(inbox) as session:
         record_outcomes(session, routed, now)
     return result

@@ -29,6 +29,8 @@ from infra.bootstrap import (
     ORDER_HELD_AUTOMATION,
     RUN_FAILED_AUTOMATION,
     VARIABLES,
+    WEBHOOKS_REFUSED_AUTOMATION,
+    WEBHOOKS_STOPPED_AUTOMATION,
     WORK_POOL,
     bootstrap,
 )
@@ -73,7 +75,8 @@ def bootstrapped_objects() -> dict[str, int]:
     with get_client(sync_client=True) as client:
         counts = {name: int(client.read_variable_by_name(name) is not None) for name in VARIABLES}
         counts[MAIL_LIMIT] = int(client.read_global_concurrency_limit_by_name(MAIL_LIMIT).limit)
-        for name in (RUN_FAILED_AUTOMATION, ORDER_HELD_AUTOMATION, LOST_RUNS_AUTOMATION):
+        for name in (RUN_FAILED_AUTOMATION, ORDER_HELD_AUTOMATION, LOST_RUNS_AUTOMATION,
+                     WEBHOOKS_STOPPED_AUTOMATION, WEBHOOKS_REFUSED_AUTOMATION):
             counts[name] = len(client.read_automations_by_name(name))
     return counts
 
@@ -90,7 +93,8 @@ def test_a_second_bootstrap_changes_nothing_and_keeps_an_operators_value(stack, 
     assert "variable journeys_batch_size: kept (250)" in second
     assert bootstrapped_objects() == {**dict.fromkeys(VARIABLES, 1), MAIL_LIMIT: 1,
                                       RUN_FAILED_AUTOMATION: 1, ORDER_HELD_AUTOMATION: 1,
-                                      LOST_RUNS_AUTOMATION: 1}
+                                      LOST_RUNS_AUTOMATION: 1, WEBHOOKS_STOPPED_AUTOMATION: 1,
+                                      WEBHOOKS_REFUSED_AUTOMATION: 1}
     printed = "\n".join(first + second)
     assert not [value for value in SECRET_VALUES.values() if value in printed]
     assert Secret.load("journeys-smtp-password").get() == "s3cret-smtp"
@@ -179,3 +183,13 @@ def test_held_orders_and_failed_runs_alert_the_webhook(stack, alert_env):
     assert run.state.is_failed()
     text = alert_about(alert_env, run.name)
     assert "order-journey" in text and "Failed" in text and "no-such-order" in text
+
+
+def test_webhook_deliveries_that_keep_failing_alert_the_webhook(stack, alert_env):
+    """Ten drain passes with quarantined deliveries within an hour: one alert."""
+    bootstrap()
+    for _ in range(10):
+        asyncio.run(emit(stack.api_url, Event(
+            event="journeys.inbox.refused", resource={"prefect.resource.id": "journeys.inbox.x1"},
+            payload={"quarantined": 1})))
+    assert "quarantined" in alert_about(alert_env, "journeys.inbox.x1")
