@@ -34,11 +34,13 @@ ingest_app = typer.Typer(no_args_is_help=True, help="Load catalog and orders fro
 hold_app = typer.Typer(no_args_is_help=True, help="Orders on hold: list, release, cancel.")
 quarantine_app = typer.Typer(no_args_is_help=True, help="Records that could not be accepted.")
 case_app = typer.Typer(no_args_is_help=True, help="Service cases: list and decide.")
+inbox_app = typer.Typer(no_args_is_help=True, help="Webhook deliveries the edge stored.")
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(hold_app, name="hold")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(case_app, name="case")
+app.add_typer(inbox_app, name="inbox")
 
 console = Console(markup=False)  # customer text like "[/x]" must print as-is, never as markup
 T = TypeVar("T")
@@ -294,6 +296,28 @@ def reconcile_shopify_cmd(
     else:
         show_counts("Shopify orders reconciled", {k: v for k, v in report.items()
                                                   if k != "inbox"}, as_json)
+
+
+@inbox_app.command("retry")
+@user_errors
+def inbox_retry_cmd(
+    status: Annotated[list[str], typer.Option(
+        "--status", help="Which settled deliveries to take again: failed (default), ignored "
+        "(a topic journeys now acts on), quarantined.")] = ["failed"],  # noqa: B006
+    topic: Annotated[str | None, typer.Option("--topic", help="Only this topic.")] = None,
+) -> None:
+    """Put settled webhook deliveries back in line; the next sweep (or inbox-drain) takes them."""
+    from tasks import inbox
+
+    unknown = set(status) - {inbox.FAILED, inbox.IGNORED, inbox.QUARANTINED}
+    if unknown:
+        raise UserError(f"--status {', '.join(sorted(unknown))}: expected failed, ignored or "
+                        "quarantined")
+    settings = get_settings()
+    engine = inbox.inbox_engine(inbox.inbox_url(settings), settings.database_url)
+    with session_scope(engine) as session:
+        count = inbox.requeue(session, status, topic)
+    console.print(f"{count} deliveries back in the inbox; the next sweep takes them")
 
 
 # --- run, order, report -----------------------------------------------------------------------

@@ -223,7 +223,7 @@ def notify_inbox(result: inbox.DrainResult) -> None:
                       if p == provider}
             resource = {"prefect.resource.id": f"journeys.inbox.{provider}"}
             emit_event("journeys.inbox.received", resource=resource, payload=counts)
-            if counts.get(inbox.QUARANTINED):
+            if counts.get(inbox.QUARANTINED) or counts.get(inbox.FAILED):
                 emit_event("journeys.inbox.refused", resource=resource, payload=counts)
     except Exception:  # noqa: BLE001 - the inbox and the report stay the record
         get_run_logger().warning("could not emit inbox events", exc_info=True)

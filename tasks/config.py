@@ -48,6 +48,7 @@ class StockRules(Strict):
 
 class EmailRules(Strict):
     pattern: str
+    required: bool = False  # true: an order without an address is held (email_missing)
 
 
 class CountryAddressRules(Strict):

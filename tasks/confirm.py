@@ -1,7 +1,9 @@
 """Confirmation: promise a delivery date, queue the confirmation e-mail, mark orders confirmed.
 
 The e-mail is only written to the outbox here, in the same transaction as the state change;
-the dispatcher sends it afterwards (the flow runs it right after this stage).
+the dispatcher sends it afterwards (the flow runs it right after this stage). An order with
+nothing to ship (gift cards, digital goods) is promised no delivery date; its confirmation says
+it is complete.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tasks.messaging.outbox import enqueue, order_message
 from tasks.runtime import Runtime, StageResult
 from tasks.store.journal import CONFIRMED, PACKED, Transition, apply_transitions, claim_orders
 from tasks.store.models import Order, OrderLine
+from tasks.verify import ships
 
 STEP = "confirm"
 TEMPLATE = "confirmation"
@@ -34,7 +37,7 @@ def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runti
     enqueue(session, [confirmation_message(o, promised[o.id], cfg, now) for o in orders], now)
     set_promised_delivery(session, promised)
     transitions = [
-        Transition(oid, CONFIRMED, detail={"promised_delivery": day.isoformat()})
+        Transition(oid, CONFIRMED, detail={"promised_delivery": day.isoformat() if day else None})
         for oid, day in promised.items()
     ]
     apply_transitions(session, STEP, PACKED, transitions, now)
@@ -50,14 +53,18 @@ def shipping_method(order: Order, cfg: Config) -> str:
     return resolve_method(order.shipping_code, order.shipping_title, cfg.shipping)
 
 
-def promised_delivery(order: Order, now: datetime, cfg: Config) -> date:
-    """Counted from when the order was placed, or from now if it was held past that point."""
+def promised_delivery(order: Order, now: datetime, cfg: Config) -> date | None:
+    """Counted from when the order was placed, or from now if it was held past that point;
+    None when nothing is to be shipped."""
+    if not ships(order):
+        return None
     country = (order.shipping_address or {}).get("country_code")
     start = max(order.placed_at, now)
     return estimate_delivery(start, shipping_method(order, cfg), country, cfg.shipping)
 
 
-def set_promised_delivery(session: Session, promised: dict[int, date]) -> None:
+def set_promised_delivery(session: Session, promised: dict[int, date | None]) -> None:
+    promised = {oid: day for oid, day in promised.items() if day is not None}
     if not promised:
         return
     table = Order.__table__
@@ -71,7 +78,7 @@ def set_promised_delivery(session: Session, promised: dict[int, date]) -> None:
 
 
 def confirmation_message(
-    order: Order, promised: date, cfg: Config, now: datetime
+    order: Order, promised: date | None, cfg: Config, now: datetime
 ) -> dict[str, Any]:
     return order_message(
         order_id=order.id,
@@ -91,7 +98,7 @@ def locale_of(order: Order, cfg: Config) -> str:
     return order_locale(order.locale, customer_locale, cfg.store.default_locale)
 
 
-def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str, Any]:
+def confirmation_context(order: Order, promised: date | None, cfg: Config) -> dict[str, Any]:
     """A JSON snapshot of what the e-mail shows, so a resend shows exactly the same thing."""
     locale = locale_of(order, cfg)
     method = shipping_method(order, cfg)
@@ -116,7 +123,7 @@ def confirmation_context(order: Order, promised: date, cfg: Config) -> dict[str,
             "gift_note": order.gift_note,
             "shipping_address": dict(order.shipping_address or {}),
             "address_lines": address_lines(order.shipping_address or {}, locale),
-            "promised_delivery": promised.isoformat(),
+            "promised_delivery": promised.isoformat() if promised else None,  # None: no parcel
         },
     }
 

@@ -48,14 +48,11 @@ def render_document(templates_dir: Path, kind: str, context: dict[str, Any]) -> 
 
 
 def render_order_documents(
-    order: Order, packing: dict[str, Any], config: Config
+    order: Order, packing: dict[str, Any], config: Config, kinds: tuple[str, ...] = DOCUMENT_KINDS
 ) -> dict[str, bytes]:
-    """{kind: UTF-8 HTML} for every document an order gets at packing."""
+    """{kind: UTF-8 HTML} for each of the `kinds` of document the order gets at packing."""
     context = document_context(order, packing, config.store)
-    return {
-        kind: render_document(documents_dir(config), kind, context).encode()
-        for kind in DOCUMENT_KINDS
-    }
+    return {kind: render_document(documents_dir(config), kind, context).encode() for kind in kinds}
 
 
 def document_locale(order: Order, store: StoreConfig) -> str:
@@ -75,9 +72,13 @@ def document_context(order: Order, packing: dict[str, Any], store: StoreConfig) 
         "order": _order_summary(order, store, locale),
         "ship_to": address_lines(order.shipping_address or {}, locale),
         "items": [_item(line, money) for line in order.lines],
+        # What goes in the parcel: lines that need no shipping (gift cards, downloads) do not.
+        "packed_items": [_item(line, money) for line in order.lines
+                         if line.requires_shipping is not False],
         "totals": _totals(order, money),
         "packing": _packing_summary(packing, locale, money),
         "gift_note": (order.gift_note or "").strip() or None,
+        "customer_note": (order.customer_note or "").strip() or None,
     }
 
 

@@ -17,6 +17,8 @@ The points (each named where it sits in the code):
                                                 (`:marketing`: with marketing mail in the batch)
   dispatch:after_commit                         outcomes recorded
   archive:after_put                             an object is written, no row refers to it yet
+  edge:before_commit / after_commit             webhook deliveries in the inbox, not yet
+                                                answered (flows/edge.py: group commit)
 """
 
 from __future__ import annotations

@@ -8,13 +8,17 @@ again, which intake absorbs (a known version is a duplicate): at least once, eff
 
 Row statuses: pending (not drained yet, or waiting for what it refers to), processed (handed to
 intake; what intake made of it is in the run's counts), quarantined (intake refused it; the
-quarantine entry has the reasons), ignored (a topic journeys does not act on; kept, with why).
+quarantine entry has the reasons), ignored (a topic journeys does not act on; kept, with why),
+failed (processing raised; the row keeps the error, the log the traceback; rerun with
+`journeys inbox retry` once fixed).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from tasks.intake.ingest import IntakeResult, chunks, quarantine_records
@@ -37,7 +42,9 @@ from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.migrate import ensure_schema
 from tasks.store.models import InboxDelivery, Order, Quarantine, Shipment
 
+log = logging.getLogger("journeys.inbox")
 PENDING, PROCESSED, QUARANTINED, IGNORED = "pending", "processed", "quarantined", "ignored"
+FAILED = "failed"  # processing raised: kept with the error, for an engineer (see the log)
 # A delivery that refers to something not here yet (a fulfillment before its order is
 # confirmed, a tracking event before its parcel) waits this long, then goes to intake anyway.
 WAIT_LIMIT = timedelta(days=3)
@@ -148,7 +155,7 @@ class DrainResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"taken": self.taken, **{s: self.outcomes[s] for s in
-                                        (PROCESSED, QUARANTINED, IGNORED, "waiting")},
+                                        (PROCESSED, QUARANTINED, IGNORED, FAILED, "waiting")},
                 "intake": {kind: r.as_dict() for kind, r in self.intake.items()}}
 
 
@@ -202,7 +209,37 @@ def pending_rows(session: Session, limit: int, after_id: int = 0) -> list[Row[An
 
 def drain_rows(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime, rt: Runtime
                ) -> DrainResult:
-    """One batch: records into the app database (one transaction), then outcomes into the inbox."""
+    """One batch; if it fails for a reason of its own (not a database that is away), each row
+    again alone, so one delivery that breaks intake never holds back the others (or the sweep
+    and its mail behind them). A row that fails alone is marked failed, with the reason."""
+    try:
+        return drain_batch(inbox, app, rows, now, rt)
+    except (OperationalError, InterfaceError):
+        raise  # the database: every row would fail alike; the run fails and is retried
+    except Exception as exc:  # noqa: BLE001 - a bug or a body no code foresaw
+        if len(rows) > 1:
+            result = DrainResult()
+            for row in rows:
+                result.add(drain_rows(inbox, app, [row], now, rt))
+            return result
+        log.exception("inbox delivery %s (%s %s) failed", rows[0].id, rows[0].provider,
+                      rows[0].topic)
+        return mark_failed(inbox, rows[0], exc, now)
+
+
+def mark_failed(inbox: Engine, row: Row[Any], exc: Exception, now: datetime) -> DrainResult:
+    item = _Routed(row, None, [], FAILED, f"failed: {type(exc).__name__}: {exc}"[:500])
+    with session_scope(inbox) as session:
+        record_outcomes(session, [item], now)
+    result = DrainResult(taken=1)
+    result.outcomes[FAILED] += 1
+    result.by_provider[(row.provider, FAILED)] += 1
+    return result
+
+
+def drain_batch(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime, rt: Runtime
+                ) -> DrainResult:
+    """Records into the app database (one transaction), then outcomes into the inbox."""
     routed = [route(row) for row in rows]
     result = DrainResult(taken=len(rows))
     with session_scope(app) as session:
@@ -213,6 +250,7 @@ def drain_rows(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime, 
         for kind, records in records_by_kind(routed).items():
             result.intake[kind] = write(kind, session, records, now, rt, max_failure_rate=1.0)
         remember_versions(session, routed)
+        apply_embedded_refunds(session, routed, now, rt)
         run_actions(session, routed, now, rt)
         refused = quarantined_fingerprints(session, routed)
     for item in routed:
@@ -245,9 +283,28 @@ def route(row: Row[Any]) -> _Routed:
                             [{"field": "_record", "reason": reason}], origin)
         return _Routed(row, kind, [rejected], QUARANTINED, reason)
     if kind == "action":
+        if unstorable := unstorable_text(data):
+            return _Routed(row, kind, [], IGNORED, f"{unstorable}: the body cannot be stored")
         return _Routed(row, kind, [Body(row.id, row.topic, data, row.received_at, row.shop)])
     return _Routed(row, kind, records_of(kind, FORMAT_OF_PROVIDER[row.provider], data, text,
                                          origin))
+
+
+def unstorable_text(value: Any) -> str | None:
+    """Why a parsed body holds text no database can store (NUL, an unpaired surrogate)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character"
+        return "contains an unpaired surrogate" if UNPAIRED.search(value) else None
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        for part in item if isinstance(value, dict) else (item,):
+            if found := unstorable_text(part):
+                return found
+    return None
+
+
+UNPAIRED = re.compile("[\ud800-\udfff]")
 
 
 def body_text(row: Row[Any]) -> str:
@@ -272,6 +329,23 @@ def records_of(kind: str, fmt: str, data: dict[str, Any], raw: str, origin: str)
     if kind == "shipments":
         return list(shipments_from_json(data, fmt, raw, origin))
     return [event_from_json(data, fmt, raw, origin)]
+
+
+def apply_embedded_refunds(session: Session, routed: list[_Routed], now: datetime, rt: Runtime
+                           ) -> None:
+    """Refunds ride inside Shopify's order bodies (orders/updated ...): each is applied like a
+    refunds/create delivery (once per refund id), whatever intake made of the order version."""
+    from tasks.lifecycle import apply_embedded_refunds as apply_refunds
+
+    bodies = []
+    for item in routed:
+        if item.kind == "orders" and item.row.provider == "shopify" and item.outcome in (
+                None, PROCESSED):
+            data = json.loads(body_text(item.row))
+            if isinstance(data.get("refunds"), list) and data["refunds"]:
+                bodies.append(data)
+    if bodies:
+        apply_refunds(session, bodies, now, rt)
 
 
 def run_actions(session: Session, routed: list[_Routed], now: datetime, rt: Runtime) -> None:
@@ -442,7 +516,8 @@ def inbox_summary(session: Session) -> dict[str, dict[str, Any]]:
     for provider, topic, status, count in session.execute(by_status):
         counts.setdefault(f"{provider} {topic}", {})[status] = count
     reasons = (select(table.c.status, table.c.reason, func.count())
-               .where(table.c.reason.is_not(None), table.c.status.in_((PENDING, IGNORED)))
+               .where(table.c.reason.is_not(None),
+                      table.c.status.in_((PENDING, IGNORED, FAILED)))
                .group_by(table.c.status, table.c.reason))
     last = (select(table.c.provider, func.max(table.c.received_at))
             .group_by(table.c.provider))
@@ -450,6 +525,16 @@ def inbox_summary(session: Session) -> dict[str, dict[str, Any]]:
             "inbox_reasons": {f"{'waiting' if s == PENDING else s}: {r}": n
                               for s, r, n in session.execute(reasons)},
             "inbox_last_delivery": {p: at.isoformat() for p, at in session.execute(last)}}
+
+
+def requeue(session: Session, statuses: Sequence[str], topic: str | None = None) -> int:
+    """Settled deliveries back to pending (after a fix, or a topic journeys now acts on)."""
+    table = InboxDelivery.__table__
+    statement = (update(table).where(table.c.status.in_(statuses), table.c.body != b"")
+                 .values(status=PENDING, reason=None, processed_at=None))
+    if topic:
+        statement = statement.where(table.c.topic == topic)
+    return session.execute(statement).rowcount
 
 
 RETENTION = timedelta(days=30)

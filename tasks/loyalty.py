@@ -358,6 +358,7 @@ def earn(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
     new = append_entries(session, [e for e in plan.entries if e["source_key"] not in known], now)
     schedule_steps(session, [(e["order_id"], APPROVE_STEP, e["available_at"])
                              for e in plan.entries], now)
+    reverse_refunds_before_earning(session, [e["order_id"] for e in new], now, rt)
     quarantine(session, "loyalty_order", "loyalty", plan.problems, now)
     set_steps(session, EARN_STEP, plan.outcomes, now)
     statuses = [status for status, _ in plan.outcomes.values()]
@@ -368,6 +369,17 @@ def earn(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
                  "enrolled": sum(enrolled.values()),
                  "invites_enqueued": len(invites)},
     )
+
+
+def reverse_refunds_before_earning(
+    session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
+) -> None:
+    """Refunds recorded before an order earned (a partial refund before delivery) reverse their
+    share now that there are points to reverse."""
+    if order_ids:
+        from tasks.lifecycle import reverse_recorded_refunds  # lifecycle imports loyalty
+
+        reverse_recorded_refunds(session, order_ids, now, rt)
 
 
 def enroll_after_delivery(

@@ -57,7 +57,7 @@ def intake_manifest(run_id: str, kind: str, at: datetime, counts: dict[str, int]
     return Manifest(
         run_id, kind, at, received=counts["received"],
         processed=counts["accepted"] + counts["updated"], quarantined=counts["quarantined"],
-        duplicates=counts["duplicates"],
+        duplicates=counts["duplicates"], deferred=counts.get("deferred", 0),
     )
 
 

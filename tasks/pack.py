@@ -2,6 +2,8 @@
 
 A batch takes a constant number of queries: claim, products, existing artifacts, artifact
 insert, packing update and the state transition; its documents go to the archive as ONE bundle.
+Lines that need no shipping (gift cards, digital goods) are never packed: an order of only such
+lines gets an invoice but no packing slip.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tasks.store.journal import (
     insert_ignoring_duplicates,
 )
 from tasks.store.models import Artifact, Customer, Order, OrderLine, Product
+from tasks.verify import needs_shipping, ships
 
 STAGE = "pack"
 DOCUMENT_VERSION = 1
@@ -188,10 +191,10 @@ def packing_plan(
 ) -> dict[str, Any]:
     """The order's packing JSON, without document refs (those come after archiving)."""
     config = rt.config.packing
-    # Gift cards are not physical goods: no packing rules, insurance categories or samples.
-    lines = [
-        line_facts(line, products.get(line.sku or "")) for line in order.lines if not line.gift_card
-    ]
+    # Gift cards and goods that need no shipping: no packing rules, insurance categories or
+    # samples.
+    lines = [line_facts(line, products.get(line.sku or "")) for line in order.lines
+             if not line.gift_card and needs_shipping(line)]
     matches = matched_rules(config.rules, lines)
     steps = instructions(matches)
     return {
@@ -215,6 +218,12 @@ def load_products(session: Session, orders: Sequence[Order]) -> dict[str, Produc
     return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
 
 
+def document_kinds(order: Order) -> tuple[str, ...]:
+    """Every document, except the packing slip when nothing is to be shipped."""
+    return DOCUMENT_KINDS if ships(order) else tuple(k for k in DOCUMENT_KINDS
+                                                     if k != "packing_slip")
+
+
 def effect_key(order: Order, kind: str) -> str:
     """Includes the order's payload hash: an order changed before confirmation gets new papers."""
     return f"order:{order.id}:{STAGE}:{kind}:v{DOCUMENT_VERSION}:{order.payload_hash[:12]}"
@@ -222,7 +231,7 @@ def effect_key(order: Order, kind: str) -> str:
 
 def existing_documents(session: Session, orders: Sequence[Order]) -> dict[str, str]:
     """effect key → ref for documents already archived (a reopened step must not redo them)."""
-    keys = [effect_key(o, kind) for o in orders for kind in DOCUMENT_KINDS]
+    keys = [effect_key(o, kind) for o in orders for kind in document_kinds(o)]
     rows = session.execute(
         select(Artifact.effect_key, Artifact.ref).where(Artifact.effect_key.in_(keys))
     )
@@ -297,13 +306,14 @@ def archive_new_documents(
 ) -> int:
     """Render and archive documents not recorded yet, fill in each plan's refs; return the count."""
     refs = existing_documents(session, orders)
-    missing = [o for o in orders if any(effect_key(o, k) not in refs for k in DOCUMENT_KINDS)]
-    rendered = {o.id: render_order_documents(o, plans[o.id], rt.config) for o in missing}
+    missing = [o for o in orders if any(effect_key(o, k) not in refs for k in document_kinds(o))]
+    rendered = {o.id: render_order_documents(o, plans[o.id], rt.config, document_kinds(o))
+                for o in missing}
     artifacts = archive_documents(rt.archive, rendered, missing, now)
     insert_ignoring_duplicates(session, Artifact, artifacts, ["effect_key"])
     refs = {row["effect_key"]: row["ref"] for row in artifacts} | refs  # recorded refs win
     for order in orders:
-        documents = {kind: refs[effect_key(order, kind)] for kind in DOCUMENT_KINDS}
+        documents = {kind: refs[effect_key(order, kind)] for kind in document_kinds(order)}
         plans[order.id]["documents"] = documents
     return len(artifacts)
 

@@ -2,8 +2,9 @@
 
 Rules come from configs/verification.yaml. A failing rule holds the order with reason codes
 (`code: detail; ...`) that operators see in the timeline and in reports; cancelled orders close.
-Stock is reserved (decremented) only for orders that pass, in order-id order, so two orders
-in one batch cannot both take the last item.
+What intake found (an order total nothing explains) holds too. Stock is reserved (decremented)
+only for orders that pass, in order-id order, so two orders in one batch cannot both take the
+last item. Lines that need no shipping (gift cards, digital goods) need no stock or address.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tasks.config import VerificationConfig
+from tasks.intake.ingest import INTAKE_FINDING
 from tasks.runtime import Runtime, StageResult
 from tasks.store.db import is_postgres
 from tasks.store.journal import (
@@ -33,7 +35,7 @@ from tasks.store.journal import (
     apply_transitions,
     claim_orders,
 )
-from tasks.store.models import Order, Product
+from tasks.store.models import Order, OrderEvent, OrderLine, Product
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class Finding:
 
 def format_reasons(findings: Sequence[Finding]) -> str:
     return "; ".join(str(f) for f in findings)[:500]
+
+
+def needs_shipping(line: OrderLine) -> bool:
+    """Physical goods; None (a line not stored yet) counts as the column's default, True."""
+    return line.requires_shipping is not False
+
+
+def ships(order: Order) -> bool:
+    """Something in the order is to be packed and shipped."""
+    return any(needs_shipping(line) for line in order.lines)
 
 
 def reason_codes(hold_reason: str | None) -> list[str]:
@@ -76,8 +88,12 @@ def payment_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
 
 
 def email_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
+    """An invalid address holds; a missing one only if configured (`email.required`): such an
+    order gets no mail, and each skipped message says why."""
     if not order.email:
-        return [Finding("email_missing", "")]
+        if rules.email.required:
+            return [Finding("email_missing", "the order has no e-mail address")]
+        return []
     if not re.fullmatch(rules.email.pattern, order.email) or not _mailable(order.email):
         return [Finding("email_invalid", order.email)]
     return []
@@ -140,10 +156,11 @@ def _risk_score(raw: object) -> float | None:
 def catalog_findings(
     order: Order, products: dict[str, Product], available: dict[str, int]
 ) -> list[Finding]:
-    """Unknown SKUs, and lines the remaining stock cannot cover."""
+    """Unknown SKUs, and lines the remaining stock cannot cover (goods that ship only)."""
     wanted = demand(order)
     unknown = sorted(sku for sku in wanted if sku not in products)
-    unknown += [line.title for line in order.lines if not line.sku and not line.gift_card]
+    unknown += [line.title for line in order.lines
+                if not line.sku and not line.gift_card and needs_shipping(line)]
     findings = [Finding("unknown_sku", ", ".join(unknown))] if unknown else []
     short = sorted(
         f"{sku} (want {qty}, have {max(available[sku], 0)})"
@@ -156,10 +173,10 @@ def catalog_findings(
 
 
 def demand(order: Order) -> Counter[str]:
-    """Units wanted per SKU (gift cards and SKU-less lines need no stock)."""
+    """Units wanted per SKU (gift cards, SKU-less and digital lines need no stock)."""
     wanted: Counter[str] = Counter()
     for line in order.lines:
-        if line.sku and not line.gift_card:
+        if line.sku and not line.gift_card and needs_shipping(line):
             wanted[line.sku] += line.quantity
     return wanted
 
@@ -167,17 +184,44 @@ def demand(order: Order) -> Counter[str]:
 # --- the stage --------------------------------------------------------------------------------
 
 
+def shipping_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
+    """The address rules, when something is to be shipped."""
+    return address_findings(order.shipping_address or {}, rules) if ships(order) else []
+
+
+def intake_findings(session: Session, orders: Sequence[Order]) -> dict[int, list[Finding]]:
+    """What intake found in each order's current version (one query for the batch)."""
+    query = select(OrderEvent.order_id, OrderEvent.detail).where(
+        OrderEvent.order_id.in_([o.id for o in orders]), OrderEvent.kind == INTAKE_FINDING)
+    current = {o.id: o.payload_hash for o in orders}
+    found: dict[int, list[Finding]] = {}
+    for order_id, detail in session.execute(query):
+        if detail.get("payload_hash") == current[order_id]:
+            found[order_id] = [_finding(text) for text in detail.get("findings", [])]
+    return found
+
+
+def _finding(text: str) -> Finding:
+    code, _, detail = text.partition(":")
+    return Finding(code.strip(), detail.strip())
+
+
 def assess(
-    order: Order, rules: VerificationConfig, products: dict[str, Product], available: dict[str, int]
+    order: Order,
+    rules: VerificationConfig,
+    products: dict[str, Product],
+    available: dict[str, int],
+    found_at_intake: Sequence[Finding] = (),
 ) -> Transition:
     """The order's verification outcome; reserves its stock in `available` when it passes."""
     cancelled = cancellation(order, rules)
     if cancelled:
         return Transition(order.id, CANCELLED, reason=str(cancelled))
     findings = (
-        payment_findings(order, rules)
+        list(found_at_intake)
+        + payment_findings(order, rules)
         + email_findings(order, rules)
-        + address_findings(order.shipping_address or {}, rules)
+        + shipping_findings(order, rules)
         + catalog_findings(order, products, available)
         + risk_findings(order, rules)
     )
@@ -207,7 +251,9 @@ def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtim
     orders = claim_orders(session, order_ids, RECEIVED)
     products = load_products(session, orders)
     available = {sku: p.stock - p.reserved for sku, p in products.items()}
-    transitions = [assess(order, rules, products, available) for order in orders]
+    found = intake_findings(session, orders) if orders else {}
+    transitions = [assess(order, rules, products, available, found.get(order.id, ()))
+                   for order in orders]
     verified = [t.order_id for t in transitions if t.to_state == VERIFIED]
     if rules.stock.reserve:
         reserve_stock(session, {o.id: o for o in orders}, verified, now)

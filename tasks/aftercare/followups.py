@@ -40,9 +40,16 @@ from tasks.runtime import Runtime, StageResult
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase
 
 CARE, CROSS, REPLENISH, BIRTHDAY = "care_guide", "cross_sell", "replenishment", "birthday"
+# Product attribute set when the source deleted the product (tasks/lifecycle.py): never offered.
+DELETED_AT = "deleted_at"
 
 
 # ---------------------------------------------------------------- shared lookups
+
+
+def on_sale(product: Product) -> bool:
+    """Still sold: not deleted at the source (its rows stay, order lines refer to them)."""
+    return not (product.attributes or {}).get(DELETED_AT)
 
 
 def products_of(session: Session, orders: Sequence[Order]) -> dict[str, Product]:
@@ -199,7 +206,7 @@ def anchor_line(
 
 
 def in_stock_by_category(session: Session, categories: Iterable[str]) -> dict[str, list[Product]]:
-    """Available products (stock − reserved > 0) per category, best-priced first."""
+    """Available products on sale (stock − reserved > 0) per category, best-priced first."""
     categories = set(categories)
     if not categories:
         return {}
@@ -209,7 +216,7 @@ def in_stock_by_category(session: Session, categories: Iterable[str]) -> dict[st
         .order_by(Product.category, Product.sku)
     )
     found: dict[str, list[Product]] = defaultdict(list)
-    for product in session.scalars(query):
+    for product in filter(on_sale, session.scalars(query)):
         found[product.category].append(product)  # type: ignore[index]
     return found
 
@@ -263,7 +270,9 @@ def cross_sell_message(
 
 
 def consumable_days(product: Product | None) -> int | None:
-    value = (product.attributes or {}).get("consumable_days") if product else None
+    if product is None or not on_sale(product):
+        return None  # no reminder to buy again what is no longer sold
+    value = (product.attributes or {}).get("consumable_days")
     try:
         days = int(value) if value is not None else None
     except (TypeError, ValueError):

@@ -24,7 +24,8 @@ ORDER_FORMATS = ("shopify", "canonical", "csv")
 PRODUCT_FORMATS = ("shopify", "canonical", "csv")
 DETECT_LINES = 50  # JSON objects looked at to tell Shopify from canonical
 
-ORDER_CSV_REQUIRED = ("order_id", "email", "placed_at", "currency", "quantity", "unit_price")
+# No `email`: orders without an address (POS, phone) are fine.
+ORDER_CSV_REQUIRED = ("order_id", "placed_at", "currency", "quantity", "unit_price")
 PRODUCT_CSV_REQUIRED = ("sku", "title")
 
 # CSV column → canonical field, per part of the order.
@@ -32,7 +33,8 @@ CSV_ORDER_FIELDS = {
     "order_id": "external_id", "order_name": "name", "email": "email",
     "placed_at": "placed_at", "currency": "currency", "financial_status": "financial_status",
     "discount_total": "discounts", "tax_total": "tax", "taxes_included": "taxes_included",
-    "total": "total", "gift_note": "gift_note", "accepts_marketing": "accepts_marketing",
+    "total": "total", "gift_note": "gift_note", "customer_note": "customer_note",
+    "accepts_marketing": "accepts_marketing",
 }
 CSV_CUSTOMER_FIELDS = {
     "first_name": "first_name", "last_name": "last_name", "accepts_marketing": "accepts_marketing",
@@ -47,7 +49,8 @@ CSV_SHIPPING_FIELDS = {
 }
 CSV_LINE_FIELDS = {
     "sku": "sku", "title": "title", "variant_title": "variant_title", "quantity": "quantity",
-    "unit_price": "unit_price",
+    "unit_price": "unit_price", "requires_shipping": "requires_shipping",
+    "variant_id": "variant_id",
 }
 CSV_PRODUCT_FIELDS = {
     "sku": "sku", "title": "title", "category": "category", "tags": "tags", "stock": "stock",
@@ -58,9 +61,13 @@ CSV_PRODUCT_FIELDS = {
 SHOPIFY_ORDER_NAMES = {
     "external_id": "id", "placed_at": "created_at", "subtotal": "subtotal_price",
     "discounts": "total_discounts", "tax": "total_tax", "total": "total_price",
-    "shipping": "shipping_lines", "lines": "line_items", "gift_note": "note",
-    "locale": "customer_locale", "accepts_marketing": "buyer_accepts_marketing",
+    "shipping": "shipping_lines", "lines": "line_items", "customer_note": "note",
+    "gift_note": "note_attributes", "locale": "customer_locale",
+    "accepts_marketing": "buyer_accepts_marketing", "tip": "total_tip_received",
+    "duties": "original_total_duties_set", "additional_fees": "original_total_additional_fees_set",
 }
+# Note attributes (names compared lower-case, `-` and space as `_`) that carry a gift message.
+GIFT_NOTE_ATTRIBUTES = ("gift_message", "gift_note")
 SHOPIFY_LINE_NAMES = {"unit_price": "price", "external_id": "id"}
 SHOPIFY_VARIANT_NAMES = {"stock": "inventory_quantity"}
 SHOPIFY_PRODUCT_NAMES = {"category": "product_type", "external_id": "id"}
@@ -365,12 +372,16 @@ def shopify_order(obj: dict[str, Any]) -> dict[str, Any]:
         "tax": obj.get("total_tax"),
         "tax_lines": _shopify_entries(obj, "tax_lines", ("title", "rate", "price")),
         "taxes_included": obj.get("taxes_included"),
+        "tip": obj.get("total_tip_received"),
+        "duties": None if _flag(obj.get("duties_included")) else _shopify_total(obj, "duties"),
+        "additional_fees": _shopify_total(obj, "additional_fees"),
         "total": obj.get("total_price"),
         "accepts_marketing": consent,
-        "lines": [_shopify_line(item) for item in _objects(obj, "line_items")],
+        "lines": [_shopify_line(item, i) for i, item in enumerate(_objects(obj, "line_items"))],
         "shipping_address": _shopify_address(_object(obj, "shipping_address")),
         "customer": _shopify_customer(customer, consent),
-        "gift_note": notes.get("gift_message") or notes.get("gift_note") or obj.get("note"),
+        "customer_note": obj.get("note"),
+        "gift_note": _gift_note(notes),
         "note_attributes": notes,
         "tags": obj.get("tags"),
         "cancelled_at": obj.get("cancelled_at"),
@@ -393,29 +404,66 @@ def _shopify_consent(obj: dict[str, Any], customer: dict[str, Any]) -> bool:
             or _flag(customer.get("accepts_marketing")) or subscribed)
 
 
+def _gift_note(notes: dict[str, Any]) -> Any:
+    """The gift message among the note attributes (Shopify's `note` is not one)."""
+    by_name = {name.strip().lower().replace("-", "_").replace(" ", "_"): value
+               for name, value in notes.items()}
+    return next((by_name[name] for name in GIFT_NOTE_ATTRIBUTES if by_name.get(name)), None)
+
+
+def _shopify_total(obj: dict[str, Any], name: str) -> Any:
+    """Duties or additional fees in the shop's currency, as counted in `total_price` (the
+    original total; the `current_` set, which reflects later edits, only when it is missing)."""
+    for key in (f"original_total_{name}_set", f"current_total_{name}_set"):
+        amount = _object(_object(obj, key), "shop_money").get("amount")
+        if amount is not None:
+            return amount
+    return None
+
+
+def _allocated(entry: dict[str, Any], field: str) -> Decimal:
+    """The sum of an entry's `discount_allocations` amounts (line items, shipping lines)."""
+    allocations = _objects(entry, "discount_allocations")
+    return sum((_decimal(a.get("amount", 0), f"{field}.discount_allocations[{j}].amount")
+                for j, a in enumerate(allocations)), Decimal(0))
+
+
 def _shopify_shipping(lines: list[dict[str, Any]]) -> dict[str, Any]:
-    """All shipping lines summed; code and title from the first."""
+    """All shipping lines summed, less their discounts (as `total_price` counts them); code and
+    title from the first."""
     if not lines:
         return {}
     prices = [_decimal(line.get("price", 0), f"shipping_lines[{i}].price")
-              for i, line in enumerate(lines)]
+              - _allocated(line, f"shipping_lines[{i}]") for i, line in enumerate(lines)]
     first = lines[0]
     return _compact({"code": first.get("code"), "title": first.get("title"), "price": sum(prices)})
 
 
-def _shopify_line(item: dict[str, Any]) -> dict[str, Any]:
+def _shopify_line(item: dict[str, Any], index: int) -> dict[str, Any]:
     return _compact({
         "external_id": item.get("id"),
         "sku": item.get("sku"),
+        "variant_id": item.get("variant_id"),
         "title": item.get("title") or item.get("name"),
         "variant_title": item.get("variant_title"),
         "quantity": item.get("quantity"),
         "unit_price": item.get("price"),
-        "total_discount": item.get("total_discount"),
+        "total_discount": _line_discount(item, index),
         "grams": item.get("grams"),
         "gift_card": item.get("gift_card"),
+        "requires_shipping": item.get("requires_shipping"),
         "properties": _name_values(item, "properties"),
     })
+
+
+def _line_discount(item: dict[str, Any], index: int) -> Any:
+    """`total_discount`, or the line's discount allocations when that is absent or zero (newer
+    API versions put discounts there). Per-line `tax_lines` are not kept: no column holds them."""
+    given = item.get("total_discount")
+    if given not in (None, "") and _decimal(given, f"line_items[{index}].total_discount"):
+        return given
+    allocated = _allocated(item, f"line_items[{index}]")
+    return allocated if allocated else given
 
 
 def _shopify_address(address: dict[str, Any]) -> dict[str, Any] | None:
@@ -496,8 +544,15 @@ def _shopify_variant(
         "stock": variant.get("inventory_quantity"),
         "grams": variant.get("grams"),
         "price": variant.get("price"),
-        "attributes": attributes,
+        "attributes": attributes | _shopify_ids(product, variant),
     })
+
+
+def _shopify_ids(product: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
+    """Shopify's product and variant ids, as text (products/delete names the product id)."""
+    ids = {"shopify_product_id": product.get("id"), "shopify_variant_id": variant.get("id")}
+    return {name: str(value) for name, value in ids.items()
+            if value is not None and not isinstance(value, bool | dict | list)}
 
 
 def _variant_namer(index: int) -> Callable[[tuple[Any, ...]], str]:

@@ -136,7 +136,6 @@ RequiredText = Annotated[str, StringConstraints(min_length=1, max_length=500),
                          BeforeValidator(_blank_to_none)]
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=64),
                       BeforeValidator(_to_text)]
-Email = Annotated[str, StringConstraints(min_length=1, max_length=320), BeforeValidator(_lower)]
 UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 Currency = Annotated[str, AfterValidator(_currency)]
 Tags = Annotated[list[str], BeforeValidator(split_tags)]
@@ -200,7 +199,15 @@ class LineIn(Canonical):
     total_discount: Money = ZERO
     grams: Count = 0
     gift_card: bool = False
+    requires_shipping: bool = True  # False for gift cards and digital goods: never packed
+    variant_id: OptionalId = None  # identifies the line when it has no SKU
     properties: TextDict = Field(default_factory=dict)
+
+
+# Added in issue 13 (real Shopify orders); see OrderIn._later_defaults.
+LATER_ORDER_FIELDS: dict[str, Any] = {"customer_note": None, "tip": ZERO, "duties": ZERO,
+                                      "additional_fees": ZERO}
+LATER_LINE_FIELDS: dict[str, Any] = {"requires_shipping": True, "variant_id": None}
 
 
 class OrderIn(Canonical):
@@ -210,7 +217,7 @@ class OrderIn(Canonical):
                       BeforeValidator(refuse_nul)] = "canonical"
     external_id: ExternalId
     name: Short = None
-    email: Email
+    email: OptionalEmail = None  # POS, phone and draft orders have none: stored, never mailed
     placed_at: UTCDateTime
     currency: Currency
     financial_status: Annotated[str, StringConstraints(min_length=1, max_length=30),
@@ -222,12 +229,17 @@ class OrderIn(Canonical):
     tax: Money = ZERO
     tax_lines: list[TaxLine] = Field(default_factory=list)
     taxes_included: bool = False
+    # What a total also pays for beyond goods, shipping and tax (Shopify counts them in it).
+    tip: Money = ZERO
+    duties: Money = ZERO
+    additional_fees: Money = ZERO
     total: Money | None = None  # computed when missing
     accepts_marketing: bool = False
     lines: list[LineIn]
     shipping_address: Address | None = None
     customer: CustomerIn = Field(default_factory=CustomerIn)
-    gift_note: Note = None
+    customer_note: Note = None  # the buyer's note to the store (Shopify's `note`)
+    gift_note: Note = None  # a message for the recipient (Shopify: a gift note attribute)
     note_attributes: TextDict = Field(default_factory=dict)
     tags: Tags = Field(default_factory=list)
     cancelled_at: UTCDateTime | None = None
@@ -256,14 +268,30 @@ class OrderIn(Canonical):
                 raise ValueError(f"discounts {self.discounts} exceed the goods value {goods}")
             self.subtotal = goods - self.discounts
         if self.total is None:
-            tax = ZERO if self.taxes_included else self.tax
-            self.total = self.subtotal + self.shipping.price + tax
+            self.total = self.computed_total()
         if max(goods, self.total) >= MONEY_LIMIT:
             raise ValueError(f"order value {max(goods, self.total)} is too large to store")
         return self
 
+    def computed_total(self) -> Decimal:
+        """Subtotal + shipping + tax (unless prices include it) + tip, duties and fees."""
+        tax = ZERO if self.taxes_included else self.tax
+        extras = self.tip + self.duties + self.additional_fees
+        return (self.subtotal or ZERO) + self.shipping.price + tax + extras
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json", exclude=self._later_defaults())
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    def _later_defaults(self) -> dict[str, Any]:
+        """Fields added after orders were first stored, left out of the hash while at their
+        default: an older record that says nothing of them still hashes as it did."""
+        top: dict[str, Any] = {name: True for name, default in LATER_ORDER_FIELDS.items()
+                               if getattr(self, name) == default}
+        lines = {i: {name for name, default in LATER_LINE_FIELDS.items()
+                     if getattr(line, name) == default} for i, line in enumerate(self.lines)}
+        lines = {i: names for i, names in lines.items() if names}
+        return top | ({"lines": lines} if lines else {})
 
     def payload_hash(self) -> str:
         return sha256_text(self.canonical_json())

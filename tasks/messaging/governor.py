@@ -301,7 +301,7 @@ def load_recipients(
     query = query.where(or_(Customer.id.in_(sorted(ids)), Customer.email.in_(sorted(addresses))))
     found = list(session.execute(query)) if ids or addresses else []
     by_id = {c.id: c for c in found}
-    by_email = {c.email.lower(): c for c in found}
+    by_email = {c.email.lower(): c for c in found if c.email}
     store_zone = zone_of(store_timezone, ZoneInfo("UTC"))
     recipients = {}
     for row in rows:

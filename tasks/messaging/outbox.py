@@ -40,6 +40,8 @@ from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.models import Message
 
 PENDING, SENDING, SENT, FAILED, UNKNOWN = "pending", "sending", "sent", "failed", "unknown"
+SKIPPED = "skipped"
+NO_ADDRESS = "no_address: the order has no e-mail address"
 MARKETING = "marketing"
 MAX_ATTEMPTS = 10
 FIRST_RETRY = timedelta(minutes=5)
@@ -88,7 +90,7 @@ def order_message(
     step: str,
     template: str,
     spec: TemplateSpec,
-    to_addr: str,
+    to_addr: str | None,
     context: Mapping[str, Any],
     not_before: datetime,
     domain: str,
@@ -104,9 +106,20 @@ def order_message(
 
 
 def enqueue(session: Session, rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
-    """Bulk insert in the caller's transaction; a row whose effect key exists is left alone."""
-    full = [{**row, "status": PENDING, "attempts": 0, "created_at": now} for row in rows]
+    """Bulk insert in the caller's transaction; a row whose effect key exists is left alone.
+
+    A row without an address (an order or customer the source gave none) is stored `skipped`
+    with its reason: it is accounted for, shown with the order, and never claimed for sending.
+    """
+    full = [_outbox_row(row, now) for row in rows]
     insert_ignoring_duplicates(session, Message, full, ["effect_key"])
+
+
+def _outbox_row(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    pending = {"reason": None, **row, "status": PENDING, "attempts": 0, "created_at": now}
+    if str(row.get("to_addr") or "").strip():
+        return pending
+    return pending | {"to_addr": "", "status": SKIPPED, "reason": NO_ADDRESS}
 
 
 # --- dispatch -----------------------------------------------------------------------------

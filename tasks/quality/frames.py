@@ -16,10 +16,17 @@ CONFIRMATION = "confirmation"  # tasks.confirm.TEMPLATE
 
 
 def total_mismatch(order: OrderIn) -> Decimal:
-    """|total − (subtotal + shipping + tax)|; tax left out when prices include it."""
-    tax = Decimal(0) if order.taxes_included else order.tax
-    expected = (order.subtotal or Decimal(0)) + order.shipping.price + tax
-    return abs((order.total or Decimal(0)) - expected)
+    """|total − computed|: subtotal + shipping + tax (unless included) + tip, duties, fees."""
+    return abs((order.total or Decimal(0)) - order.computed_total())
+
+
+def total_finding(order: OrderIn) -> str:
+    """The verification hold for a total nothing explains, e.g. "total 10.00, computed 9.50"."""
+    return f"total {order.total}, computed {order.computed_total()}"
+
+
+# Hold code (an expectation's meta.hold) → the detail verification shows for the order.
+HOLD_DETAILS = {"total_mismatch": total_finding}
 
 
 def _order_row(order: OrderIn, now: datetime) -> dict[str, Any]:

@@ -46,10 +46,13 @@ class GateResult:
 
     kind: str
     success: bool
-    failures: dict[int, list[dict[str, Any]]]
+    failures: dict[int, list[dict[str, Any]]]  # rows to quarantine
     stats: dict[str, int]
     batch_failures: list[dict[str, Any]] = field(default_factory=list)  # no row to blame
     summary: list[dict[str, Any]] = field(default_factory=list)
+    # Rows that failed only expectations with a `meta.hold` code: stored, then held by
+    # verification with that code. They are real records, so they do not count as failed rows.
+    holds: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def failure_rate(self) -> float:
@@ -128,19 +131,32 @@ def _gate_result(kind: str, result: Any, rows: int) -> GateResult:
             batch_failures.append(reason)
         for position in positions:
             failures.setdefault(position, []).append(reason)
+    failures, holds = _split_holds(failures)
     stats = {"evaluated": int(result.statistics["evaluated_expectations"]),
              "successful": int(result.statistics["successful_expectations"]),
              "unsuccessful": int(result.statistics["unsuccessful_expectations"]),
-             "rows": rows, "failed_rows": len(failures)}
+             "rows": rows, "failed_rows": len(failures), "held_rows": len(holds)}
     return GateResult(kind, bool(result.success), dict(sorted(failures.items())), stats,
-                      batch_failures, summary)
+                      batch_failures, summary, dict(sorted(holds.items())))
+
+
+def _split_holds(
+    failures: dict[int, list[dict[str, Any]]]
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[str]]]:
+    """Rows with any quarantining failure stay failures; rows whose failures all carry a hold
+    code become holds (position → codes)."""
+    held = {pos: [f["hold"] for f in found] for pos, found in failures.items()
+            if all(f.get("hold") for f in found)}
+    return {pos: found for pos, found in failures.items() if pos not in held}, held
 
 
 def _reason(item: Any) -> dict[str, Any]:
-    """{"expectation", "column", "reason"} for one expectation result."""
+    """{"expectation", "column", "reason"} (and "hold" if set) for one expectation result."""
     config = item.expectation_config
-    return {"expectation": config.type, "column": config.kwargs.get("column"),
-            "reason": (config.meta or {}).get("reason")}
+    meta = config.meta or {}
+    reason = {"expectation": config.type, "column": config.kwargs.get("column"),
+              "reason": meta.get("reason")}
+    return reason | ({"hold": meta["hold"]} if meta.get("hold") else {})
 
 
 def _raise_if_broken(kind: str, item: Any) -> None:
@@ -160,7 +176,7 @@ def gate_orders(
     orders: list[OrderIn], now: datetime, max_failure_rate: float
 ) -> tuple[list[OrderIn], list[tuple[OrderIn, list[dict[str, str]]]], GateResult]:
     """Split orders into passed and rejected (with quarantine reasons); raise GateFailed if too
-    many rows fail."""
+    many rows fail. Passed orders with a hold (`result.holds`) are stored and held later."""
     result = validate_frame("orders", order_frame(orders, now))
     if result.batch_failures:
         names = ", ".join(f["expectation"] for f in result.batch_failures)

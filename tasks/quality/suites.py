@@ -2,7 +2,9 @@
 
 Each file in configs/expectations is a list of
 `{"expectation": "expect_…", "kwargs": {...}, "meta": {"reason": "…"}}`; a kwarg may be
-`{"$PARAMETER": "name"}`, filled per validation from `validate_frame(..., params)`.
+`{"$PARAMETER": "name"}`, filled per validation from `validate_frame(..., params)`. A
+`meta.hold` code (e.g. "total_mismatch") makes a failing row a verification hold instead of a
+quarantine (tasks/quality/gate.py).
 """
 
 from __future__ import annotations

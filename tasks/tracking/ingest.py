@@ -117,7 +117,8 @@ def _ingest_shipment_chunk(
     # counts them on their own they are counted with the duplicates.
     return IntakeResult(
         received=len(chunk), accepted=len(plan.new), updated=updated, quarantined=quarantined,
-        duplicates=len(chunk) - len(plan.new) - updated - quarantined,
+        deferred=len(plan.waiting),
+        duplicates=len(chunk) - len(plan.new) - updated - quarantined - len(plan.waiting),
     )
 
 

@@ -35,7 +35,7 @@ def test_ingest_prints_counts_and_rerun_is_all_duplicates(cli):
     code, out, _ = cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--json")
     assert code == 0
     assert json.loads(out) == {"received": 3, "accepted": 3, "updated": 0, "duplicates": 0,
-                               "quarantined": 0}
+                               "quarantined": 0, "deferred": 0}
     code, out, _ = cli("ingest", "orders", str(FIXTURES / "orders_shopify.jsonl"), "--json")
     assert json.loads(out)["duplicates"] == 3
 
@@ -49,7 +49,7 @@ def test_bad_records_are_quarantined_and_the_rest_accepted(cli, tmp_path):
     code, out, _ = cli("ingest", "orders", str(mixed), "--json")
     assert code == 0
     assert json.loads(out) | {} == {"received": 3, "accepted": 1, "updated": 0, "duplicates": 0,
-                                    "quarantined": 2}
+                                    "quarantined": 2, "deferred": 0}
     entries = json.loads(cli("quarantine", "list", "--json")[1])
     reasons = sorted(r["field"] for e in entries for r in e["reasons"])
     assert reasons == ["_record", "line_items"]
@@ -212,16 +212,16 @@ def _orders_file(tmp_path, name, count, spoil=None):
 
 
 def test_rows_failing_the_quality_gate_are_quarantined_with_the_check(cli, tmp_path):
-    def wrong_total(i, order):
-        return order | {"total_price": "999.99"} if i == 4 else order
+    def bad_address(i, order):  # a total that does not add up is held, not quarantined
+        return order | {"email": "not-an-address"} if i == 4 else order
 
-    path = _orders_file(tmp_path, "ten.jsonl", 10, wrong_total)
+    path = _orders_file(tmp_path, "ten.jsonl", 10, bad_address)
     counts = json.loads(cli("ingest", "orders", str(path), "--as-of", AS_OF, "--json")[1])
     assert (counts["accepted"], counts["quarantined"]) == (9, 1)
     [entry] = json.loads(cli("quarantine", "list", "--json")[1])
     assert entry["external_id"] == "7004"
-    assert entry["reasons"][0]["field"] == "total_mismatch"
-    assert entry["reasons"][0]["check"] == "expect_column_values_to_be_between"
+    assert entry["reasons"][0]["field"] == "email"
+    assert entry["reasons"][0]["check"] == "expect_column_values_to_match_regex"
 
 
 def test_a_batch_over_the_failure_threshold_fails_and_stores_nothing(cli, flow_env, tmp_path):
@@ -241,14 +241,14 @@ def test_a_batch_over_the_failure_threshold_fails_and_stores_nothing(cli, flow_e
 
 
 def test_release_re_runs_the_quality_gate(cli, tmp_path):
-    def wrong_total(i, order):
-        return order | {"total_price": "999.99"}
+    def bad_address(i, order):
+        return order | {"email": "not-an-address"}
 
-    cli("ingest", "orders", str(_orders_file(tmp_path, "one.jsonl", 1, wrong_total)),
+    cli("ingest", "orders", str(_orders_file(tmp_path, "one.jsonl", 1, bad_address)),
         "--as-of", AS_OF)
     [entry] = json.loads(cli("quarantine", "list", "--json")[1])
     code, _, err = cli("quarantine", "release", str(entry["id"]), "--as-of", AS_OF)
-    assert code == 2 and "still rejected: total_mismatch" in err
+    assert code == 2 and "still rejected: email" in err
     fixed = _orders_file(tmp_path, "fixed.jsonl", 1)
     code, _, _ = cli("quarantine", "release", str(entry["id"]), "--fixed", str(fixed),
                      "--as-of", AS_OF)

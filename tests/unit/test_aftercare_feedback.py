@@ -68,7 +68,7 @@ def test_ingest_quarantines_bad_lines_and_opens_cases_with_proposals(engine, run
     with session_scope(engine) as session:
         again = ingest_feedback(session, read_feedback(FIXTURES / "feedback.jsonl"), now, runtime)
     assert first.as_dict() == {"received": 7, "accepted": 3, "updated": 0, "duplicates": 0,
-                               "quarantined": 4}
+                               "quarantined": 4, "deferred": 0}
     assert (again.accepted, again.duplicates, again.quarantined) == (0, 7, 0)
     with session_scope(engine) as session:
         answers = session.scalars(select(FeedbackResponse)).all()

@@ -60,7 +60,8 @@ JINJA_LITERAL = "{{ 7*7 }}"
 EXPECTED_HEADERS = sorted(["From", "To", "Reply-To", "Subject", "Date", "Message-ID",
                            "MIME-Version", "Content-Type"])
 
-STORED, DUPLICATE = "stored", "duplicate"
+# SUPERSEDED: an earlier version with other content, replaced in the same batch: an update.
+STORED, DUPLICATE, SUPERSEDED = "stored", "duplicate", "superseded"
 ADDRESS = {"name": "Eve Example", "address1": "1 Analytical Way", "city": "Portland",
            "province_code": "OR", "zip": "97209", "country_code": "US"}
 
@@ -119,7 +120,8 @@ CANONICAL = [
         gift_note=BROKEN_JINJA), STORED),
     Case("wrong type: quantity", canonical("C-3", lines=canonical_line(quantity="many")),
          "lines[0].quantity"),
-    Case("missing e-mail", {k: v for k, v in canonical("C-4").items() if k != "email"}, "email"),
+    Case("missing e-mail", {k: v for k, v in canonical("C-4").items() if k != "email"},
+         STORED),  # stored and never mailed (issue 13)
     Case("1 MB name", canonical("C-5", name=HUGE), "name"),
     Case("NUL in the gift note", canonical("C-6", gift_note=NUL), "gift_note"),
     Case("NUL in a line property", canonical("C-7", lines=canonical_line(properties={"k": NUL})),
@@ -138,7 +140,8 @@ CANONICAL = [
          "lines[0].unit_price"),
     Case("10**30 quantity", canonical("C-12", lines=canonical_line(quantity=10**30)),
          "lines[0].quantity"),
-    Case("total that does not add up", canonical("C-13", total="999.99"), "total_mismatch"),
+    Case("total that does not add up", canonical("C-13", total="999.99"),
+         STORED),  # stored, held by verification: total_mismatch (issue 13)
     Case("placed in the future", canonical("C-14", placed_at="2999-01-01T00:00:00Z"),
          "placed_in_future_seconds"),
     Case("a date before year 1 in UTC", canonical("C-15", placed_at="0001-01-01T00:00:00+14:00"),
@@ -151,7 +154,7 @@ CANONICAL = [
          "customer.timezone"),
     Case("a folder as the time zone", canonical("C-22", customer={"timezone": "America"}),
          "customer.timezone"),  # ZoneInfo raises IsADirectoryError: mail timing would crash
-    Case("duplicate id, first version", canonical("C-19", gift_note="first"), DUPLICATE),
+    Case("duplicate id, first version", canonical("C-19", gift_note="first"), SUPERSEDED),
     Case("duplicate id, last version wins", canonical(
         "C-19", gift_note=SCRIPT, lines=canonical_line(title=f"{SCRIPT} {JINJA_LITERAL}")),
          STORED),
@@ -209,12 +212,12 @@ SHOPIFY = [
     Case("NUL in the note", shopify(9014, note=NUL), "note"),
     Case("a date before year 1 in UTC", shopify(9015, created_at="0001-01-01T00:00:00+14:00"),
          "created_at"),
-    Case("total that does not add up", shopify(9016, total_price="31.00"), "total_mismatch"),
+    Case("total that does not add up", shopify(9016, total_price="31.00"), STORED),
     Case("placed in the future", shopify(9017, created_at="2999-01-01T00:00:00Z"),
          "placed_in_future_seconds"),
     Case("e-mail carrying a header", shopify(9018, email="s9018@example.com\nBcc: x@y.z"),
          "email"),
-    Case("duplicate id, first version", shopify(9019, note="first"), DUPLICATE),
+    Case("duplicate id, first version", shopify(9019, note="first"), SUPERSEDED),
     Case("duplicate id, last version wins", shopify(9019, note=f"{SQL} {SCRIPT}"), STORED),
     Case("not JSON", '{"id": 9020, "line_items": [', "_record"),
 ]
@@ -254,7 +257,7 @@ CSV = [
     Case("missing order id", csv_row(""), "order_id"),
     Case("e-mail carrying a header", csv_row("V-9", email="v9@example.com\r\nBcc: x@y.z"),
          "email"),
-    Case("total that does not add up", csv_row("V-10", total="99.00"), "total_mismatch"),
+    Case("total that does not add up", csv_row("V-10", total="99.00"), STORED),
     Case("placed in the future", csv_row("V-11", placed_at="2999-01-01T00:00:00Z"),
          "placed_in_future_seconds"),
     Case("currency that is markup", csv_row("V-12", currency=SCRIPT), "currency"),
@@ -337,7 +340,7 @@ def check_outcomes(name: str, outcome: Outcome) -> None:
         entry = quarantine_for(outcome, name, index)
         if case.expect == STORED:
             assert entry is None and external_id(case, name) in outcome.stored, case.label
-        elif case.expect == DUPLICATE:
+        elif case.expect in (DUPLICATE, SUPERSEDED):
             assert entry is None, case.label
         else:
             assert entry is not None, f"{name}: {case.label} was not quarantined"
@@ -349,6 +352,7 @@ def check_outcomes(name: str, outcome: Outcome) -> None:
                                   + counts["quarantined"])
     assert counts["accepted"] == sum(c.expect == STORED for c in outcome.cases)
     assert counts["duplicates"] == sum(c.expect == DUPLICATE for c in outcome.cases)
+    assert counts["updated"] == sum(c.expect == SUPERSEDED for c in outcome.cases)
 
 
 def test_hostile_orders_are_stored_verbatim_or_quarantined_with_their_field(
@@ -374,11 +378,12 @@ def test_hostile_orders_are_stored_verbatim_or_quarantined_with_their_field(
         quarantined = session.scalar(select(func.count()).select_from(Quarantine))
     records = sum(len(o.cases) for o in outcomes.values())
     duplicates = sum(o.counts["duplicates"] for o in outcomes.values())
-    assert records == stored + quarantined + duplicates
+    superseded = sum(o.counts["updated"] for o in outcomes.values())
+    assert records == stored + quarantined + duplicates + superseded
+    lost = records - stored - quarantined - duplicates - superseded
     figure(f"hostile orders ({engine.dialect.name}): {records} hand-written records in 3 formats"
            f" — stored {stored}, quarantined {quarantined} (each naming its field), "
-           f"duplicates {duplicates}, lost {records - stored - quarantined - duplicates}, "
-           f"tracebacks 0")
+           f"duplicates {duplicates}, superseded {superseded}, lost {lost}, tracebacks 0")
 
 
 # ---------------------------------------------------------------- through to the customer
@@ -438,15 +443,18 @@ def test_hostile_orders_reach_the_customer_escaped_and_without_injected_headers(
     with session_scope(engine) as session:
         add_catalog(session, now)
     outcomes = ingest_order_files(engine, tmp_path, now)
-    orders = {ext: o for outcome in outcomes.values() for ext, o in outcome.stored.items()}
-    counts = run_pipeline(engine, runtime, [o.id for o in orders.values()], now)
-    assert counts == dict.fromkeys(("verify", "pack", "confirm", "sent"), len(orders))
+    stored = {ext: o for outcome in outcomes.values() for ext, o in outcome.stored.items()}
+    held = {"C-13", "9016", "V-10"}  # totals nothing explains: held by verification (issue 13)
+    counts = run_pipeline(engine, runtime, [o.id for o in stored.values()], now)
+    orders = {ext: o for ext, o in stored.items() if ext not in held and o.email}  # C-4: none
+    assert counts == dict.fromkeys(("verify", "pack", "confirm"), len(stored) - len(held)) | {
+        "sent": len(orders)}
 
     with session_scope(engine) as session:
         messages = {m.order_id: (m.to_addr, m.artifact_ref) for m in session.scalars(
             select(Message))}
         documents = {o.external_id: o.packing["documents"] for o in session.scalars(
-            select(Order))}
+            select(Order)) if o.packing}
     header_faults, html_faults, pages_checked = [], [], 0
     for ext, order in orders.items():
         to_addr, ref = messages[order.id]
@@ -466,7 +474,7 @@ def test_hostile_orders_reach_the_customer_escaped_and_without_injected_headers(
     assert c1["Subject"] == "Thank you for your order #C-1 Bcc: evil@attacker.example"
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in c1.get_body(("html",)).get_content()
     figure(f"hostile orders to the customer ({engine.dialect.name}): {len(orders)} stored hostile"
-           f" orders verified, packed, confirmed and mailed — {len(messages)} mails and "
+           f" orders verified, packed, confirmed and mailed — {len(orders)} mails and "
            f"{pages_checked} HTML outputs checked, injected headers {len(header_faults)}, "
            f"unescaped {len(html_faults)}")
 

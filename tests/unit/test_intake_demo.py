@@ -103,4 +103,4 @@ def test_demo_data_ingests_with_the_invalid_orders_quarantined(engine, now: date
     assert catalog_result.accepted == len(products)
     assert invalid >= 1
     assert order_result.as_dict() == {"received": 150, "accepted": 150 - invalid, "updated": 0,
-                                      "duplicates": 0, "quarantined": invalid}
+                                      "duplicates": 0, "quarantined": invalid, "deferred": 0}

@@ -56,9 +56,10 @@ def track(session, bodies: list[dict[str, Any]], at: datetime = LATER) -> dict[s
     return ingest_events(session, items, at).as_dict()
 
 
-def counts(received: int, accepted=0, updated=0, duplicates=0, quarantined=0) -> dict[str, int]:
+def counts(received: int, accepted=0, updated=0, duplicates=0, quarantined=0, deferred=0
+           ) -> dict[str, int]:
     return {"received": received, "accepted": accepted, "updated": updated,
-            "duplicates": duplicates, "quarantined": quarantined}
+            "duplicates": duplicates, "quarantined": quarantined, "deferred": deferred}
 
 
 def confirmed_order(session, now, external_id: str = ORDER_ID) -> int:
@@ -157,7 +158,7 @@ def test_pending_and_open_fulfillments_wait_and_success_ships(sqlite_engine, run
             OrderEvent.kind == "shipment"))]
         success = ship(session, [fulfillment()], runtime.config)
         after = session.scalar(select(Order.state).where(Order.id == order_id))
-    assert waiting == counts(2, duplicates=2)  # not shipped, not quarantined: waiting
+    assert waiting == counts(2, deferred=2)  # not shipped, not quarantined: waiting
     assert (state, shipped, after) == (CONFIRMED, [], "shipped")
     assert notes == ["fulfillment 255858046 is pending: not shipped yet",
                      "fulfillment 2 is open: not shipped yet"]
@@ -186,7 +187,7 @@ def test_failed_fulfillment_undoes_its_parcel_and_never_creates_one(
             Order.id == order_id)).one()
         split_state = session.scalar(select(Order.state).where(Order.id == split_id))
         quarantined = session.scalars(select(Quarantine)).all()
-    assert (undone, never, again) == (counts(2, updated=2), counts(1, duplicates=1),
+    assert (undone, never, again) == (counts(2, updated=2), counts(1, deferred=1),
                                       counts(1, duplicates=1))
     assert found == {("255858046", "Cancelled", status), ("3", "Cancelled", status),
                      ("2", "Pending", None)}

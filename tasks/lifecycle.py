@@ -1,0 +1,919 @@
+"""Topic actions: what Shopify tells us about an order, a customer or a product after the fact.
+
+The inbox drain (tasks/inbox.py ACTION_OF_TOPIC) hands each topic's parsed bodies to one action
+here, inside its app-database transaction. An action returns {inbox row id: (outcome, reason)};
+a body it cannot act on is "ignored" with a readable reason, never an exception. Every action
+can run twice on the same delivery and changes nothing the second time: refunds are keyed by
+Shopify's refund id (a timeline event per refund), state changes are compare-and-set, mail and
+ledger entries have effect keys, and the rest are updates to the value they already hold.
+
+- refunds/create (and the `refunds[]` inside orders/updated, `apply_embedded_refunds`): record
+  the refund once, recompute the lines' `refunded_quantity` from the recorded refunds, reverse
+  loyalty points for the goods (before tax, shipping earns nothing), cancel pending marketing
+  about products the customer no longer has, and cancel an unshipped order refunded in full.
+  A refund of an order not here yet waits (inbox WAIT_LIMIT), then is ignored.
+- orders/cancelled: cancel an unshipped order (and tell the customer); a shipped one gets a
+  service case instead, for an operator to decide.
+- order_transactions/create: a successful capture or sale records the payment; an order held
+  only for `payment_not_captured` goes back to verification (which checks stock again).
+- customers/create, customers/update: e-mail, names and marketing consent; an explicit
+  unsubscribe at Shopify is also a suppression (GDPR Art. 21(3)), so consent an order later
+  reports from its checkout cannot bring marketing back.
+- products/delete: the product's variants are marked `deleted_at` (rows stay: order lines
+  refer to them); follow-ups never offer them again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from tasks.aftercare import base_context, mail_domain
+from tasks.aftercare.followups import DELETED_AT
+from tasks.inbox import IGNORED, PROCESSED, WAIT_LIMIT, Body, Outcome
+from tasks.loyalty import Refund, reverse_refunds
+from tasks.messaging.governor import email_hash
+from tasks.messaging.outbox import enqueue, order_message
+from tasks.messaging.unsubscribe import suppress_many
+from tasks.runtime import Runtime
+from tasks.store.db import is_postgres
+from tasks.store.journal import (
+    CANCELLED,
+    CLOSED,
+    CONFIRMED,
+    HELD,
+    ON_HOLD,
+    PACKED,
+    PENDING,
+    RECEIVED,
+    VERIFIED,
+    Transition,
+    apply_transitions,
+    insert_ignoring_duplicates,
+    insert_new,
+    record_events,
+    reopen_step,
+)
+from tasks.store.models import (
+    Customer,
+    Message,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Product,
+    ServiceCase,
+    Step,
+    Suppression,
+)
+from tasks.verify import demand, reason_codes
+
+SOURCE = "shopify"
+ACTOR = "shopify webhook"
+WAITING = "waiting"  # the drain keeps the row pending and offers it again
+REFUND_EVENT = "refund"
+CANCEL_STEP, CANCEL_TEMPLATE = "cancel", "order_cancelled"
+MESSAGE_CANCELLED = "cancelled"  # the outbox status tasks/privacy.py gives mail it stops
+MARKETING = "marketing"
+# Not shipped yet, so still ours to cancel; with the step each state waits on.
+WAITING_STEP = {RECEIVED: "verify", ON_HOLD: "verify", VERIFIED: "pack", PACKED: "confirm",
+                CONFIRMED: "ship"}
+PAYMENT_HOLD = "payment_not_captured"
+CAPTURE_KINDS = frozenset({"capture", "sale"})
+UNSETTLED = frozenset({"pending", "authorized", "partially_paid", "unpaid"})
+CANCELLED_AFTER_SHIPPING = "cancelled at source after shipping"
+SUBSCRIBED = "subscribed"
+NOT_CONSENTING = frozenset({"not_subscribed", "unsubscribed", "pending", "redacted", "invalid"})
+SHOPIFY_UNSUBSCRIBE = "shopify customers/update"  # the suppressions' source
+
+
+class BadBody(ValueError):
+    """A body journeys cannot act on; the message is the inbox row's reason."""
+
+
+# ---------------------------------------------------------------- reading bodies
+
+
+def text_id(value: Any) -> str | None:
+    """A source id as our columns hold it: digits or a short string; None if absent or odd."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip()
+    return text if isinstance(value, (int, str)) and 0 < len(text) <= 64 else None
+
+
+def amount(value: Any, where: str) -> Decimal:
+    """A finite amount from a JSON number or string (Shopify sends both)."""
+    if isinstance(value, bool):
+        raise BadBody(f"{where}: not an amount")
+    try:
+        found = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise BadBody(f"{where}: not an amount: {str(value)[:40]!r}") from None
+    if not found.is_finite():
+        raise BadBody(f"{where}: not a finite amount")
+    return found
+
+
+def objects(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """A list of JSON objects (missing or null = empty)."""
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise BadBody(f"{key}: expected a list of objects")
+    return value
+
+
+def timestamp(value: Any) -> datetime | None:
+    try:
+        stamp = datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- shared order helpers
+
+
+def load_orders(session: Session, external_ids: Iterable[str | None]) -> dict[str, Order]:
+    """Shopify orders by external id with lines and customer, fresh from the database and
+    locked on PostgreSQL (in id order) so a concurrent drain applies its refund after ours."""
+    ids = sorted({ext for ext in external_ids if ext})
+    if not ids:
+        return {}
+    query = (select(Order).where(Order.source == SOURCE, Order.external_id.in_(ids))
+             .order_by(Order.id)
+             .options(selectinload(Order.lines), selectinload(Order.customer))
+             .execution_options(populate_existing=True))
+    if is_postgres(session):
+        query = query.with_for_update(of=Order)
+    return {order.external_id: order for order in session.scalars(query)}
+
+
+def shipped(order: Order) -> bool:
+    """Gone to the carrier: a state past confirmation (not cancelled), or a shipping date."""
+    return order.shipped_at is not None or order.state not in (*WAITING_STEP, CANCELLED)
+
+
+def unknown_order(body: Body, external_id: str, now: datetime, wait: bool) -> Outcome:
+    if wait and now - body.received_at < WAIT_LIMIT:
+        return WAITING, f"waiting for order {external_id}"
+    return IGNORED, f"no such order: shopify {external_id}"
+
+
+def note(order_id: int, detail: dict[str, Any], now: datetime, kind: str = "note"
+         ) -> dict[str, Any]:
+    return {"order_id": order_id, "at": now, "kind": kind, "from_state": None, "to_state": None,
+            "actor": ACTOR, "detail": detail}
+
+
+def in_order(bodies: Sequence[Body], outcomes: Mapping[int, Outcome]) -> dict[int, Outcome]:
+    """The outcomes in the order the bodies came (for reports and readers; the drain maps)."""
+    return {body.row_id: outcomes[body.row_id] for body in bodies}
+
+
+def cancel_messages(session: Session, message_ids: Sequence[int], reason: str) -> None:
+    """Stop mail not claimed for sending yet (a claimed row may be on its way already)."""
+    if message_ids:
+        session.execute(
+            update(Message).where(Message.id.in_(sorted(set(message_ids))),
+                                  Message.status == PENDING)
+            .values(status=MESSAGE_CANCELLED, reason=reason)
+            .execution_options(synchronize_session=False))
+
+
+# ---------------------------------------------------------------- cancelling orders
+
+
+def cancel_orders(
+    session: Session, orders: Sequence[Order], reason: str, now: datetime, rt: Runtime,
+    details: Mapping[int, dict[str, Any]] | None = None,
+) -> list[int]:
+    """Cancel unshipped orders: compare-and-set per state, steps closed, reserved stock
+    released, pending marketing stopped, and the customer told. Returns the ids cancelled."""
+    movable = list({o.id: o for o in orders if o.state in WAITING_STEP and not shipped(o)}
+                   .values())
+    by_state: dict[str, list[Order]] = defaultdict(list)
+    for order in movable:
+        by_state[order.state].append(order)
+    for state, group in by_state.items():
+        transitions = [Transition(o.id, CANCELLED, reason=reason,
+                                  detail=dict((details or {}).get(o.id, {}))) for o in group]
+        apply_transitions(session, WAITING_STEP[state], state, transitions, now, actor=ACTOR)
+    ids = [o.id for o in movable]
+    close_open_steps(session, ids, reason, now)
+    release_stock(session, [o for o in movable if o.stock_reserved], now)
+    cancel_messages(session, pending_marketing(session, ids), "order cancelled")
+    enqueue(session, [cancellation_message(o, rt, now) for o in movable], now)
+    return ids
+
+
+def close_open_steps(session: Session, order_ids: Sequence[int], reason: str, now: datetime
+                     ) -> None:
+    """Nothing further happens to a cancelled order: its pending or held steps close."""
+    if order_ids:
+        session.execute(
+            update(Step).where(Step.order_id.in_(order_ids), Step.status.in_((PENDING, HELD)))
+            .values(status=CLOSED, reason=reason[:500], updated_at=now)
+            .execution_options(synchronize_session=False))
+
+
+def release_stock(session: Session, orders: Sequence[Order], now: datetime) -> None:
+    """Give back what verification reserved (tasks.verify.demand: the same lines it counted)."""
+    units: Counter[str] = Counter()
+    for order in orders:
+        units.update(demand(order))
+    if units:
+        table = Product.__table__
+        statement = (update(table).where(table.c.sku == bindparam("b_sku"))
+                     .values(reserved=table.c.reserved - bindparam("b_qty"), updated_at=now))
+        session.connection().execute(statement, [{"b_sku": s, "b_qty": q}
+                                                 for s, q in sorted(units.items())])
+    if orders:
+        session.execute(update(Order).where(Order.id.in_([o.id for o in orders]))
+                        .values(stock_reserved=False)
+                        .execution_options(synchronize_session=False))
+
+
+def pending_marketing(session: Session, order_ids: Sequence[int]) -> list[int]:
+    if not order_ids:
+        return []
+    query = select(Message.id).where(Message.order_id.in_(order_ids), Message.status == PENDING,
+                                     Message.msg_class == MARKETING)
+    return list(session.scalars(query))
+
+
+def cancellation_message(order: Order, rt: Runtime, now: datetime) -> dict[str, Any]:
+    """The `order_cancelled` mail, one per order ever (an order without address: skipped)."""
+    cfg = rt.config
+    return order_message(
+        order_id=order.id, customer_id=order.customer_id, step=CANCEL_STEP,
+        template=CANCEL_TEMPLATE, spec=cfg.messaging.templates[CANCEL_TEMPLATE],
+        to_addr=order.email, context=base_context(order, cfg), not_before=now,
+        domain=mail_domain(cfg))
+
+
+# ---------------------------------------------------------------- refunds
+
+
+@dataclass(frozen=True)
+class RefundIn:
+    """One Shopify refund as far as journeys uses it."""
+
+    refund_id: str
+    order_external_id: str
+    lines: dict[str, int]  # Shopify line item id → units refunded
+    goods: Decimal  # refund_line_items subtotal: before tax
+    shipping: Decimal
+    restock: bool
+
+    @property
+    def ledger_key(self) -> str:
+        return f"shopify-refund-{self.refund_id}"
+
+
+def refund_from_body(data: Mapping[str, Any], order_external_id: str | None = None) -> RefundIn:
+    """A refunds/create body (or an entry of an order's `refunds[]`); BadBody says what is off."""
+    refund_id = text_id(data.get("id"))
+    order_id = text_id(data.get("order_id")) or order_external_id
+    if refund_id is None or order_id is None:
+        raise BadBody("refund without id or order_id")
+    lines: Counter[str] = Counter()
+    goods, restock = Decimal(0), bool(data.get("restock"))
+    for item in objects(data, "refund_line_items"):
+        line_id, quantity = text_id(item.get("line_item_id")), item.get("quantity")
+        if line_id is None or not isinstance(quantity, int) or isinstance(quantity, bool) \
+                or quantity < 0:
+            raise BadBody("refund_line_items: each needs line_item_id and a quantity >= 0")
+        lines[line_id] += quantity
+        goods += amount(item.get("subtotal") or 0, "refund_line_items.subtotal")
+        restock |= item.get("restock_type") not in (None, "no_restock")
+    if goods < 0:
+        raise BadBody("refund_line_items: negative subtotal")
+    return RefundIn(refund_id, order_id, dict(lines), goods, shipping_refunded(data), restock)
+
+
+def shipping_refunded(data: Mapping[str, Any]) -> Decimal:
+    """Shipping given back: `shipping_refund` order adjustments (negative amounts) and, in
+    newer API versions, `refund_shipping_lines`."""
+    total = sum((abs(amount(a.get("amount") or 0, "order_adjustments.amount"))
+                 for a in objects(data, "order_adjustments")
+                 if a.get("kind") == "shipping_refund"), Decimal(0))
+    for line in objects(data, "refund_shipping_lines"):
+        money = ((line.get("subtotal_amount_set") or {}).get("shop_money") or {}).get("amount")
+        total += amount(money or 0, "refund_shipping_lines.subtotal_amount_set")
+    return total
+
+
+def refund_events(session: Session, order_ids: Iterable[int]) -> dict[int, dict[str, dict]]:
+    """Each order's recorded refunds: order id → refund id → event detail (first one wins)."""
+    ids = sorted(set(order_ids))
+    found: dict[int, dict[str, dict]] = {oid: {} for oid in ids}
+    if not ids:
+        return found
+    query = (select(OrderEvent.order_id, OrderEvent.detail)
+             .where(OrderEvent.order_id.in_(ids), OrderEvent.kind == REFUND_EVENT)
+             .order_by(OrderEvent.id))
+    for order_id, detail in session.execute(query):
+        found[order_id].setdefault(str(detail.get("refund_id")), detail)
+    return found
+
+
+def refund_event(order: Order, refund: RefundIn, now: datetime) -> dict[str, Any]:
+    known = {line.external_id for line in order.lines}
+    detail = {"refund_id": refund.refund_id, "lines": refund.lines, "goods": str(refund.goods),
+              "shipping": str(refund.shipping), "restock": refund.restock}
+    unknown = sorted(set(refund.lines) - known)
+    if unknown:
+        detail["unknown_lines"] = unknown
+    return note(order.id, detail, now, kind=REFUND_EVENT)
+
+
+def refund_reason(refund: RefundIn, event: dict[str, Any]) -> str:
+    units = sum(refund.lines.values())
+    text = (f"refund {refund.refund_id} recorded: {units} unit(s), goods {refund.goods}, "
+            f"shipping {refund.shipping}")
+    unknown = event["detail"].get("unknown_lines")
+    return text + (f"; lines not on the order: {', '.join(unknown)}" if unknown else "")
+
+
+@dataclass
+class RefundRun:
+    """What `apply_refunds` did: an outcome per key (None: the order is not here), the keys
+    recorded now (with their order), the orders found (by external id) and those cancelled."""
+
+    outcomes: dict[Any, Outcome | None] = field(default_factory=dict)
+    recorded: dict[Any, int] = field(default_factory=dict)
+    orders: dict[str, Order] = field(default_factory=dict)
+    cancelled: set[int] = field(default_factory=set)
+
+
+def apply_refunds(
+    session: Session, refunds: Sequence[tuple[Any, RefundIn]], now: datetime, rt: Runtime,
+    also: Iterable[str] = (),
+) -> RefundRun:
+    """Record each new refund once (keyed by its refund id) and apply its effects. Orders in
+    `also` (external ids) get their refund effects recomputed even without a new refund:
+    intake may have re-inserted their lines."""
+    also = list(also)
+    run = RefundRun(orders=load_orders(session, [r.order_external_id for _, r in refunds] + also))
+    known = refund_events(session, [o.id for o in run.orders.values()])
+    events, reasons = [], {}
+    touched = {run.orders[ext].id: run.orders[ext] for ext in also if ext in run.orders}
+    for key, refund in refunds:
+        order = run.orders.get(refund.order_external_id)
+        if order is None:
+            run.outcomes[key] = None
+        elif refund.refund_id in known[order.id]:
+            run.outcomes[key] = (PROCESSED, f"refund {refund.refund_id} already recorded")
+        else:
+            event = refund_event(order, refund, now)
+            known[order.id][refund.refund_id] = event["detail"]
+            events.append(event)
+            touched[order.id], run.recorded[key] = order, order.id
+            reasons[key] = refund_reason(refund, event)
+    record_events(session, events)
+    run.cancelled = refund_effects(session, list(touched.values()), known, now, rt)
+    for key, order_id in run.recorded.items():
+        cancelled = "; order cancelled: refunded in full before shipping"
+        run.outcomes[key] = (PROCESSED, reasons[key] + (cancelled if order_id in run.cancelled
+                                                        else ""))
+    return run
+
+
+def refund_effects(
+    session: Session, orders: Sequence[Order], recorded: Mapping[int, dict[str, dict]],
+    now: datetime, rt: Runtime,
+) -> set[int]:
+    """Quantities, points, marketing and, for an order refunded in full, its status (and
+    cancellation while unshipped). Returns the orders cancelled."""
+    if not orders:
+        return set()
+    refunded = refresh_refunded_quantities(session, [o.id for o in orders])
+    reverse_recorded_refunds(session, [o.id for o in orders], now, rt, recorded)
+    cancel_refunded_marketing(session, orders, refunded)
+    whole = [o for o in orders if refunded_in_full(o, refunded)]
+    mark_refunded(session, whole)
+    return set(cancel_orders(session, [o for o in whole if not shipped(o)],
+                             "refunded in full before shipping", now, rt,
+                             {o.id: {"source": "shopify refund"} for o in whole}))
+
+
+def refunded_in_full(order: Order, refunded: Mapping[int, int]) -> bool:
+    """Every unit of every line refunded (and at least one unit refunded at all)."""
+    units = [(refunded.get(line.id, 0), line.quantity) for line in order.lines]
+    return sum(r for r, _ in units) > 0 and all(r >= q for r, q in units)
+
+
+def refresh_refunded_quantities(session: Session, order_ids: Sequence[int]) -> dict[int, int]:
+    """Set each line's `refunded_quantity` from the recorded refunds (each refund once, capped
+    at the line's quantity): a recompute, so lines intake re-inserted get theirs back.
+    Returns line id → refunded units for every line of these orders."""
+    by_line: Counter[tuple[int, str]] = Counter()
+    for order_id, refunds in refund_events(session, order_ids).items():
+        for detail in refunds.values():
+            for line_id, quantity in (detail.get("lines") or {}).items():
+                by_line[(order_id, str(line_id))] += int(quantity)
+    table = OrderLine.__table__
+    lines = session.execute(select(table.c.id, table.c.order_id, table.c.external_id,
+                                   table.c.quantity, table.c.refunded_quantity)
+                            .where(table.c.order_id.in_(sorted(set(order_ids))))).all()
+    values = {ln.id: min(by_line[(ln.order_id, ln.external_id)], ln.quantity) for ln in lines}
+    changed = [{"b_id": ln.id, "b_qty": values[ln.id]} for ln in lines
+               if ln.refunded_quantity != values[ln.id]]
+    if changed:
+        session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"))
+            .values(refunded_quantity=bindparam("b_qty")), changed)
+    return values
+
+
+def reverse_recorded_refunds(
+    session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime,
+    recorded: Mapping[int, dict[str, dict]] | None = None,
+) -> None:
+    """Reverse the points of every recorded refund's goods (keyed per refund, so a refund
+    reversed before is a no-op). Also the catch-up for refunds recorded before the order
+    earned: call it after loyalty's earn with the same orders."""
+    recorded = recorded if recorded is not None else refund_events(session, order_ids)
+    refunds = [Refund(oid, goods_of(detail), f"shopify-refund-{refund_id}")
+               for oid in order_ids for refund_id, detail in recorded.get(oid, {}).items()
+               if goods_of(detail) > 0]
+    if refunds:
+        reverse_refunds(session, refunds, now, rt)
+
+
+def goods_of(detail: Mapping[str, Any]) -> Decimal:
+    return Decimal(str(detail.get("goods") or 0))
+
+
+def cancel_refunded_marketing(
+    session: Session, orders: Sequence[Order], refunded: Mapping[int, int]
+) -> None:
+    """Pending marketing of an order about a SKU none of whose units the customer kept: by
+    topic (review request, replenishment) or by the product it is about (care guide,
+    cross-sell)."""
+    gone = {o.id: skus for o in orders if (skus := refunded_skus(o, refunded))}
+    if not gone:
+        return
+    query = select(Message.id, Message.order_id, Message.topic, Message.context).where(
+        Message.order_id.in_(sorted(gone)), Message.status == PENDING,
+        Message.msg_class == MARKETING)
+    about = [row.id for row in session.execute(query)
+             if {row.topic, ((row.context or {}).get("product") or {}).get("sku")}
+             & gone[row.order_id]]
+    cancel_messages(session, about, "refunded")
+
+
+def refunded_skus(order: Order, refunded: Mapping[int, int]) -> set[str]:
+    bought: Counter[str] = Counter()
+    returned: Counter[str] = Counter()
+    for line in order.lines:
+        if line.sku:
+            bought[line.sku] += line.quantity
+            returned[line.sku] += refunded.get(line.id, 0)
+    return {sku for sku, units in bought.items() if returned[sku] >= units}
+
+
+def mark_refunded(session: Session, orders: Sequence[Order]) -> None:
+    """Refunded in full: no points are earned on it (loyalty.NOT_EARNING_STATUSES)."""
+    ids = [o.id for o in orders if o.financial_status != "refunded"]
+    if ids:
+        session.execute(update(Order).where(Order.id.in_(ids))
+                        .values(financial_status="refunded")
+                        .execution_options(synchronize_session=False))
+
+
+def on_refunds(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
+               ) -> dict[int, Outcome]:
+    """Inbox action for ("shopify", "refunds/create")."""
+    outcomes: dict[int, Outcome] = {}
+    parsed: list[tuple[int, RefundIn]] = []
+    for body in bodies:
+        try:
+            parsed.append((body.row_id, refund_from_body(body.data)))
+        except BadBody as exc:
+            outcomes[body.row_id] = (IGNORED, str(exc))
+    run = apply_refunds(session, parsed, now, rt)
+    by_row = {body.row_id: body for body in bodies}
+    for row_id, refund in parsed:
+        outcomes[row_id] = run.outcomes[row_id] or unknown_order(
+            by_row[row_id], refund.order_external_id, now, wait=True)
+    return in_order(bodies, outcomes)
+
+
+def apply_embedded_refunds(
+    session: Session, order_records_data: Sequence[Mapping[str, Any]], now: datetime,
+    rt: Runtime,
+) -> dict[str, int]:
+    """The `refunds[]` of stored Shopify order bodies (orders/updated ...), applied like
+    refunds/create; every order given gets its refund effects recomputed (intake may have
+    re-inserted its lines). Returns counts for the run's report."""
+    refunds, bad, orders = [], 0, []
+    for position, data in enumerate(order_records_data):
+        external_id = text_id(data.get("id"))
+        orders.append(external_id)
+        try:
+            entries = objects(data, "refunds")
+        except BadBody:
+            entries, bad = [], bad + 1
+        for index, entry in enumerate(entries):
+            try:
+                refunds.append(((position, index), refund_from_body(entry, external_id)))
+            except BadBody:
+                bad += 1
+    run = apply_refunds(session, refunds, now, rt, also=[o for o in orders if o])
+    return {"refunds_recorded": len(run.recorded),
+            "refunds_known": sum(1 for o in run.outcomes.values() if o) - len(run.recorded),
+            "refunds_without_order": sum(1 for o in run.outcomes.values() if o is None),
+            "refunds_unreadable": bad, "orders_cancelled": len(run.cancelled)}
+
+
+# ---------------------------------------------------------------- orders/cancelled
+
+
+def on_orders_cancelled(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
+                        ) -> dict[int, Outcome]:
+    """Inbox action for ("shopify", "orders/cancelled")."""
+    outcomes: dict[int, Outcome] = {}
+    wanted: dict[int, tuple[str, Body]] = {}
+    for body in bodies:
+        external_id = text_id(body.data.get("id"))
+        if external_id is None:
+            outcomes[body.row_id] = (IGNORED, "order body without id")
+        elif not body.data.get("cancelled_at"):
+            outcomes[body.row_id] = (IGNORED, "cancelled_at is empty: not cancelled at source")
+        else:
+            wanted[body.row_id] = (external_id, body)
+    orders = load_orders(session, [ext for ext, _ in wanted.values()])
+    to_cancel: dict[int, tuple[Order, Body]] = {}
+    after_shipping: dict[int, tuple[Order, Body]] = {}
+    for row_id, (external_id, body) in wanted.items():
+        order = orders.get(external_id)
+        outcomes[row_id] = cancellation_outcome(order, external_id, body, now)
+        if order is not None and order.state != CANCELLED:
+            (after_shipping if shipped(order) else to_cancel).setdefault(order.id, (order, body))
+    cancel_at_source(session, list(to_cancel.values()), now, rt)
+    open_cases(session, list(after_shipping.values()), now)
+    return in_order(bodies, outcomes)
+
+
+def cancellation_outcome(order: Order | None, external_id: str, body: Body, now: datetime
+                         ) -> Outcome:
+    if order is None:
+        return unknown_order(body, external_id, now, wait=False)
+    if order.state == CANCELLED:
+        return PROCESSED, "already cancelled"
+    if shipped(order):
+        return PROCESSED, f"already {order.state}: not cancelled, service case for an operator"
+    return PROCESSED, f"cancelled ({body.data.get('cancel_reason') or 'no reason given'})"
+
+
+def cancel_at_source(session: Session, found: Sequence[tuple[Order, Body]], now: datetime,
+                     rt: Runtime) -> None:
+    details = {order.id: cancel_detail(body) for order, body in found}
+    stamps = [{"b_id": order.id, "b_at": timestamp(body.data.get("cancelled_at")) or now}
+              for order, body in found]
+    if stamps:
+        table = Order.__table__
+        session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"))
+            .values(cancelled_at=bindparam("b_at")), stamps)
+    cancel_orders(session, [order for order, _ in found], "cancelled at source", now, rt,
+                  details)
+
+
+def cancel_detail(body: Body) -> dict[str, Any]:
+    return {"source": "shopify orders/cancelled",
+            "cancel_reason": body.data.get("cancel_reason"),
+            "cancelled_at": str(body.data.get("cancelled_at"))}
+
+
+def open_cases(session: Session, found: Sequence[tuple[Order, Body]], now: datetime) -> None:
+    """One case per order cancelled at source after shipping; a note when it is opened."""
+    rows = [{"effect_key": f"order:{order.id}:case:cancelled_at_source", "order_id": order.id,
+             "reason": CANCELLED_AFTER_SHIPPING, "proposed": "refund", "status": "open",
+             "opened_at": now} for order, _ in found]
+    opened = insert_new(session, ServiceCase, rows, "effect_key")
+    record_events(session, [
+        note(order.id, {**cancel_detail(body), "note": CANCELLED_AFTER_SHIPPING,
+                        "case": "cancelled_at_source", "proposed": "refund"}, now)
+        for order, body in found if f"order:{order.id}:case:cancelled_at_source" in opened])
+
+
+# ---------------------------------------------------------------- order_transactions/create
+
+
+def on_transactions(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
+                    ) -> dict[int, Outcome]:
+    """Inbox action for ("shopify", "order_transactions/create")."""
+    outcomes: dict[int, Outcome] = {}
+    captures: dict[int, tuple[str, Decimal | None]] = {}
+    for body in bodies:
+        data, external_id = body.data, text_id(body.data.get("order_id"))
+        kind, status = data.get("kind"), data.get("status")
+        if external_id is None:
+            outcomes[body.row_id] = (IGNORED, "transaction without order_id")
+        elif kind not in CAPTURE_KINDS or status != "success":
+            outcomes[body.row_id] = (PROCESSED, f"{kind} {status}: nothing to do")
+        else:
+            captures[body.row_id] = (external_id, captured_amount(data))
+    orders = load_orders(session, [ext for ext, _ in captures.values()])
+    paid: dict[int, tuple[Order, str]] = {}
+    for row_id, (external_id, value) in captures.items():
+        order = orders.get(external_id)
+        if order is None:
+            outcomes[row_id] = (IGNORED, f"no such order: shopify {external_id}")
+            continue
+        status = settled_status(order, value)
+        outcomes[row_id] = (PROCESSED, capture_reason(order, status))
+        if status is not None:
+            paid.setdefault(order.id, (order, status))
+    record_payments(session, list(paid.values()), now)
+    return in_order(bodies, outcomes)
+
+
+def captured_amount(data: Mapping[str, Any]) -> Decimal | None:
+    try:
+        return amount(data.get("amount"), "amount")
+    except BadBody:
+        return None
+
+
+def settled_status(order: Order, value: Decimal | None) -> str | None:
+    """The financial status after this capture, or None when the order's is not to change."""
+    if order.state == CANCELLED or order.financial_status not in UNSETTLED:
+        return None
+    status = "paid" if value is None or value >= order.total else "partially_paid"
+    return status if status != order.financial_status else None
+
+
+def only_payment_hold(order: Order) -> bool:
+    return order.state == ON_HOLD and reason_codes(order.hold_reason) == [PAYMENT_HOLD]
+
+
+def capture_reason(order: Order, status: str | None) -> str:
+    if status is None:
+        return f"payment already recorded (order {order.state}, {order.financial_status})"
+    if only_payment_hold(order):
+        return f"payment captured ({status}): hold released, order verified again"
+    if order.state == ON_HOLD:
+        return f"payment captured ({status}): other hold reasons remain"
+    return f"payment captured ({status})"
+
+
+def record_payments(session: Session, paid: Sequence[tuple[Order, str]], now: datetime
+                    ) -> None:
+    """New financial statuses; an order held only for payment goes back to verification
+    (stock and the rest are checked again there, rather than reserved blindly)."""
+    if not paid:
+        return
+    table = Order.__table__
+    session.connection().execute(
+        update(table).where(table.c.id == bindparam("b_id"))
+        .values(financial_status=bindparam("b_status"), updated_at=now),
+        [{"b_id": order.id, "b_status": status} for order, status in paid])
+    released = [order for order, _ in paid if only_payment_hold(order)]
+    apply_transitions(session, "verify", ON_HOLD, [
+        Transition(o.id, RECEIVED, detail={"decision": "payment captured", "was": o.hold_reason})
+        for o in released], now, actor=ACTOR)
+    reopen_step(session, [o.id for o in released], "verify", now)
+    record_events(session, [
+        note(order.id, {"note": "payment captured", "financial_status": status,
+                        "hold_kept": order.hold_reason}, now)
+        for order, status in paid if order.state == ON_HOLD and not only_payment_hold(order)])
+
+
+# ---------------------------------------------------------------- customers
+
+
+@dataclass(frozen=True)
+class CustomerIn:
+    """What a customers/* body says; None where it says nothing we use."""
+
+    external_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    consent: bool | None
+    consent_state: str | None
+
+
+def customer_from_body(data: Mapping[str, Any]) -> CustomerIn:
+    external_id = text_id(data.get("id"))
+    if external_id is None:
+        raise BadBody("customer without id")
+    email = data.get("email")
+    email = email.strip().lower()[:320] if isinstance(email, str) and "@" in email else None
+    state = (data.get("email_marketing_consent") or {}).get("state") \
+        if isinstance(data.get("email_marketing_consent"), dict) else None
+    return CustomerIn(external_id, email, name(data.get("first_name")),
+                      name(data.get("last_name")), consent_of(state, data), state)
+
+
+def name(value: Any) -> str | None:
+    return value.strip()[:200] if isinstance(value, str) and value.strip() else None
+
+
+def consent_of(state: Any, data: Mapping[str, Any]) -> bool | None:
+    """Shopify's email_marketing_consent.state, else the legacy accepts_marketing flag."""
+    if state == SUBSCRIBED:
+        return True
+    if state in NOT_CONSENTING:
+        return False
+    legacy = data.get("accepts_marketing")
+    return legacy if isinstance(legacy, bool) else None
+
+
+def on_customers(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
+                 ) -> dict[int, Outcome]:
+    """Inbox action for ("shopify", "customers/create") and ("shopify", "customers/update").
+
+    An update of a customer journeys does not know is not turned into one (its first order or
+    customers/create brings it, and an erased customer must not come back from a late update);
+    an explicit unsubscribe in it is still kept as a suppression.
+    """
+    outcomes: dict[int, Outcome] = {}
+    parsed: list[tuple[Body, CustomerIn]] = []
+    for body in bodies:
+        try:
+            parsed.append((body, customer_from_body(body.data)))
+        except BadBody as exc:
+            outcomes[body.row_id] = (IGNORED, str(exc))
+    book = CustomerBook.load(session, [c for _, c in parsed])
+    for body, customer in parsed:
+        outcomes[body.row_id] = book.apply(customer, create=body.topic == "customers/create")
+    book.write(session, now)
+    follow_consent(session, [c for _, c in parsed], book, now)
+    return in_order(bodies, outcomes)
+
+
+CUSTOMER_FIELDS = ("email", "external_id", "first_name", "last_name", "accepts_marketing")
+
+
+@dataclass
+class CustomerBook:
+    """The batch's customers as stored, changed in memory, then written in two statements."""
+
+    by_external: dict[str, dict[str, Any]]
+    owners: dict[str, dict[str, Any]]  # e-mail → the customer row holding it
+    changed: dict[Any, dict[str, Any]]
+    new: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, session: Session, customers: Sequence[CustomerIn]) -> CustomerBook:
+        ids = sorted({c.external_id for c in customers})
+        emails = sorted({c.email for c in customers if c.email})
+        table = Customer.__table__
+        query = select(table.c.id, *(table.c[f] for f in CUSTOMER_FIELDS)).where(
+            table.c.external_id.in_(ids) | table.c.email.in_(emails)).order_by(table.c.id)
+        rows = [dict(r) for r in session.execute(query).mappings()] if ids else []
+        by_external: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["external_id"]:
+                by_external.setdefault(row["external_id"], row)
+        owners = {row["email"]: row for row in rows if row["email"]}
+        return cls(by_external, owners, {}, {})
+
+    def apply(self, customer: CustomerIn, create: bool) -> Outcome:
+        row = self.by_external.get(customer.external_id) or self.adopt(customer, create)
+        if row is None:
+            kept = customer.consent_state == "unsubscribed" and customer.email
+            return PROCESSED, "no such customer (an update creates none)" + (
+                "; the unsubscribe is kept as a suppression" if kept else "")
+        before = dict(row)
+        kept = self.move_email(row, customer.email)
+        for part in ("first_name", "last_name"):
+            row[part] = getattr(customer, part) or row[part]
+        if customer.consent is not None:
+            row["accepts_marketing"] = customer.consent
+        fields = [f for f in CUSTOMER_FIELDS if row.get(f) != before.get(f)]
+        if fields or "id" not in row:
+            self.changed[row.get("id") or ("new", customer.external_id)] = row
+        return PROCESSED, customer_reason(row, fields, kept)
+
+    def adopt(self, customer: CustomerIn, create: bool) -> dict[str, Any] | None:
+        """customers/create: the customer holding the address without a Shopify id (a CSV
+        import), else a new one."""
+        if not create:
+            return None
+        holder = self.owners.get(customer.email or "")
+        if holder is not None and holder["external_id"] is None and "id" in holder:
+            holder["external_id"] = customer.external_id
+            row = holder
+        else:
+            row = {"external_id": customer.external_id, "email": None, "first_name": None,
+                   "last_name": None, "accepts_marketing": False}
+            self.new[customer.external_id] = row
+        self.by_external[customer.external_id] = row
+        return row
+
+    def move_email(self, row: dict[str, Any], email: str | None) -> bool:
+        """Take the new address unless another customer holds it (Customer.email is unique);
+        True when the old one was kept for that reason. An address given up stays taken until
+        the next batch, so the batch's UPDATEs never collide whatever their order."""
+        if email is None or email == row["email"]:
+            return False
+        holder = self.owners.get(email)
+        if holder is not None and holder is not row:
+            return True
+        row["email"], self.owners[email] = email, row
+        return False
+
+    def write(self, session: Session, now: datetime) -> None:
+        updates = [row for row in self.changed.values() if "id" in row]
+        if updates:
+            table = Customer.__table__
+            session.connection().execute(
+                update(table).where(table.c.id == bindparam("b_id"))
+                .values({**{f: bindparam(f"b_{f}") for f in CUSTOMER_FIELDS},
+                         "updated_at": now}),
+                [{"b_id": r["id"], **{f"b_{f}": r[f] for f in CUSTOMER_FIELDS}}
+                 for r in updates])
+        fresh = [{**{f: row[f] for f in CUSTOMER_FIELDS}, "orders_count": 0, "tags": [],
+                  "created_at": now, "updated_at": now} for row in self.new.values()]
+        insert_ignoring_duplicates(session, Customer, fresh, ["email"])
+
+
+def customer_reason(row: dict[str, Any], fields: list[str], kept: bool) -> str:
+    if "id" not in row:
+        text = "customer created"
+    elif fields:
+        text = f"customer {row['id']}: {', '.join(fields)} updated"
+    else:
+        text = f"customer {row['id']}: unchanged"
+    return text + ("; new e-mail not taken: another customer holds that address" if kept else "")
+
+
+def follow_consent(session: Session, customers: Sequence[CustomerIn], book: CustomerBook,
+                   now: datetime) -> None:
+    """An explicit unsubscribe suppresses the customer's addresses (the one stored and the one
+    given) for marketing; a later subscribe lifts only the suppressions such an update made."""
+    last = {c.external_id: c for c in customers}  # the batch's last word per customer
+    out, back = set(), set()
+    for customer in last.values():
+        row = book.by_external.get(customer.external_id) or {}
+        addresses = {a for a in (customer.email, row.get("email")) if a}
+        if customer.consent_state == "unsubscribed":
+            out |= addresses
+        elif customer.consent_state == SUBSCRIBED:
+            back |= addresses
+    suppress_many(session, sorted(out), "unsubscribe", now, SHOPIFY_UNSUBSCRIBE)
+    if back - out:
+        session.execute(delete(Suppression).where(
+            Suppression.email_hash.in_(sorted(email_hash(a) for a in back - out)),
+            Suppression.reason == "unsubscribe", Suppression.source == SHOPIFY_UNSUBSCRIBE))
+
+
+# ---------------------------------------------------------------- products/delete
+
+SHOPIFY_PRODUCT_ID = "shopify_product_id"  # Product.attributes key intake stores
+
+
+def on_products_deleted(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
+                        ) -> dict[int, Outcome]:
+    """Inbox action for ("shopify", "products/delete"): variants marked, never offered again;
+    pending review requests and reminders about them are cancelled."""
+    wanted = {body.row_id: text_id(body.data.get("id")) for body in bodies}
+    ids = sorted({pid for pid in wanted.values() if pid})
+    products: dict[str, list[Product]] = defaultdict(list)
+    if ids:
+        query = select(Product).where(Product.attributes[SHOPIFY_PRODUCT_ID].as_string().in_(ids))
+        for product in session.scalars(query.order_by(Product.sku)):
+            products[str(product.attributes[SHOPIFY_PRODUCT_ID])].append(product)
+    fresh = {p.id: p for found in products.values() for p in found
+             if not (p.attributes or {}).get(DELETED_AT)}
+    mark_deleted(session, list(fresh.values()), now)
+    return {row_id: deletion_outcome(pid, products.get(pid or "", []), fresh)
+            for row_id, pid in wanted.items()}
+
+
+def mark_deleted(session: Session, products: Sequence[Product], now: datetime) -> None:
+    if not products:
+        return
+    table = Product.__table__
+    session.connection().execute(
+        update(table).where(table.c.id == bindparam("b_id"))
+        .values(attributes=bindparam("b_attributes"), updated_at=now),
+        [{"b_id": p.id, "b_attributes": {**(p.attributes or {}), DELETED_AT: now.isoformat()}}
+         for p in products])
+    query = select(Message.id).where(Message.topic.in_([p.sku for p in products]),
+                                     Message.status == PENDING, Message.msg_class == MARKETING)
+    cancel_messages(session, list(session.scalars(query)), "product deleted")
+
+
+def deletion_outcome(product_id: str | None, found: Sequence[Product],
+                     fresh: Mapping[int, Product]) -> Outcome:
+    if product_id is None:
+        return IGNORED, "product body without id"
+    if not found:
+        return IGNORED, f"no product with shopify_product_id {product_id}"
+    skus = ", ".join(p.sku for p in found)[:300]
+    if not any(p.id in fresh for p in found):
+        return PROCESSED, f"already marked deleted: {skus}"
+    return PROCESSED, f"marked deleted, no longer offered: {skus}"
