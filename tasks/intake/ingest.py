@@ -375,8 +375,22 @@ def _insert_lines(session: Session, orders: list[tuple[int, OrderIn]]) -> None:
         for order_id, order in orders
         for position, line in enumerate(order.lines, start=1)
     ]
+    skus = _skus_of_variants(session, {r["variant_id"] for r in rows
+                                       if not r["sku"] and r["variant_id"]})
+    for row in rows:  # a line without SKU is the catalog's product for its variant
+        if not row["sku"] and row["variant_id"] in skus:
+            row["sku"] = skus[row["variant_id"]]
     if rows:
         session.execute(OrderLine.__table__.insert(), rows)
+
+
+def _skus_of_variants(session: Session, variant_ids: set[str]) -> dict[str, str]:
+    """Catalog SKUs by Shopify variant id (kept in the product's attributes at intake)."""
+    if not variant_ids:
+        return {}
+    variant = Product.attributes["shopify_variant_id"].as_string()
+    query = select(variant, Product.sku).where(variant.in_(sorted(variant_ids)))
+    return dict(session.execute(query).tuples().all())
 
 
 def _start_journeys(
@@ -708,15 +722,41 @@ def ingest_products(
     return result
 
 
+def _variant_of(attributes: dict[str, Any] | None) -> str | None:
+    return (attributes or {}).get("shopify_variant_id")
+
+
+def _one_variant_per_sku(
+    products: list[ProductIn], existing: dict[str, RowMapping]
+) -> tuple[list[ProductIn], list[Rejected]]:
+    """A SKU names one variant: a second variant claiming a SKU already held (in the catalog
+    or earlier in the chunk) is refused with the reason, never written over the first."""
+    owner = {sku: _variant_of(row["attributes"]) for sku, row in existing.items()}
+    kept, refused = [], []
+    for product in products:
+        variant, holder = _variant_of(product.attributes), owner.get(product.sku)
+        if variant and holder and variant != holder:
+            reason = (f"SKU {product.sku} already belongs to variant {holder}; variant "
+                      f"{variant} needs a SKU of its own (lines without SKU match by variant)")
+            refused.append(Rejected("product", "shopify", product.model_dump_json(),
+                                    [{"field": "sku", "reason": reason}], None, product.sku))
+            continue
+        owner.setdefault(product.sku, variant)
+        kept.append(product)
+    return kept, refused
+
+
 def _ingest_product_chunk(
     session: Session, chunk: list[ProductIn | Rejected], now: datetime
 ) -> IntakeResult:
     rejected = [item for item in chunk if isinstance(item, Rejected)]
-    latest = {p.sku: p.model_dump(include={"sku", *PRODUCT_FACTS})
-              for p in chunk if isinstance(p, ProductIn)}
+    products = [p for p in chunk if isinstance(p, ProductIn)]
     table = Product.__table__
-    existing = {row["sku"]: row for row in
-                session.execute(select(table).where(table.c.sku.in_(latest))).mappings()}
+    existing = {row["sku"]: row for row in session.execute(
+        select(table).where(table.c.sku.in_({p.sku for p in products}))).mappings()}
+    products, shared = _one_variant_per_sku(products, existing)
+    rejected += shared
+    latest = {p.sku: p.model_dump(include={"sku", *PRODUCT_FACTS}) for p in products}
     new = [values | {"updated_at": now} for sku, values in latest.items() if sku not in existing]
     changed = [values | {"updated_at": now} for sku, values in latest.items()
                if sku in existing and any(existing[sku][k] != values[k] for k in PRODUCT_FACTS)]

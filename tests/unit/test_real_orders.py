@@ -12,15 +12,15 @@ from sqlalchemy import select
 
 from tasks.confirm import confirm
 from tasks.documents import document_context, documents_dir, render_document
-from tasks.intake.formats import order_from_json
-from tasks.intake.ingest import ingest_orders
+from tasks.intake.formats import order_from_json, products_from_shopify
+from tasks.intake.ingest import ingest_orders, ingest_products
 from tasks.messaging.outbox import NO_ADDRESS
 from tasks.messaging.render import Renderer
 from tasks.pack import pack
 from tasks.quality.gate import GateFailed
 from tasks.quality.outputs import check_outbox
 from tasks.store.db import session_scope
-from tasks.store.models import Artifact, Customer, Message, Order, Quarantine
+from tasks.store.models import Artifact, Customer, Message, Order, Product, Quarantine
 from tasks.verify import email_findings, verify
 from tests.conftest import FIXTURES
 from tests.factories import add_catalog
@@ -189,3 +189,38 @@ def test_a_changed_version_is_never_a_duplicate_and_an_unstored_change_is(engine
                                            "duplicates": 0, "quarantined": 0, "deferred": 0}
     later = v2 | {"updated_at": "2026-11-18T09:30:00-00:00", "fulfillments": [{"id": 1}]}
     assert ingest(engine, now, later, v1)["duplicates"] == 2  # nothing we store changed
+
+
+def shopify_product(product_id: int, variants: list[tuple[int, str]]) -> dict[str, Any]:
+    return {"id": product_id, "title": "Snowboard", "product_type": "sports", "tags": "",
+            "variants": [{"id": vid, "sku": sku, "title": f"V{vid}", "price": "10.00",
+                          "inventory_quantity": 5, "grams": 100} for vid, sku in variants]}
+
+
+def test_a_line_without_sku_is_the_catalog_product_of_its_variant(engine, now):
+    product = shopify_product(9, [(50451770802476, "SNOW-GREEN")])
+    with session_scope(engine) as session:
+        ingest_products(session, list(products_from_shopify(product, "{}", "p")), now)
+    ingest(engine, now, body("draft_no_email_no_sku"))
+    with session_scope(engine) as session:
+        skus = [line.sku for line in order(session, 5600000004).lines]
+    assert skus == [None, "SNOW-GREEN"]  # the first line's variant is not in the catalog
+
+
+def test_two_variants_sharing_a_sku_are_refused_with_the_reason_not_overwritten(engine, now):
+    product = shopify_product(9, [(111, "SHARED"), (222, "SHARED"), (333, "OWN")])
+    with session_scope(engine) as session:
+        result = ingest_products(session, list(products_from_shopify(product, "{}", "p")), now)
+    later = shopify_product(10, [(444, "OWN")])  # another product's variant, same SKU
+    with session_scope(engine) as session:
+        again = ingest_products(session, list(products_from_shopify(later, "{}", "q")), now)
+        reasons = [q.reasons[0]["reason"] for q in session.scalars(select(Quarantine))]
+        owners = {p.sku: p.attributes["shopify_variant_id"]
+                  for p in session.scalars(select(Product))}
+    assert (result.accepted, result.quarantined, again.quarantined) == (2, 1, 1)
+    assert owners == {"SHARED": "111", "OWN": "333"}
+    assert reasons == [
+        "SKU SHARED already belongs to variant 111; variant 222 needs a SKU of its own "
+        "(lines without SKU match by variant)",
+        "SKU OWN already belongs to variant 333; variant 444 needs a SKU of its own "
+        "(lines without SKU match by variant)"]
