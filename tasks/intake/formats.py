@@ -537,7 +537,7 @@ def _shopify_variant(
     if title and variant_title and variant_title != "Default Title":
         title = f"{title} - {variant_title}"
     return _compact({
-        "sku": variant.get("sku"),
+        "sku": variant.get("sku") or _variant_sku(variant),
         "title": title,
         "category": product.get("product_type"),
         "tags": product.get("tags"),
@@ -546,6 +546,15 @@ def _shopify_variant(
         "price": variant.get("price"),
         "attributes": attributes | _shopify_ids(product, variant),
     })
+
+
+def _variant_sku(variant: dict[str, Any]) -> str | None:
+    """A variant without SKU is still one product: Shopify's variant id names it (order lines
+    without SKU find it by the same id)."""
+    variant_id = variant.get("id")
+    if isinstance(variant_id, int) and not isinstance(variant_id, bool) and variant_id > 0:
+        return f"shopify-variant-{variant_id}"
+    return None
 
 
 def _shopify_ids(product: dict[str, Any], variant: dict[str, Any]) -> dict[str, str]:
