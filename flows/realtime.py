@@ -72,10 +72,21 @@ class Nudger:
             threading.Event().wait(self.interval)
 
 
+def warm_up() -> None:
+    """Pay the one-off costs before the first webhook does: Great Expectations' import and
+    context (about 10 s here), and the modules the drain loads on first use."""
+    import tasks.lifecycle  # noqa: F401 - imported for its import time
+    import tasks.tracking.ingest  # noqa: F401
+    from tasks.quality.gate import gate_orders
+
+    gate_orders([], datetime.now(UTC), 1.0)
+
+
 def serve() -> None:
     """The task worker: one realtime-intake at a time, for as long as the process lives."""
     from prefect.task_worker import serve as serve_tasks
 
+    warm_up()
     serve_tasks(realtime_intake, limit=1)
 
 

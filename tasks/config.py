@@ -6,10 +6,10 @@ from datetime import date, time
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(Exception):
@@ -18,6 +18,20 @@ class ConfigError(Exception):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _amounts_by_currency(amounts: dict[str, Decimal]) -> dict[str, Decimal]:
+    """Money limits are per ISO 4217 currency: a bare number would be judged in any currency."""
+    for code, amount in amounts.items():
+        if len(code) != 3 or not code.isascii() or not code.isupper() or not code.isalpha():
+            raise ValueError(f"{code!r} is not an ISO 4217 currency code (e.g. USD)")
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"{code}: {amount} is not an amount")
+    return amounts
+
+
+# Per currency, in that currency's major unit (JPY 45000, not 450.00); see configs/packing.yaml.
+Amounts = Annotated[dict[str, Decimal], AfterValidator(_amounts_by_currency)]
 
 
 class StoreConfig(Strict):
@@ -63,7 +77,7 @@ class AddressRules(Strict):
 
 
 class RiskRules(Strict):
-    max_order_value: dict[str, Decimal] = Field(default_factory=dict)
+    max_order_value: Amounts = Field(default_factory=dict)
     max_line_quantity: int = 25
     hold_tags: list[str] = Field(default_factory=list)
     risk_attribute: str = "risk_score"
@@ -84,7 +98,7 @@ class PackingCondition(Strict):
     tags_any: list[str] = Field(default_factory=list)
     categories: list[str] = Field(default_factory=list)
     min_grams: int | None = None
-    min_unit_price: Decimal | None = None
+    min_unit_price: Amounts | None = None
 
 
 class CarrierConstraints(Strict):
@@ -105,7 +119,7 @@ class PackingRule(Strict):
 
 
 class InsuranceRules(Strict):
-    order_value_threshold: Decimal
+    order_value_threshold: Amounts
     categories: list[str] = Field(default_factory=list)
 
 
@@ -132,6 +146,22 @@ class PackingConfig(Strict):
     rules: list[PackingRule]
     insurance: InsuranceRules
     inserts: InsertRules = InsertRules()
+
+    @model_validator(mode="after")
+    def _same_currencies(self) -> PackingConfig:
+        """Every money rule names the same currencies: none is judged by only some of them."""
+        expected = set(self.insurance.order_value_threshold)
+        for rule in self.rules:
+            prices = rule.when.min_unit_price
+            if prices is not None and set(prices) != expected:
+                raise ValueError(f"rule {rule.name}: min_unit_price currencies "
+                                 f"{sorted(prices)} differ from insurance.order_value_threshold "
+                                 f"{sorted(expected)}")
+        return self
+
+    @property
+    def currencies(self) -> frozenset[str]:
+        return frozenset(self.insurance.order_value_threshold)
 
 
 class ShippingMethod(Strict):
@@ -186,6 +216,16 @@ class Config(Strict):
     messaging: MessagingConfig
     quality: QualityConfig
 
+    @model_validator(mode="after")
+    def _money_rules_agree(self) -> Config:
+        """Verification and packing know the same currencies (verification holds the others)."""
+        risk, packing = set(self.verification.risk.max_order_value), set(self.packing.currencies)
+        if risk != packing:
+            raise ValueError(
+                f"verification.yaml risk.max_order_value currencies {sorted(risk)} differ from "
+                f"packing.yaml money thresholds {sorted(packing)}")
+        return self
+
 
 SECTIONS = ("store", "verification", "packing", "shipping", "messaging", "quality")
 
@@ -218,7 +258,10 @@ def load_config(config_dir: Path) -> Config:
             sections[name] = Config.model_fields[name].annotation.model_validate(_read_yaml(path))  # type: ignore[union-attr]
         except ValidationError as exc:
             raise ConfigError(_describe(exc, path)) from exc
-    return Config(dir=config_dir, **sections)
+    try:
+        return Config(dir=config_dir, **sections)
+    except ValidationError as exc:
+        raise ConfigError(f"{config_dir}: {exc.errors()[0]['msg']}") from exc
 
 
 T = TypeVar("T", bound=BaseModel)

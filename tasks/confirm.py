@@ -3,7 +3,8 @@
 The e-mail is only written to the outbox here, in the same transaction as the state change;
 the dispatcher sends it afterwards (the flow runs it right after this stage). An order with
 nothing to ship (gift cards, digital goods) is promised no delivery date; its confirmation says
-it is complete.
+it is complete and, once paid, it counts as delivered at confirmation (same transaction), so the
+delivery-based follow-ups come as for a delivered parcel, except the delivery survey.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from tasks.verify import ships
 
 STEP = "confirm"
 TEMPLATE = "confirmation"
+PAID = "paid"  # Shopify financial_status: fully captured (authorized or partially paid is not)
+NO_PARCEL_SKIPS = frozenset({"feedback_request"})  # a delivery survey asks about the parcel
 
 
 def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime) -> StageResult:
@@ -41,12 +44,26 @@ def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runti
         for oid, day in promised.items()
     ]
     apply_transitions(session, STEP, PACKED, transitions, now)
+    completed = complete_unshipped(session, orders, now, rt)
     return StageResult(
         stage=STEP,
         advanced=len(orders),
         skipped=len(set(order_ids)) - len(orders),  # no longer packed, or locked by a peer
-        details={"messages_enqueued": len(orders)},
+        details={"messages_enqueued": len(orders), "completed_without_shipping": completed},
     )
+
+
+def complete_unshipped(
+    session: Session, orders: Sequence[Order], now: datetime, rt: Runtime
+) -> int:
+    """Paid orders with nothing to ship: confirmed → delivered now (no parcel will ever arrive),
+    with the steps delivery schedules, except the delivery survey (there was no parcel)."""
+    from tasks.tracking.stage import mark_delivered, tracking_config  # it imports this module
+
+    done = {o.id: now for o in orders if not ships(o) and o.financial_status == PAID}
+    settings = tracking_config(rt.config)
+    mark_delivered(session, CONFIRMED, done, now, settings, skip_steps=NO_PARCEL_SKIPS)
+    return len(done)
 
 
 def shipping_method(order: Order, cfg: Config) -> str:

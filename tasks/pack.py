@@ -3,7 +3,9 @@
 A batch takes a constant number of queries: claim, products, existing artifacts, artifact
 insert, packing update and the state transition; its documents go to the archive as ONE bundle.
 Lines that need no shipping (gift cards, digital goods) are never packed: an order of only such
-lines gets an invoice but no packing slip.
+lines gets an invoice but no packing slip. Money thresholds (min_unit_price, insurance) are per
+currency and compare amounts in the order's own currency; verification holds orders in a currency
+without thresholds, so one released by an operator gets no value-based rule (the plan says so).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from babel.numbers import get_currency_precision
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -45,7 +48,6 @@ from tasks.verify import needs_shipping, ships
 STAGE = "pack"
 DOCUMENT_VERSION = 1
 INSTRUCTION_KINDS = (("material", "materials"), ("label", "labels"), ("handling", "handling"))
-CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -72,21 +74,22 @@ def line_facts(line: OrderLine, product: Product | None) -> LineFacts:
     )
 
 
-def rule_matches(when: PackingCondition, facts: LineFacts) -> bool:
-    """A rule matches a line when ANY of its conditions holds."""
+def rule_matches(when: PackingCondition, facts: LineFacts, currency: str) -> bool:
+    """A rule matches a line when ANY of its conditions holds (prices in the order's currency)."""
+    min_price = (when.min_unit_price or {}).get(currency)
     return (
         bool(facts.tags & {t.casefold() for t in when.tags_any})
         or facts.category in {c.casefold() for c in when.categories}
         or (when.min_grams is not None and facts.total_grams >= when.min_grams)
-        or (when.min_unit_price is not None and facts.unit_price >= when.min_unit_price)
+        or (min_price is not None and facts.unit_price >= min_price)
     )
 
 
 def matched_rules(
-    rules: Sequence[PackingRule], lines: Sequence[LineFacts]
+    rules: Sequence[PackingRule], lines: Sequence[LineFacts], currency: str
 ) -> list[tuple[PackingRule, list[LineFacts]]]:
     """Each rule (config order) with the lines that triggered it; rules nobody hit left out."""
-    pairs = [(rule, [f for f in lines if rule_matches(rule.when, f)]) for rule in rules]
+    pairs = [(rule, [f for f in lines if rule_matches(rule.when, f, currency)]) for rule in rules]
     return [(rule, hits) for rule, hits in pairs if hits]
 
 
@@ -122,26 +125,32 @@ def _intersection(options: Iterable[list[Any] | None]) -> list[Any] | None:
     return sorted(set.intersection(*restricting)) if restricting else None
 
 
+def minor_unit(currency: str) -> Decimal:
+    """0.01 for USD, 1 for JPY (zero-decimal), 0.001 for KWD."""
+    return Decimal(1).scaleb(-get_currency_precision(currency))
+
+
 def goods_value(order: Order) -> Decimal:
     """The goods after discounts: `subtotal` already is that (as Shopify's subtotal_price)."""
-    return order.subtotal.quantize(CENT)
+    return order.subtotal.quantize(minor_unit(order.currency))
 
 
 def insurance(order: Order, lines: Sequence[LineFacts], rules: InsuranceRules) -> dict[str, Any]:
-    """Insured above the value threshold or when any line is in an always-insured category."""
-    value = goods_value(order)
+    """Insured above the currency's value threshold or when any line is in an always-insured
+    category; without a threshold for the currency, the value is not judged (and the plan says)."""
+    value, threshold = goods_value(order), rules.order_value_threshold.get(order.currency)
     always = {c.casefold() for c in rules.categories}
-    reasons = (
-        [f"goods value above {rules.order_value_threshold}"]
-        if value > rules.order_value_threshold
-        else []
-    )
+    reasons = ([f"goods value above {threshold} {order.currency}"]
+               if threshold is not None and value > threshold else [])
     reasons += sorted({f"category {f.category}" for f in lines if f.category in always})
-    return {
+    result = {
         "insured": bool(reasons),
-        "insured_value": str(value) if reasons else "0.00",
+        "insured_value": str(value) if reasons else str(Decimal(0).quantize(value)),
         "insurance_reasons": reasons,
     }
+    if threshold is None:
+        result["value_rules_skipped"] = f"no money thresholds for {order.currency}"
+    return result
 
 
 def promo_code(secret_key: str, order: Order, prefix: str) -> str:
@@ -195,7 +204,7 @@ def packing_plan(
     # samples.
     lines = [line_facts(line, products.get(line.sku or "")) for line in order.lines
              if not line.gift_card and needs_shipping(line)]
-    matches = matched_rules(config.rules, lines)
+    matches = matched_rules(config.rules, lines, order.currency)
     steps = instructions(matches)
     return {
         "instructions": steps,

@@ -2,6 +2,8 @@
 
 Rules come from configs/verification.yaml. A failing rule holds the order with reason codes
 (`code: detail; ...`) that operators see in the timeline and in reports; cancelled orders close.
+Money limits are per currency: an order in a currency the configs have no thresholds for holds
+(`currency_unsupported`) rather than being judged against another currency's figures.
 What intake found (an order total nothing explains) holds too. Stock is reserved (decremented)
 only for orders that pass, in order-id order, so two orders in one batch cannot both take the
 last item. Lines that need no shipping (gift cards, digital goods) need no stock or address.
@@ -36,6 +38,9 @@ from tasks.store.journal import (
     claim_orders,
 )
 from tasks.store.models import Order, OrderEvent, OrderLine, Product
+
+UNSUPPORTED_CURRENCY = ("no money thresholds for it in configs/verification.yaml "
+                        "risk.max_order_value and configs/packing.yaml")
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,21 @@ def address_findings(address: dict, rules: VerificationConfig) -> list[Finding]:
     return findings
 
 
+def currency_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
+    """An order in a currency without money thresholds cannot be judged (not in dollars either).
+
+    configs/packing.yaml names the same currencies as risk.max_order_value (checked at load).
+    """
+    if order.currency in rules.risk.max_order_value:
+        return []
+    detail = f"{order.currency or 'none'} ({UNSUPPORTED_CURRENCY})"
+    return [Finding("currency_unsupported", detail)]
+
+
 def risk_findings(order: Order, rules: VerificationConfig) -> list[Finding]:
     risk = rules.risk
     findings = []
-    limit = risk.max_order_value.get(order.currency)
+    limit = risk.max_order_value.get(order.currency)  # None: currency_findings holds the order
     if limit is not None and order.total > limit:
         findings.append(Finding("high_value", f"{order.total} {order.currency} > {limit}"))
     big = [line.sku or line.title for line in order.lines if line.quantity > risk.max_line_quantity]
@@ -223,6 +239,7 @@ def assess(
         + email_findings(order, rules)
         + shipping_findings(order, rules)
         + catalog_findings(order, products, available)
+        + currency_findings(order, rules)
         + risk_findings(order, rules)
     )
     if findings:

@@ -145,9 +145,22 @@ def deliver(
     """shipped → delivered, delivered_at = the last parcel's, then the second half's steps."""
     delivered_at = {o.id: max(s.delivered_at or s.status_at or now for s in parcels[o.id])
                     for o in orders}
+    mark_delivered(session, SHIPPED, delivered_at, now, settings)
+
+
+def mark_delivered(
+    session: Session,
+    from_state: str,
+    delivered_at: dict[int, datetime],
+    now: datetime,
+    settings: TrackingConfig,
+    skip_steps: frozenset[str] = frozenset(),
+) -> None:
+    """from_state → delivered (compare-and-set) at the given times, then the second half's steps
+    (except `skip_steps`). Also used by confirmation for orders with nothing to ship."""
     transitions = [Transition(oid, DELIVERED, detail={"delivered_at": at.isoformat()})
                    for oid, at in delivered_at.items()]
-    apply_transitions(session, TRACK_STEP, SHIPPED, transitions, now)
+    apply_transitions(session, TRACK_STEP, from_state, transitions, now)
     if delivered_at:
         table = Order.__table__
         session.connection().execute(
@@ -155,7 +168,8 @@ def deliver(
             .values(delivered_at=bindparam("b_at")),
             [{"b_id": oid, "b_at": at} for oid, at in delivered_at.items()],
         )
-    schedule_steps(session, after_delivery_steps(delivered_at, now, settings), now)
+    steps = after_delivery_steps(delivered_at, now, settings)
+    schedule_steps(session, [step for step in steps if step[1] not in skip_steps], now)
 
 
 def after_delivery_steps(

@@ -59,14 +59,14 @@ def facts(sku: str = "S", tags=(), category=None, grams=0, price="10") -> LineFa
         ({"categories": ["food"]}, facts(category=None), False),
         ({"min_grams": 20000}, facts(grams=20000), True),
         ({"min_grams": 20000}, facts(grams=19999), False),
-        ({"min_unit_price": "500"}, facts(price="500.00"), True),
-        ({"min_unit_price": "500"}, facts(price="499.99"), False),
+        ({"min_unit_price": {"USD": "500"}}, facts(price="500.00"), True),
+        ({"min_unit_price": {"USD": "500"}}, facts(price="499.99"), False),
         ({"tags_any": ["oversized"], "min_grams": 20000}, facts(tags={"oversized"}), True),
         ({}, facts(tags={"glass"}, category="food", grams=10**6, price="10000"), False),
     ],
 )
 def test_rule_matches_when_any_condition_holds(when, line, expected) -> None:
-    assert rule_matches(PackingCondition(**when), line) is expected
+    assert rule_matches(PackingCondition(**when), line, "USD") is expected
 
 
 def test_line_facts_total_grams_and_missing_product_has_no_attributes() -> None:
@@ -87,7 +87,7 @@ def test_instructions_deduplicate_in_rule_order_and_merge_skus() -> None:
     )
     heavy = PackingRule(name="heavy", when=PackingCondition(min_grams=1000), materials=["box"])
     lines = [facts("A", tags={"fragile"}), facts("B", grams=5000)]
-    steps = instructions(matched_rules([wrap, heavy], lines))
+    steps = instructions(matched_rules([wrap, heavy], lines, "USD"))
     assert steps == [
         {"kind": "material", "text": "bubble wrap", "rule": "wrap", "skus": ["A"]},
         {"kind": "material", "text": "box", "rule": "wrap", "skus": ["A", "B"]},
@@ -127,15 +127,15 @@ def test_carrier_without_constraints_and_with_conflicts() -> None:
 
 
 def test_insurance_by_value_threshold_or_category(cfg) -> None:
-    rules = cfg.packing.insurance  # threshold 300, categories jewelry/electronics
+    rules = cfg.packing.insurance  # threshold USD 300, categories jewelry/electronics
     # subtotal is the goods after discounts (Shopify's subtotal_price): not reduced again
-    cheap = Order(subtotal=Decimal("300"), discounts=Decimal("10"))
+    cheap = Order(currency="USD", subtotal=Decimal("300"), discounts=Decimal("10"))
     assert insurance(cheap, [facts(category="home")], rules)["insured"] is False
-    pricey = Order(subtotal=Decimal("300.01"), discounts=Decimal("10"))
+    pricey = Order(currency="USD", subtotal=Decimal("300.01"), discounts=Decimal("10"))
     assert insurance(pricey, [], rules) == {
         "insured": True,
         "insured_value": "300.01",
-        "insurance_reasons": ["goods value above 300"],
+        "insurance_reasons": ["goods value above 300 USD"],
     }
     ring = insurance(cheap, [facts(category="jewelry")], rules)
     assert ring["insured"] is True and ring["insurance_reasons"] == ["category jewelry"]
@@ -365,7 +365,7 @@ def test_pack_plans_documents_and_advances_the_batch(packed, runtime) -> None:
         "signature": True,
     }
     assert (plan["insured"], plan["insured_value"]) == (True, "764.00")
-    assert plan["insurance_reasons"] == ["goods value above 300", "category jewelry"]
+    assert plan["insurance_reasons"] == ["goods value above 300 USD", "category jewelry"]
 
 
 def test_pack_inserts_and_the_unlisted_sku(packed, now) -> None:

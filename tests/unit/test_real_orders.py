@@ -88,7 +88,7 @@ def test_a_gift_card_order_needs_no_address_no_slip_and_no_delivery_date(engine,
     ingest(engine, now, body("gift_card_only"))
     stored = run_stages(engine, runtime, now, 5600000002)
     assert (stored.state, stored.promised_delivery, stored.hold_reason) == (
-        "confirmed", None, None)
+        "delivered", None, None)  # paid, nothing to ship: complete at confirmation (issue 13)
     assert stored.packing["instructions"] == [] and set(stored.packing["documents"]) == {"invoice"}
     with session_scope(engine) as session:
         [line] = order(session, 5600000002).lines
