@@ -282,9 +282,14 @@ def route(row: Row[Any]) -> _Routed:
         rejected = Rejected(QUARANTINE_KIND[kind], row.provider, text,
                             [{"field": "_record", "reason": reason}], origin)
         return _Routed(row, kind, [rejected], QUARANTINED, reason)
+    if unstorable := unstorable_text(data):  # no database can hold it: refused whole
+        reason = f"{unstorable}: the body cannot be stored"
+        if kind == "action":
+            return _Routed(row, kind, [], IGNORED, reason)
+        rejected = Rejected(QUARANTINE_KIND[kind], row.provider, text,
+                            [{"field": "_record", "reason": reason}], origin)
+        return _Routed(row, kind, [rejected], QUARANTINED, reason)
     if kind == "action":
-        if unstorable := unstorable_text(data):
-            return _Routed(row, kind, [], IGNORED, f"{unstorable}: the body cannot be stored")
         return _Routed(row, kind, [Body(row.id, row.topic, data, row.received_at, row.shop)])
     return _Routed(row, kind, records_of(kind, FORMAT_OF_PROVIDER[row.provider], data, text,
                                          origin))

@@ -25,6 +25,7 @@ ledger entries have effect keys, and the rest are updates to the value they alre
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session, selectinload
 from tasks.aftercare import base_context, mail_domain
 from tasks.aftercare.followups import DELETED_AT
 from tasks.inbox import IGNORED, PROCESSED, WAIT_LIMIT, Body, Outcome
+from tasks.intake.schema import MONEY_LIMIT
 from tasks.loyalty import Refund, reverse_refunds
 from tasks.messaging.governor import email_hash
 from tasks.messaging.outbox import enqueue, order_message
@@ -99,42 +101,109 @@ class BadBody(ValueError):
 
 # ---------------------------------------------------------------- reading bodies
 
-
-def text_id(value: Any) -> str | None:
-    """A source id as our columns hold it: digits or a short string; None if absent or odd."""
-    if isinstance(value, bool) or value is None:
-        return None
-    text = str(value).strip()
-    return text if isinstance(value, (int, str)) and 0 < len(text) <= 64 else None
+ID_MAX = 2**63 - 1  # Shopify ids: positive integers within 64 bits
+COUNT_MAX = 2_147_483_647  # a quantity: what an INTEGER column holds
 
 
-def amount(value: Any, where: str) -> Decimal:
-    """A finite amount from a JSON number or string (Shopify sends both)."""
-    if isinstance(value, bool):
-        raise BadBody(f"{where}: not an amount")
-    try:
-        found = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise BadBody(f"{where}: not an amount: {str(value)[:40]!r}") from None
-    if not found.is_finite():
-        raise BadBody(f"{where}: not a finite amount")
-    return found
+def shown(value: Any) -> str:
+    """A value as a reason names it: the kind for containers, else a short repr."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
-def objects(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
-    """A list of JSON objects (missing or null = empty)."""
-    value = data.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise BadBody(f"{key}: expected a list of objects")
-    return value
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= COUNT_MAX
 
 
-def timestamp(value: Any) -> datetime | None:
-    try:
-        stamp = datetime.fromisoformat(str(value))
-    except (TypeError, ValueError):
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+@dataclass(frozen=True)
+class Fields:
+    """A JSON object's fields read as the types journeys uses. Absent and null read as None;
+    a value of another shape is a BadBody naming the field (`where` is the path to here)."""
+
+    data: Mapping[str, Any]
+    where: str = ""
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def bad(self, key: str, expected: str) -> BadBody:
+        return BadBody(f"{self.path(key)}: expected {expected}, got {shown(self.data[key])}")
+
+    def text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        raise self.bad(key, "text")
+
+    def flag(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.bad(key, "true or false")
+
+    def id(self, key: str) -> str | None:
+        """A Shopify id as our columns hold it: its decimal digits."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        digits = value.strip() if isinstance(value, str) else ""
+        if digits.isascii() and digits.isdigit() and len(digits) <= 19:
+            value = int(digits)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= ID_MAX:
+            return str(value)
+        raise self.bad(key, "a Shopify id (a positive integer)")
+
+    def money(self, key: str, signed: bool = False) -> Decimal | None:
+        """A finite amount the store holds exactly, from a JSON number or string."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        found = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                found = Decimal(str(value).strip())
+            except InvalidOperation:
+                found = None
+        if (found is None or not found.is_finite() or abs(found) >= MONEY_LIMIT
+                or -found.as_tuple().exponent > 4 or (found < 0 and not signed)):
+            raise self.bad(key, "an amount" if signed else "an amount >= 0")
+        return found
+
+    def when(self, key: str) -> datetime | None:
+        """An ISO 8601 date-time (without an offset: UTC), in UTC."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                stamp = datetime.fromisoformat(value)
+                return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).astimezone(UTC)
+            except (ValueError, OverflowError):  # not ISO 8601; beyond year 1-9999 in UTC
+                pass
+        raise self.bad(key, "an ISO date-time")
+
+    def object(self, key: str) -> Fields | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return Fields(value, self.path(key))
+        raise self.bad(key, "an object")
+
+    def objects(self, key: str) -> list[Fields]:
+        """A list of JSON objects (absent or null: empty)."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise BadBody(f"{self.path(key)}: expected a list of objects")
+        return [Fields(v, f"{self.path(key)}[{i}]") for i, v in enumerate(value)]
 
 
 # ---------------------------------------------------------------- shared order helpers
@@ -277,36 +346,41 @@ class RefundIn:
         return f"shopify-refund-{self.refund_id}"
 
 
+LINE_NEEDS = "refund_line_items: each needs line_item_id and a quantity >= 0"
+
+
 def refund_from_body(data: Mapping[str, Any], order_external_id: str | None = None) -> RefundIn:
     """A refunds/create body (or an entry of an order's `refunds[]`); BadBody says what is off."""
-    refund_id = text_id(data.get("id"))
-    order_id = text_id(data.get("order_id")) or order_external_id
+    body = Fields(data)
+    refund_id = body.id("id")
+    order_id = body.id("order_id") or order_external_id
     if refund_id is None or order_id is None:
         raise BadBody("refund without id or order_id")
     lines: Counter[str] = Counter()
-    goods, restock = Decimal(0), bool(data.get("restock"))
-    for item in objects(data, "refund_line_items"):
-        line_id, quantity = text_id(item.get("line_item_id")), item.get("quantity")
-        if line_id is None or not isinstance(quantity, int) or isinstance(quantity, bool) \
-                or quantity < 0:
-            raise BadBody("refund_line_items: each needs line_item_id and a quantity >= 0")
+    goods, restock = Decimal(0), bool(body.flag("restock"))
+    for item in body.objects("refund_line_items"):
+        line_id, quantity = item.id("line_item_id"), item.data.get("quantity")
+        if line_id is None or not is_count(quantity):
+            raise BadBody(LINE_NEEDS)
         lines[line_id] += quantity
-        goods += amount(item.get("subtotal") or 0, "refund_line_items.subtotal")
-        restock |= item.get("restock_type") not in (None, "no_restock")
-    if goods < 0:
-        raise BadBody("refund_line_items: negative subtotal")
-    return RefundIn(refund_id, order_id, dict(lines), goods, shipping_refunded(data), restock)
+        goods += item.money("subtotal") or 0
+        restock |= item.text("restock_type") not in (None, "no_restock")
+    if goods >= MONEY_LIMIT:
+        raise BadBody("refund_line_items.subtotal: more than the store holds")
+    return RefundIn(refund_id, order_id, dict(lines), goods, shipping_refunded(body), restock)
 
 
-def shipping_refunded(data: Mapping[str, Any]) -> Decimal:
+def shipping_refunded(body: Fields) -> Decimal:
     """Shipping given back: `shipping_refund` order adjustments (negative amounts) and, in
     newer API versions, `refund_shipping_lines`."""
-    total = sum((abs(amount(a.get("amount") or 0, "order_adjustments.amount"))
-                 for a in objects(data, "order_adjustments")
-                 if a.get("kind") == "shipping_refund"), Decimal(0))
-    for line in objects(data, "refund_shipping_lines"):
-        money = ((line.get("subtotal_amount_set") or {}).get("shop_money") or {}).get("amount")
-        total += amount(money or 0, "refund_shipping_lines.subtotal_amount_set")
+    total = sum((abs(a.money("amount", signed=True) or 0)
+                 for a in body.objects("order_adjustments")
+                 if a.text("kind") == "shipping_refund"), Decimal(0))
+    for line in body.objects("refund_shipping_lines"):
+        money = (line.object("subtotal_amount_set") or Fields({})).object("shop_money")
+        total += (money.money("amount") if money else None) or 0
+    if total >= MONEY_LIMIT:
+        raise BadBody("refund shipping: more than the store holds")
     return total
 
 
@@ -516,15 +590,18 @@ def apply_embedded_refunds(
     re-inserted its lines). Returns counts for the run's report."""
     refunds, bad, orders = [], 0, []
     for position, data in enumerate(order_records_data):
-        external_id = text_id(data.get("id"))
+        try:  # an order intake refused (an odd id) still has refunds that name their order
+            external_id = Fields(data).id("id")
+        except BadBody:
+            external_id = None
         orders.append(external_id)
         try:
-            entries = objects(data, "refunds")
+            entries = Fields(data).objects("refunds")
         except BadBody:
             entries, bad = [], bad + 1
         for index, entry in enumerate(entries):
             try:
-                refunds.append(((position, index), refund_from_body(entry, external_id)))
+                refunds.append(((position, index), refund_from_body(entry.data, external_id)))
             except BadBody:
                 bad += 1
     run = apply_refunds(session, refunds, now, rt, also=[o for o in orders if o])
@@ -537,48 +614,68 @@ def apply_embedded_refunds(
 # ---------------------------------------------------------------- orders/cancelled
 
 
+@dataclass(frozen=True)
+class CancelIn:
+    """What an orders/cancelled body says about the cancellation."""
+
+    external_id: str
+    cancelled_at: datetime
+    cancelled_at_text: str  # as Shopify wrote it, for the timeline
+    cancel_reason: str | None
+
+
+def cancellation_from_body(data: Mapping[str, Any]) -> CancelIn:
+    """An orders/cancelled body; BadBody says what is off (an empty cancelled_at: the order
+    is not cancelled at Shopify)."""
+    body = Fields(data)
+    external_id = body.id("id")
+    if external_id is None:
+        raise BadBody("order body without id")
+    reason = body.text("cancel_reason")
+    if data.get("cancelled_at") in (None, ""):
+        raise BadBody("cancelled_at is empty: not cancelled at source")
+    return CancelIn(external_id, body.when("cancelled_at"), data["cancelled_at"], reason)
+
+
 def on_orders_cancelled(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
                         ) -> dict[int, Outcome]:
     """Inbox action for ("shopify", "orders/cancelled")."""
     outcomes: dict[int, Outcome] = {}
-    wanted: dict[int, tuple[str, Body]] = {}
+    wanted: dict[int, tuple[CancelIn, Body]] = {}
     for body in bodies:
-        external_id = text_id(body.data.get("id"))
-        if external_id is None:
-            outcomes[body.row_id] = (IGNORED, "order body without id")
-        elif not body.data.get("cancelled_at"):
-            outcomes[body.row_id] = (IGNORED, "cancelled_at is empty: not cancelled at source")
-        else:
-            wanted[body.row_id] = (external_id, body)
-    orders = load_orders(session, [ext for ext, _ in wanted.values()])
-    to_cancel: dict[int, tuple[Order, Body]] = {}
-    after_shipping: dict[int, tuple[Order, Body]] = {}
-    for row_id, (external_id, body) in wanted.items():
-        order = orders.get(external_id)
-        outcomes[row_id] = cancellation_outcome(order, external_id, body, now)
+        try:
+            wanted[body.row_id] = (cancellation_from_body(body.data), body)
+        except BadBody as exc:
+            outcomes[body.row_id] = (IGNORED, str(exc))
+    orders = load_orders(session, [cancel.external_id for cancel, _ in wanted.values()])
+    to_cancel: dict[int, tuple[Order, CancelIn]] = {}
+    after_shipping: dict[int, tuple[Order, CancelIn]] = {}
+    for row_id, (cancel, body) in wanted.items():
+        order = orders.get(cancel.external_id)
+        outcomes[row_id] = cancellation_outcome(order, cancel, body, now)
         if order is not None and order.state != CANCELLED:
-            (after_shipping if shipped(order) else to_cancel).setdefault(order.id, (order, body))
+            (after_shipping if shipped(order) else to_cancel).setdefault(order.id,
+                                                                         (order, cancel))
     cancel_at_source(session, list(to_cancel.values()), now, rt)
     open_cases(session, list(after_shipping.values()), now)
     return in_order(bodies, outcomes)
 
 
-def cancellation_outcome(order: Order | None, external_id: str, body: Body, now: datetime
+def cancellation_outcome(order: Order | None, cancel: CancelIn, body: Body, now: datetime
                          ) -> Outcome:
     if order is None:
-        return unknown_order(body, external_id, now, wait=False)
+        return unknown_order(body, cancel.external_id, now, wait=False)
     if order.state == CANCELLED:
         return PROCESSED, "already cancelled"
     if shipped(order):
         return PROCESSED, f"already {order.state}: not cancelled, service case for an operator"
-    return PROCESSED, f"cancelled ({body.data.get('cancel_reason') or 'no reason given'})"
+    return PROCESSED, f"cancelled ({cancel.cancel_reason or 'no reason given'})"
 
 
-def cancel_at_source(session: Session, found: Sequence[tuple[Order, Body]], now: datetime,
+def cancel_at_source(session: Session, found: Sequence[tuple[Order, CancelIn]], now: datetime,
                      rt: Runtime) -> None:
-    details = {order.id: cancel_detail(body) for order, body in found}
-    stamps = [{"b_id": order.id, "b_at": timestamp(body.data.get("cancelled_at")) or now}
-              for order, body in found]
+    details = {order.id: cancel_detail(cancel) for order, cancel in found}
+    stamps = [{"b_id": order.id, "b_at": cancel.cancelled_at} for order, cancel in found]
     if stamps:
         table = Order.__table__
         session.connection().execute(
@@ -588,22 +685,22 @@ def cancel_at_source(session: Session, found: Sequence[tuple[Order, Body]], now:
                   details)
 
 
-def cancel_detail(body: Body) -> dict[str, Any]:
-    return {"source": "shopify orders/cancelled",
-            "cancel_reason": body.data.get("cancel_reason"),
-            "cancelled_at": str(body.data.get("cancelled_at"))}
+def cancel_detail(cancel: CancelIn) -> dict[str, Any]:
+    return {"source": "shopify orders/cancelled", "cancel_reason": cancel.cancel_reason,
+            "cancelled_at": cancel.cancelled_at_text}
 
 
-def open_cases(session: Session, found: Sequence[tuple[Order, Body]], now: datetime) -> None:
+def open_cases(session: Session, found: Sequence[tuple[Order, CancelIn]], now: datetime
+               ) -> None:
     """One case per order cancelled at source after shipping; a note when it is opened."""
     rows = [{"effect_key": f"order:{order.id}:case:cancelled_at_source", "order_id": order.id,
              "reason": CANCELLED_AFTER_SHIPPING, "proposed": "refund", "status": "open",
              "opened_at": now} for order, _ in found]
     opened = insert_new(session, ServiceCase, rows, "effect_key")
     record_events(session, [
-        note(order.id, {**cancel_detail(body), "note": CANCELLED_AFTER_SHIPPING,
+        note(order.id, {**cancel_detail(cancel), "note": CANCELLED_AFTER_SHIPPING,
                         "case": "cancelled_at_source", "proposed": "refund"}, now)
-        for order, body in found if f"order:{order.id}:case:cancelled_at_source" in opened])
+        for order, cancel in found if f"order:{order.id}:case:cancelled_at_source" in opened])
 
 
 # ---------------------------------------------------------------- order_transactions/create
@@ -615,14 +712,15 @@ def on_transactions(session: Session, bodies: Sequence[Body], now: datetime, rt:
     outcomes: dict[int, Outcome] = {}
     captures: dict[int, tuple[str, Decimal | None]] = {}
     for body in bodies:
-        data, external_id = body.data, text_id(body.data.get("order_id"))
-        kind, status = data.get("kind"), data.get("status")
-        if external_id is None:
-            outcomes[body.row_id] = (IGNORED, "transaction without order_id")
-        elif kind not in CAPTURE_KINDS or status != "success":
+        try:
+            external_id, kind, status, value = transaction_from_body(body.data)
+        except BadBody as exc:
+            outcomes[body.row_id] = (IGNORED, str(exc))
+            continue
+        if kind not in CAPTURE_KINDS or status != "success":
             outcomes[body.row_id] = (PROCESSED, f"{kind} {status}: nothing to do")
         else:
-            captures[body.row_id] = (external_id, captured_amount(data))
+            captures[body.row_id] = (external_id, value)
     orders = load_orders(session, [ext for ext, _ in captures.values()])
     paid: dict[int, tuple[Order, str]] = {}
     for row_id, (external_id, value) in captures.items():
@@ -638,11 +736,17 @@ def on_transactions(session: Session, bodies: Sequence[Body], now: datetime, rt:
     return in_order(bodies, outcomes)
 
 
-def captured_amount(data: Mapping[str, Any]) -> Decimal | None:
-    try:
-        return amount(data.get("amount"), "amount")
-    except BadBody:
-        return None
+def transaction_from_body(data: Mapping[str, Any]
+                          ) -> tuple[str, str | None, str | None, Decimal | None]:
+    """(order external id, kind, status, amount: read for a successful capture only; None
+    when absent, which counts as the whole order)."""
+    body = Fields(data)
+    external_id = body.id("order_id")
+    if external_id is None:
+        raise BadBody("transaction without order_id")
+    kind, status = body.text("kind"), body.text("status")
+    value = body.money("amount") if kind in CAPTURE_KINDS and status == "success" else None
+    return external_id, kind, status, value
 
 
 def settled_status(order: Order, value: Decimal | None) -> str | None:
@@ -705,29 +809,30 @@ class CustomerIn:
 
 
 def customer_from_body(data: Mapping[str, Any]) -> CustomerIn:
-    external_id = text_id(data.get("id"))
+    """A customers/* body; BadBody says what is off. An address without "@" says nothing."""
+    body = Fields(data)
+    external_id = body.id("id")
     if external_id is None:
         raise BadBody("customer without id")
-    email = data.get("email")
-    email = email.strip().lower()[:320] if isinstance(email, str) and "@" in email else None
-    state = (data.get("email_marketing_consent") or {}).get("state") \
-        if isinstance(data.get("email_marketing_consent"), dict) else None
-    return CustomerIn(external_id, email, name(data.get("first_name")),
-                      name(data.get("last_name")), consent_of(state, data), state)
+    email = body.text("email")
+    email = email.strip().lower()[:320] if email and "@" in email else None
+    consent = body.object("email_marketing_consent")
+    state = consent.text("state") if consent else None
+    return CustomerIn(external_id, email, name(body.text("first_name")),
+                      name(body.text("last_name")), consent_of(state, body), state)
 
 
-def name(value: Any) -> str | None:
-    return value.strip()[:200] if isinstance(value, str) and value.strip() else None
+def name(value: str | None) -> str | None:
+    return value.strip()[:200] if value and value.strip() else None
 
 
-def consent_of(state: Any, data: Mapping[str, Any]) -> bool | None:
+def consent_of(state: str | None, body: Fields) -> bool | None:
     """Shopify's email_marketing_consent.state, else the legacy accepts_marketing flag."""
     if state == SUBSCRIBED:
         return True
     if state in NOT_CONSENTING:
         return False
-    legacy = data.get("accepts_marketing")
-    return legacy if isinstance(legacy, bool) else None
+    return body.flag("accepts_marketing")
 
 
 def on_customers(session: Session, bodies: Sequence[Body], now: datetime, rt: Runtime
@@ -879,7 +984,13 @@ def on_products_deleted(session: Session, bodies: Sequence[Body], now: datetime,
                         ) -> dict[int, Outcome]:
     """Inbox action for ("shopify", "products/delete"): variants marked, never offered again;
     pending review requests and reminders about them are cancelled."""
-    wanted = {body.row_id: text_id(body.data.get("id")) for body in bodies}
+    wanted: dict[int, str | None] = {}
+    outcomes: dict[int, Outcome] = {}
+    for body in bodies:
+        try:
+            wanted[body.row_id] = Fields(body.data).id("id")
+        except BadBody as exc:
+            outcomes[body.row_id] = (IGNORED, str(exc))
     ids = sorted({pid for pid in wanted.values() if pid})
     products: dict[str, list[Product]] = defaultdict(list)
     if ids:
@@ -889,8 +1000,9 @@ def on_products_deleted(session: Session, bodies: Sequence[Body], now: datetime,
     fresh = {p.id: p for found in products.values() for p in found
              if not (p.attributes or {}).get(DELETED_AT)}
     mark_deleted(session, list(fresh.values()), now)
-    return {row_id: deletion_outcome(pid, products.get(pid or "", []), fresh)
-            for row_id, pid in wanted.items()}
+    outcomes.update({row_id: deletion_outcome(pid, products.get(pid or "", []), fresh)
+                     for row_id, pid in wanted.items()})
+    return in_order(bodies, outcomes)
 
 
 def mark_deleted(session: Session, products: Sequence[Product], now: datetime) -> None:

@@ -338,7 +338,7 @@ def order_from_json(data: dict[str, Any], fmt: str, raw: str, origin: str) -> Or
     except MappingError as exc:
         reasons = [{"field": exc.field, "reason": exc.reason}]
         return Rejected("order", source, raw, reasons, origin, _short(external_id))
-    except (TypeError, AttributeError) as exc:  # a value of a shape no Shopify order has
+    except (TypeError, AttributeError, ValueError) as exc:  # a shape no Shopify order has
         reasons = [{"field": "_record", "reason": f"unexpected structure: {exc}"}]
         return Rejected("order", source, raw, reasons, origin, _short(external_id))
     name = _shopify_order_name if fmt == "shopify" else dotted

@@ -6,6 +6,7 @@ the session and commits. Running the same input twice changes nothing the second
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -738,7 +739,8 @@ def _one_variant_per_sku(
         if variant and holder and variant != holder:
             reason = (f"SKU {product.sku} already belongs to variant {holder}; variant "
                       f"{variant} needs a SKU of its own (lines without SKU match by variant)")
-            refused.append(Rejected("product", "shopify", product.model_dump_json(),
+            raw = json.dumps(product.model_dump(mode="json"), sort_keys=True)  # \u-escaped
+            refused.append(Rejected("product", "shopify", raw,
                                     [{"field": "sku", "reason": reason}], None, product.sku))
             continue
         owner.setdefault(product.sku, variant)

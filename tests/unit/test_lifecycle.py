@@ -393,3 +393,70 @@ def test_the_drain_hands_the_new_topics_to_their_actions(engine, runtime, now):
             ("refunds/create", "pending", "waiting for order 450789469"),
             ("products/delete", "ignored", "no product with shopify_product_id 42"),
             ("customers/update", "ignored", "customer without id")]
+
+
+# ---------------------------------------------------------------- bodies of odd shapes
+
+
+def test_odd_customer_and_transaction_fields_are_ignored_naming_the_field(engine, runtime, now):
+    with session_scope(engine) as session:
+        customers = lifecycle.on_customers(session, bodies(
+            "customers/update",
+            {"id": 1, "email_marketing_consent": {"state": {}}},  # was TypeError: unhashable
+            {"id": 1, "email_marketing_consent": {"state": []}},
+            {"id": 1, "email_marketing_consent": "subscribed"},
+            {"id": {"id": 1}}, now=now), now, runtime)
+        payments = lifecycle.on_transactions(session, bodies(
+            "order_transactions/create",
+            {"order_id": 1, "kind": {}, "status": "success"},  # was TypeError: unhashable
+            {"order_id": "#☠1☢\n---\n4321\n", "kind": "capture", "status": "success"},
+            {"order_id": 1, "kind": "capture", "status": "success", "amount": "1e400"},
+            now=now), now, runtime)
+
+    assert list(customers.values()) == [
+        ("ignored", "email_marketing_consent.state: expected text, got an object"),
+        ("ignored", "email_marketing_consent.state: expected text, got a list"),
+        ("ignored", "email_marketing_consent: expected an object, got 'subscribed'"),
+        ("ignored", "id: expected a Shopify id (a positive integer), got an object")]
+    assert list(payments.values()) == [
+        ("ignored", "kind: expected text, got an object"),
+        ("ignored", "order_id: expected a Shopify id (a positive integer), got "
+                    "'#☠1☢\\n---\\n4321\\n'"),
+        ("ignored", "amount: expected an amount >= 0, got '1e400'")]  # not "paid in full"
+
+
+def test_odd_ids_amounts_and_dates_in_refunds_cancellations_and_deletions(engine, runtime, now):
+    refund = real("refunds__create", "sdk-refund-full-shipping-restock")
+    with session_scope(engine) as session:
+        refunds = lifecycle.on_refunds(session, bodies(
+            "refunds/create",
+            {"id": 1, "order_id": "\ud800"},  # was UnicodeEncodeError in load_orders
+            {**refund, "refund_shipping_lines": [{"subtotal_amount_set": "1e400"}]},  # was
+            {**refund, "refund_line_items": [{"line_item_id": 1, "quantity": 1,  # AttributeError
+                                              "subtotal": 10**30}]},
+            now=now), now, runtime)
+        embedded = lifecycle.apply_embedded_refunds(  # was UnicodeEncodeError (orders/updated)
+            session, [{"id": "\ud800", "refunds": [{"id": 2, "order_id": None}]}], now, runtime)
+        cancelled = lifecycle.on_orders_cancelled(session, bodies(
+            "orders/cancelled", {"id": 1, "cancelled_at": "not a date"},
+            {"id": "1", "cancelled_at": "2022-01-01T00:00:00Z", "cancel_reason": ["customer"]},
+            now=now), now, runtime)
+        deleted = lifecycle.on_products_deleted(session, bodies(
+            "products/delete", {"id": "\ud800"}, {"id": 10**30}, {"id": " 42 "}, now=now),
+            now, runtime)
+
+    assert list(refunds.values()) == [
+        ("ignored", "order_id: expected a Shopify id (a positive integer), got '\\ud800'"),
+        ("ignored", "refund_shipping_lines[0].subtotal_amount_set: expected an object, "
+                    "got '1e400'"),
+        ("ignored", "refund_line_items[0].subtotal: expected an amount >= 0, got "
+                    "1000000000000000000000000000000")]
+    assert embedded["refunds_unreadable"] == 1 and embedded["refunds_recorded"] == 0
+    assert list(cancelled.values()) == [
+        ("ignored", "cancelled_at: expected an ISO date-time, got 'not a date'"),
+        ("ignored", "cancel_reason: expected text, got a list")]
+    assert list(deleted.values()) == [
+        ("ignored", "id: expected a Shopify id (a positive integer), got '\\ud800'"),
+        ("ignored", "id: expected a Shopify id (a positive integer), got "
+                    "1000000000000000000000000000000"),
+        ("ignored", "no product with shopify_product_id 42")]  # a decimal string is an id
