@@ -219,8 +219,9 @@ def ingest_webhooks_cmd(
 
     if provider not in PROVIDERS:
         raise UserError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
-    if provider == "shopify" and (provider, topic) not in inbox.KIND_OF_TOPIC:
-        known = sorted(t for p, t in inbox.KIND_OF_TOPIC if p == "shopify")
+    taken = {t for p, t in (*inbox.KIND_OF_TOPIC, *inbox.ACTION_OF_TOPIC) if p == "shopify"}
+    if provider == "shopify" and topic not in taken:
+        known = sorted(taken)
         raise UserError(f"--topic {topic!r} is not taken in from files; one of {', '.join(known)}")
     now, settings = parse_instant(as_of), get_settings()
     engine = inbox.inbox_engine(inbox.inbox_url(settings), settings.database_url)

@@ -40,6 +40,21 @@ def test_ingest_prints_counts_and_rerun_is_all_duplicates(cli):
     assert json.loads(out)["duplicates"] == 3
 
 
+def test_a_file_of_webhook_bodies_goes_through_the_inbox_once(cli, tmp_path):
+    """`ingest webhooks`: the same path as the edge; a second run stores nothing new."""
+    code, out, _ = cli("ingest", "webhooks", "shopify", str(FIXTURES / "orders_shopify.jsonl"),
+                       "--topic", "orders/paid", "--json")
+    assert code == 0
+    first = json.loads(out)
+    assert (first["bodies"], first["processed"], first["intake"]["orders"]["accepted"]) == (3, 3, 3)
+    again = json.loads(cli("ingest", "webhooks", "shopify", str(FIXTURES / "orders_shopify.jsonl"),
+                           "--topic", "orders/paid", "--json")[1])
+    assert (again["bodies"], again["taken"]) == (3, 0)  # stored once: nothing new to drain
+    code, _, err = cli("ingest", "webhooks", "shopify", str(FIXTURES / "orders_shopify.jsonl"),
+                       "--topic", "orders/teleported")
+    assert code == 2 and err.startswith("journeys: --topic 'orders/teleported'")
+
+
 def test_bad_records_are_quarantined_and_the_rest_accepted(cli, tmp_path):
     good = (FIXTURES / "orders_shopify.jsonl").read_text().splitlines()[0]
     bad = json.loads(good) | {"id": 99, "line_items": []}
