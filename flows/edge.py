@@ -9,6 +9,7 @@ several edges can run behind one proxy.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import queue
@@ -216,8 +217,15 @@ def realtime_nudge() -> Callable[[], None]:
 
 
 def app_from_environment() -> FastAPI:
-    """The app uvicorn builds in each worker process (settings from the environment)."""
-    return create_app(nudge=realtime_nudge())
+    """The app uvicorn builds in each worker process (settings from the environment).
+
+    The objects made at start-up (modules, the app, SQLAlchemy's tables) are moved out of the
+    garbage collector's reach: full collections over them were the edge's slowest answers.
+    """
+    app = create_app(nudge=realtime_nudge())
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, proxy_headers: bool = False,
