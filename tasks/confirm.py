@@ -127,7 +127,7 @@ def confirmation_context(order: Order, promised: date | None, cfg: Config) -> di
             "name": order.name or f"#{order.external_id}",
             "currency": order.currency,
             "locale": locale,
-            "lines": [line_context(line) for line in order.lines],
+            "lines": [line_context(line) for line in order.lines if line.kept_quantity],
             "items_total": str(items_total(order)),
             "subtotal": str(order.subtotal),
             "discounts": str(order.discounts),
@@ -147,7 +147,7 @@ def confirmation_context(order: Order, promised: date | None, cfg: Config) -> di
 
 def items_total(order: Order) -> Decimal:
     """The goods before discounts (Shopify's subtotal is after them)."""
-    return sum((line.unit_price * line.quantity for line in order.lines), Decimal(0))
+    return sum((line.unit_price * line.kept_quantity for line in order.lines), Decimal(0))
 
 
 def store_context(cfg: Config) -> dict[str, Any]:
@@ -167,9 +167,9 @@ def line_context(line: OrderLine) -> dict[str, Any]:
         "title": line.title,
         "variant_title": line.variant_title,
         "sku": line.sku,
-        "quantity": line.quantity,
+        "quantity": line.kept_quantity,  # refunded units are not coming
         "unit_price": str(line.unit_price),
-        "line_total": str(line.unit_price * line.quantity),
+        "line_total": str(line.unit_price * line.kept_quantity),
     }
 
 

@@ -73,8 +73,8 @@ def document_context(order: Order, packing: dict[str, Any], store: StoreConfig) 
         "ship_to": address_lines(order.shipping_address or {}, locale),
         "items": [_item(line, money) for line in order.lines],
         # What goes in the parcel: lines that need no shipping (gift cards, downloads) do not.
-        "packed_items": [_item(line, money) for line in order.lines
-                         if line.requires_shipping is not False],
+        "packed_items": [_item(line, money, line.kept_quantity) for line in order.lines
+                         if line.requires_shipping is not False and line.kept_quantity],
         "totals": _totals(order, money),
         "packing": _packing_summary(packing, locale, money),
         "gift_note": (order.gift_note or "").strip() or None,
@@ -93,14 +93,16 @@ def _order_summary(order: Order, store: StoreConfig, locale: str) -> dict[str, A
     }
 
 
-def _item(line: OrderLine, money: Any) -> dict[str, Any]:
+def _item(line: OrderLine, money: Any, quantity: int | None = None) -> dict[str, Any]:
+    """A line as sold, or with `quantity` (the units kept after refunds: what is packed)."""
+    quantity = line.quantity if quantity is None else quantity
     return {
         "sku": line.sku or "",
         "title": line.title,
         "variant": line.variant_title,
-        "quantity": line.quantity,
+        "quantity": quantity,
         "unit_price": money(line.unit_price),
-        "line_total": money(line.unit_price * line.quantity),
+        "line_total": money(line.unit_price * quantity),
     }
 
 

@@ -69,7 +69,7 @@ def line_facts(line: OrderLine, product: Product | None) -> LineFacts:
         sku=line.sku or f"line-{line.position}",
         tags=frozenset(t.casefold() for t in (product.tags if product else [])),
         category=product.category.casefold() if product and product.category else None,
-        total_grams=(grams or 0) * line.quantity,
+        total_grams=(grams or 0) * line.kept_quantity,
         unit_price=line.unit_price,
     )
 

@@ -192,8 +192,8 @@ def demand(order: Order) -> Counter[str]:
     """Units wanted per SKU (gift cards, SKU-less and digital lines need no stock)."""
     wanted: Counter[str] = Counter()
     for line in order.lines:
-        if line.sku and not line.gift_card and needs_shipping(line):
-            wanted[line.sku] += line.quantity
+        if line.sku and not line.gift_card and needs_shipping(line) and line.kept_quantity:
+            wanted[line.sku] += line.kept_quantity
     return wanted
 
 

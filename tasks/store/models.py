@@ -203,6 +203,11 @@ class OrderLine(Base):
 
     order: Mapped[Order] = relationship(back_populates="lines")
 
+    @property
+    def kept_quantity(self) -> int:
+        """Units the customer keeps after refunds: what is reserved, packed and confirmed."""
+        return max(self.quantity - (self.refunded_quantity or 0), 0)
+
 
 class OrderEvent(Base):
     """The per-order timeline: every state change and notable fact, append-only."""

@@ -224,3 +224,32 @@ def test_two_variants_sharing_a_sku_are_refused_with_the_reason_not_overwritten(
         "(lines without SKU match by variant)",
         "SKU OWN already belongs to variant 333; variant 444 needs a SKU of its own "
         "(lines without SKU match by variant)"]
+
+
+def test_units_refunded_before_confirmation_are_not_reserved_packed_or_confirmed(
+        engine, runtime, now):
+    """Issue 13: 3 of 4 units refunded inside orders/updated; only 1 is reserved, packed and
+    announced."""
+    from tasks.lifecycle import apply_embedded_refunds
+
+    four = body("phone_no_email")
+    four["line_items"][0] |= {"quantity": 4}
+    four |= {"subtotal_price": "100.00", "total_price": "105.00"}
+    refund = {"id": 77, "order_id": four["id"], "created_at": "2026-11-18T09:00:00Z",
+              "refund_line_items": [{"line_item_id": four["line_items"][0]["id"], "quantity": 3,
+                                     "subtotal": "75.00", "total_tax": "0.00",
+                                     "restock_type": "cancel"}]}
+    assert ingest(engine, now, four)["accepted"] == 1
+    with session_scope(engine) as session:
+        apply_embedded_refunds(session, [four | {"refunds": [refund]}], now, runtime)
+    stored = run_stages(engine, runtime, now, 5600000001)
+    with session_scope(engine) as session:
+        [line] = order(session, 5600000001).lines
+        product = session.scalars(select(Product).where(Product.sku == "TEE-1")).one()
+        message = session.scalars(select(Message).where(Message.order_id == stored.id)).one()
+        context = document_context(order(session, 5600000001), {}, runtime.config.store)
+    assert (stored.state, line.quantity, line.refunded_quantity) == ("confirmed", 4, 3)
+    assert product.reserved == 1
+    assert [(li["quantity"], li["line_total"]) for li in message.context["order"]["lines"]] == [
+        (1, "25.00")]
+    assert [item["quantity"] for item in context["packed_items"]] == [1]
