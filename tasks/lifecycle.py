@@ -74,7 +74,7 @@ from tasks.store.models import (
     Step,
     Suppression,
 )
-from tasks.verify import demand, reason_codes
+from tasks.verify import demand, move_reserved, reason_codes
 
 SOURCE = "shopify"
 ACTOR = "shopify webhook"
@@ -297,12 +297,7 @@ def release_stock(session: Session, orders: Sequence[Order], now: datetime) -> N
     units: Counter[str] = Counter()
     for order in orders:
         units.update(demand(order))
-    if units:
-        table = Product.__table__
-        statement = (update(table).where(table.c.sku == bindparam("b_sku"))
-                     .values(reserved=table.c.reserved - bindparam("b_qty"), updated_at=now))
-        session.connection().execute(statement, [{"b_sku": s, "b_qty": q}
-                                                 for s, q in sorted(units.items())])
+    move_reserved(session, units, -1, now)
     if orders:
         session.execute(update(Order).where(Order.id.in_([o.id for o in orders]))
                         .values(stock_reserved=False)

@@ -278,6 +278,21 @@ def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtim
     return _result("verify", transitions, skipped=len(order_ids) - len(orders))
 
 
+def move_reserved(
+    session: Session, units: Counter[str], sign: int, now: datetime | None = None
+) -> None:
+    """Add (sign 1) or give back (sign -1) reserved units per SKU, one executemany; `now`, when
+    given, stamps the products as updated."""
+    if not units:
+        return
+    table = Product.__table__
+    values = {"reserved": table.c.reserved + bindparam("b_qty")}
+    statement = update(table).where(table.c.sku == bindparam("b_sku")).values(
+        values | ({"updated_at": now} if now is not None else {}))
+    session.connection().execute(statement, [{"b_sku": sku, "b_qty": sign * qty}
+                                             for sku, qty in sorted(units.items())])
+
+
 def reserve_stock(
     session: Session, orders: dict[int, Order], order_ids: Sequence[int], now: datetime
 ) -> None:
@@ -289,15 +304,7 @@ def reserve_stock(
     units: Counter[str] = Counter()
     for order_id in order_ids:
         units.update(demand(orders[order_id]))
-    if units:
-        table = Product.__table__
-        statement = (
-            update(table)
-            .where(table.c.sku == bindparam("b_sku"))
-            .values(reserved=table.c.reserved + bindparam("b_qty"), updated_at=now)
-        )
-        rows = [{"b_sku": sku, "b_qty": qty} for sku, qty in units.items()]
-        session.connection().execute(statement, rows)
+    move_reserved(session, units, 1, now)
     if order_ids:
         session.execute(update(Order).where(Order.id.in_(order_ids)).values(stock_reserved=True))
 

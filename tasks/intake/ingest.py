@@ -455,31 +455,30 @@ def _apply_changes(
 
 
 def _lines_by_order(session: Session, order_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each order's stored lines: their LINE_FACTS, plus the units refunded (for releasing)."""
     table = OrderLine.__table__
-    query = (select(table.c.order_id, *(table.c[name] for name in LINE_FACTS))
+    columns = (*LINE_FACTS, "refunded_quantity")
+    query = (select(table.c.order_id, *(table.c[name] for name in columns))
              .where(table.c.order_id.in_(order_ids)).order_by(table.c.order_id, table.c.position))
     lines: dict[int, list[dict[str, Any]]] = {order_id: [] for order_id in order_ids}
     for row in session.execute(query).mappings():
-        lines[row["order_id"]].append({name: row[name] for name in LINE_FACTS})
+        lines[row["order_id"]].append({name: row[name] for name in columns})
     return lines
 
 
 def _release_stock(session: Session, reserved: list[list[dict[str, Any]]]) -> None:
-    """Release what verification reserved for the old lines (the lines tasks.verify.demand
-    counts: with a SKU, not a gift card, needing shipping)."""
+    """Release what verification reserved for the old lines (the units tasks.verify.demand
+    counts: with a SKU, not a gift card, needing shipping, less those refunded)."""
+    from tasks.verify import move_reserved  # verify imports intake
+
     quantities: Counter[str] = Counter()
     for lines in reserved:
         for line in lines:
-            if line["sku"] and not line["gift_card"] and line["requires_shipping"] is not False:
-                quantities[line["sku"]] += line["quantity"]
-    if not quantities:
-        return
-    table = Product.__table__
-    statement = (update(table).where(table.c.sku == bindparam("b_sku"))
-                 .values(reserved=table.c.reserved - bindparam("b_quantity")))
-    session.connection().execute(
-        statement, [{"b_sku": sku, "b_quantity": qty} for sku, qty in quantities.items()]
-    )
+            kept = line["quantity"] - (line["refunded_quantity"] or 0)
+            if line["sku"] and not line["gift_card"] and line["requires_shipping"] is not False \
+                    and kept > 0:
+                quantities[line["sku"]] += kept
+    move_reserved(session, quantities, -1)
 
 
 def _restart_steps(session: Session, order_ids: list[int], now: datetime) -> None:
@@ -518,7 +517,7 @@ def _changed_fields(
     changed = sorted(name for name, value in values.items()
                      if name not in ignored and row[name] != value)
     new_lines = [line.model_dump(include=set(LINE_FACTS)) for line in order.lines]
-    if new_lines != old_lines:
+    if new_lines != [{name: line[name] for name in LINE_FACTS} for line in old_lines]:
         changed.append("lines")
     return changed or ["customer"]
 

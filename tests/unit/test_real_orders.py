@@ -253,3 +253,27 @@ def test_units_refunded_before_confirmation_are_not_reserved_packed_or_confirmed
     assert [(li["quantity"], li["line_total"]) for li in message.context["order"]["lines"]] == [
         (1, "25.00")]
     assert [item["quantity"] for item in context["packed_items"]] == [1]
+
+
+def test_a_changed_order_gives_back_only_the_units_it_reserved(engine, runtime, now):
+    """Refunded units were never reserved, so a new version of the order releases the rest."""
+    from tasks.lifecycle import apply_embedded_refunds
+
+    four = body("phone_no_email")
+    four["line_items"][0] |= {"quantity": 4}
+    four |= {"subtotal_price": "100.00", "total_price": "105.00"}
+    refund = {"id": 78, "order_id": four["id"], "created_at": "2026-11-18T09:00:00Z",
+              "refund_line_items": [{"line_item_id": four["line_items"][0]["id"], "quantity": 3,
+                                     "subtotal": "75.00", "total_tax": "0.00"}]}
+    ingest(engine, now, four)
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        apply_embedded_refunds(session, [four | {"refunds": [refund]}], now, runtime)
+        order_id = order(session, 5600000001).id
+    with session_scope(engine) as session:
+        verify(session, [order_id], now, runtime)
+    assert ingest(engine, now, four | {"note": "Leave at the door"})["updated"] == 1
+    with session_scope(engine) as session:
+        product = session.scalars(select(Product).where(Product.sku == "TEE-1")).one()
+        assert order(session, 5600000001).lines[0].refunded_quantity == 3
+    assert product.reserved == 0  # reserved 1, released 1 (not 4)
