@@ -32,6 +32,7 @@ from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from tasks.faults import fault_point
 from tasks.intake.ingest import IntakeResult, chunks, quarantine_records
 from tasks.intake.schema import OrderIn, Rejected, sha256_text
 from tasks.intake.writers import write
@@ -253,6 +254,10 @@ def drain_batch(inbox: Engine, app: Engine, rows: list[Row[Any]], now: datetime,
         apply_embedded_refunds(session, routed, now, rt)
         run_actions(session, routed, now, rt)
         refused = quarantined_fingerprints(session, routed)
+        fault_point("inbox:drain:before_commit")
+    # A crash here leaves the rows pending with their records written: the next drain takes
+    # them again, and every writer and action is keyed, so the second pass changes nothing.
+    fault_point("inbox:drain:after_commit")
     for item in routed:
         if item.outcome is None:
             item.outcome = QUARANTINED if fingerprint(item.row) in refused else PROCESSED

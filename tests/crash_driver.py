@@ -40,11 +40,15 @@ from typing import Any
 from flows.bench import story
 
 STEPS = (  # (name, kind, day): the bench's story, compressed
-    ("ingest products", "products", 0), ("ingest orders", "orders", 0), ("sweep day 0", None, 0),
+    ("ingest products", "products", 0), ("ingest orders", "orders", 0),
+    ("post webhooks", "webhooks", 0), ("sweep day 0", None, 0),
     ("ingest shipments", "shipments", 1), ("ingest events", "events", 3),
     ("sweep day 3", None, 3), ("sweep day 6", None, 6), ("sweep day 10", None, 10),
     ("sweep day 17", None, 17), ("sweep day 34", None, 34),
 )
+CATCH_UP_SWEEP = STEPS[3]
+WEBHOOK_ORDERS = 3  # the story's last orders arrive as Shopify webhooks through the edge
+WEBHOOK_SECRET = "crash-webhook-secret"
 RERUN_AFTER = timedelta(minutes=5)
 API_ATTEMPTS = 3
 CATCH_UP_AFTER = timedelta(minutes=30)  # past the outbox's 15-minute send lease
@@ -67,7 +71,8 @@ class Store:
         return {"JOURNEYS_DATABASE_URL": f"sqlite:///{self.db}",
                 "JOURNEYS_ARTIFACTS_URL": f"file://{self.live / 'artifacts'}",
                 "JOURNEYS_MAIL_TRANSPORT": f"smtp://127.0.0.1:{smtp_port}",
-                "JOURNEYS_BATCH_SIZE": str(batch_size)}
+                "JOURNEYS_BATCH_SIZE": str(batch_size),
+                "JOURNEYS_SHOPIFY_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
     def save(self, name: str) -> None:
         target = self.snapshots / name
@@ -129,10 +134,12 @@ def read_all(fd: int, pid: int, timeout: float) -> bytes:
 
 
 def step_action(step: tuple, inputs: Path, at: datetime):
-    """What a child does for one story step: the real ingest or sweep flow."""
+    """What a child does for one story step: the real ingest or sweep flow, or the edge."""
     _, kind, _ = step
 
     def run() -> Any:
+        if kind == "webhooks":
+            return post_webhooks(inputs / "webhooks.jsonl", at)
         from flows.intake import ingest
         from flows.journey import sweep
         from flows.parameters import IngestRequest, SweepRequest
@@ -142,6 +149,39 @@ def step_action(step: tuple, inputs: Path, at: datetime):
         return ingest(IngestRequest(kind=kind, source=str(inputs / f"{kind}.jsonl"), as_of=at))
 
     return run
+
+
+def post_webhooks(path: Path, at: datetime) -> int:
+    """Shopify delivering orders/create: the edge app served by uvicorn in this child, every
+    body posted over HTTP and acknowledged. A rerun after a kill is Shopify's retry: the same
+    bodies under the same webhook ids (the ones acknowledged before the kill are duplicates)."""
+    import httpx
+    import uvicorn
+
+    from flows.edge import create_app
+    from tasks.webhooks import signature
+    from tests.fixtures_smtp import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(clock=lambda: at), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        for line in path.read_text().splitlines():
+            body = line.encode()
+            headers = {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
+                       "X-Shopify-Hmac-Sha256": signature(body, WEBHOOK_SECRET),
+                       "X-Shopify-Webhook-Id": f"crash-{json.loads(line)['id']}"}
+            answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/shopify", content=body,
+                                headers=headers, timeout=30)
+            require(answer.status_code == 200, f"the edge answered {answer.status_code}")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return sum(1 for _ in path.open())
 
 
 def world_action(kind: str, inputs: Path, at: datetime):
@@ -212,6 +252,12 @@ def store_picture(db: Path) -> dict[str, Any]:
                            for (t,) in conn.execute(
                                "SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
+    inbox = db.with_name("inbox.db")  # beside SQLite the edge's inbox is a file of its own
+    if inbox.exists():
+        with sqlite3.connect(inbox) as conn:
+            picture["inbox"] = dict(conn.execute(
+                "SELECT provider || ':' || delivery_id, status FROM inbox").fetchall())
+        conn.close()
     return picture
 
 
@@ -266,7 +312,7 @@ class Driver:
         if step[1] is not None:
             return {}
         before, mark = store_picture(self.store.db), delivered_so_far(self.spool)
-        done, result = self.run_step(STEPS[2], self.at(step) + CATCH_UP_AFTER)
+        done, result = self.run_step(CATCH_UP_SWEEP, self.at(step) + CATCH_UP_AFTER)
         require(done == "exited", f"catch-up sweep after {step[0]}: {done} {result}")
         changed = differences(without_run_books(before),
                               without_run_books(store_picture(self.store.db)), rows=True)
@@ -310,7 +356,11 @@ class Driver:
         """An empty store and the bench's input files (products, orders) for this seed."""
         shutil.rmtree(self.store.live, ignore_errors=True)
         self.store.live.mkdir(parents=True)
-        story.input_files(story.Workspace.at(self.store.live, None), self.spec["orders"], seed)
+        files = story.input_files(story.Workspace.at(self.store.live, None),
+                                  self.spec["orders"], seed)
+        orders = files["orders"].read_text().splitlines(keepends=True)
+        files["orders"].write_text("".join(orders[:-WEBHOOK_ORDERS]))
+        (files["orders"].parent / "webhooks.jsonl").write_text("".join(orders[-WEBHOOK_ORDERS:]))
 
     def crash_case(self, seed: int, index: int, point: str, nth: int,
                    expected: dict[str, Any]) -> dict[str, Any]:
@@ -450,7 +500,9 @@ def start_sink(spool: Path, port: int) -> subprocess.Popen:
 def warm_imports() -> None:
     """Everything the children need, imported once; nothing may start a thread before fork."""
     import great_expectations  # noqa: F401 - 5-7 s: pay it once, not per child
+    import uvicorn  # noqa: F401
 
+    import flows.edge  # noqa: F401
     import flows.intake  # noqa: F401
     import flows.journey  # noqa: F401
     import tasks.orphans  # noqa: F401

@@ -35,6 +35,8 @@ MUST_REACH = {
       for when in ("before_commit", "after_commit")),
     "dispatch:claimed", "dispatch:before_send", "dispatch:after_send", "dispatch:after_commit",
     "dispatch:before_send:marketing", "dispatch:after_send:marketing", "archive:after_put",
+    "edge:before_commit", "edge:after_commit", "inbox:drain:before_commit",
+    "inbox:drain:after_commit",
 }
 
 
