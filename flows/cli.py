@@ -877,6 +877,9 @@ def bench_cmd(
     webhooks: Annotated[int, typer.Option("--webhooks", min=0, help="Also load a fresh edge "
                         "with signed webhooks for this many seconds: accepted/s, "
                         "acknowledgement latency, nothing lost (wrk when installed).")] = 0,
+    realtime: Annotated[int, typer.Option("--realtime", min=0, help="Also post this many order "
+                        "webhooks, one a second, to a stack with its edge and real-time worker: "
+                        "seconds from webhook to confirmation sent.")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure the journey: N seeded orders through every stage, against the floor (and the
@@ -886,7 +889,8 @@ def bench_cmd(
 
     try:
         result = bench(orders, seed, workdir, database, batch, floor,
-                       baseline_orders if baseline else None, latency or None, webhooks or None)
+                       baseline_orders if baseline else None, latency or None, webhooks or None,
+                       realtime or None)
     except BenchError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -936,6 +940,12 @@ def show_bench(result: dict[str, Any]) -> None:
                       f"webhooks accepted, {hooks['accepted_per_second']}/s; acknowledged p50 "
                       f"{ack['p50']} ms, p99 {ack['p99']} ms; stored {hooks['stored']}, "
                       f"lost {hooks['lost']}")
+    if realtime := result.get("realtime"):
+        seconds = realtime["webhook_to_confirmation_s"]
+        console.print(f"real time: {realtime['posted']} order webhooks, {realtime['confirmed']} "
+                      f"confirmed: webhook → confirmation sent p50 {seconds['p50']} s, p95 "
+                      f"{seconds['p95']} s, max {seconds['max']} s; not confirmed (held): "
+                      f"{len(realtime['not_confirmed'])}")
     verdicts = Table(title="targets")
     for name in ("target", "figure", "status"):
         verdicts.add_column(name)

@@ -360,6 +360,17 @@ class LocalStack:
         raise StackError(f"the edge did not answer within {self.startup_timeout:.0f}s"
                          f"{self._log_hint('edge')}")
 
+    def wait_for_realtime(self, timeout: float = 120.0) -> None:
+        """Until the real-time task worker has imported everything and subscribed (its log
+        says so; needs `log_dir`): before that a webhook waits for the next sweep."""
+        log = Path(self.log_dir or ".") / "realtime.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists() and "Subscribing to runs" in log.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        raise StackError(f"the real-time task worker did not start within {timeout:.0f}s: {log}")
+
     def _log_hint(self, name: str) -> str:
         if self.log_dir is None:
             return ""

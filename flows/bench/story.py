@@ -307,7 +307,8 @@ def task_run_stats(label: str, settle_seconds: float = 120.0) -> dict[str, Any]:
     for run in runs:
         stage = stage_of(run.name)
         per_stage[stage] = per_stage.get(stage, 0.0) + run.total_run_time.total_seconds()
-    return {"count": len(runs), "seconds_by_stage": dict(sorted(per_stage.items()))}
+    return {"count": len(runs), "flow_runs": len({run.flow_run_id for run in runs}),
+            "seconds_by_stage": dict(sorted(per_stage.items()))}
 
 
 def read_all_task_runs(client, run_filter, page: int = 200) -> list:
@@ -375,7 +376,8 @@ def measured(workspace: Workspace, files: dict[str, Path], orders: int,
         "prefect_start_seconds": round(prefect_start, 2), "wall_seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 2), "prefect_server_cpu_seconds": round(server_cpu, 2),
         "outside_world_seconds": round(outside, 2), "orders_per_second": round(orders / wall, 1),
-        "peak_rss_mb": round(peak, 1), "task_runs": tasks_seen["count"], "archive_puts": puts,
+        "peak_rss_mb": round(peak, 1), "task_runs": tasks_seen["count"],
+        "flow_runs": tasks_seen["flow_runs"], "archive_puts": puts,
         "steps_seconds": {k: round(v, 2) for k, v in story["steps"].items()},
         "stage_seconds": {k: round(v, 2) for k, v in tasks_seen["seconds_by_stage"].items()},
         "reports": story["reports"], "accounting": books, "store": counts,

@@ -8,50 +8,21 @@ import json
 import statistics
 import time
 from datetime import UTC, datetime
-from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
-from sqlalchemy import select
 
-from tasks.archive import split_member_ref
+from flows.bench.realtime import confirmations_sent
 from tasks.demo_data import demo_catalog
 from tasks.intake import ingest_products, read_products
 from tasks.store.db import session_scope
-from tasks.store.models import Message, Order
 from tests.conftest import FIXTURES, NOW
 from tests.edge_process import shopify_headers
 
 ORDERS = (FIXTURES / "orders_shopify.jsonl").read_text().splitlines()
 
 
-def sent_confirmations(app, external_ids: list[str]) -> dict[str, datetime]:
-    """When each order's confirmation was written by the file transport (its bundle's file
-    time: the message's sent_at is the run's business clock, taken when the run started)."""
-    query = (select(Order.external_id, Message.artifact_ref)
-             .join(Message, Message.order_id == Order.id)
-             .where(Order.external_id.in_(external_ids), Message.template == "confirmation",
-                    Message.status == "sent"))
-    with session_scope(app) as session:
-        refs = dict(session.execute(query).tuples().all())
-    return {order: datetime.fromtimestamp(
-        Path(urlparse(split_member_ref(ref)[0]).path).stat().st_mtime, UTC)
-        for order, ref in refs.items() if ref}
-
-
-def wait_until_the_task_worker_listens(stack, timeout: float = 120) -> None:
-    """Warm: the task worker has imported everything and subscribed (its log says so)."""
-    log = stack.log_dir / "realtime.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and "Subscribing to runs" in log.read_text(errors="replace"):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the real-time task worker did not start: {log}")
-
-
 def test_an_order_webhook_is_a_sent_confirmation_within_seconds(stack, app, tmp_path, figure):
-    wait_until_the_task_worker_listens(stack)
+    stack.local.wait_for_realtime()
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("".join(json.dumps(p) + "\n" for p in demo_catalog(7)))
     with session_scope(app) as session:
@@ -68,7 +39,7 @@ def test_an_order_webhook_is_a_sent_confirmation_within_seconds(stack, app, tmp_
     sent: dict[str, datetime] = {}
     deadline = time.monotonic() + 90
     while len(sent) < len(posted) and time.monotonic() < deadline:
-        sent = sent_confirmations(app, list(posted))
+        sent = confirmations_sent(app, list(posted))
         time.sleep(0.2)
     assert set(sent) == set(posted), f"no confirmation for {set(posted) - set(sent)}"
     latencies = sorted((sent[k] - posted[k]).total_seconds() for k in posted)
