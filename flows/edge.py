@@ -27,7 +27,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from flows import pages
 from tasks import inbox, sns, webhooks
+from tasks.config import load_config
 from tasks.faults import fault_point
 from tasks.settings import Settings, get_settings
 from tasks.store.db import session_scope
@@ -60,7 +62,8 @@ async def read_body(request: Request) -> bytes:
 def create_app(settings: Settings | None = None,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                nudge: Callable[[], None] = lambda: None) -> FastAPI:
-    """The edge app over the inbox database that `settings` name (default: the environment).
+    """The edge app over the inbox database that `settings` name (default: the environment),
+    with the customer pages (flows/pages) over the app database.
 
     `nudge` is called after each stored delivery (flows/realtime.py: ask for real-time intake).
     """
@@ -68,6 +71,8 @@ def create_app(settings: Settings | None = None,
     engine = inbox.inbox_engine(inbox.inbox_url(settings), settings.database_url)
     limiter, refusals = MovingWindowRateLimiter(MemoryStorage()), REFUSED_LIMIT
     app = FastAPI(title="journeys edge", docs_url=None, redoc_url=None, openapi_url=None)
+    pages.mount(app, load_config(settings.config_dir), settings.secret_key, settings.database_url,
+                clock)
 
     def refused(request: Request, provider: str) -> PlainTextResponse:
         client = request.client.host if request.client else "unknown"
@@ -222,7 +227,9 @@ def app_from_environment() -> FastAPI:
     The objects made at start-up (modules, the app, SQLAlchemy's tables) are moved out of the
     garbage collector's reach: full collections over them were the edge's slowest answers.
     """
-    app = create_app(nudge=realtime_nudge())
+    from flows.common import with_secret_blocks
+
+    app = create_app(with_secret_blocks(get_settings()), nudge=realtime_nudge())
     gc.collect()
     gc.freeze()
     return app

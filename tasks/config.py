@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date, time
 from decimal import Decimal
 from functools import lru_cache
@@ -34,6 +35,14 @@ def _amounts_by_currency(amounts: dict[str, Decimal]) -> dict[str, Decimal]:
 Amounts = Annotated[dict[str, Decimal], AfterValidator(_amounts_by_currency)]
 
 
+class BrandColors(Strict):
+    """The customer pages' colours (text on them must keep WCAG AA contrast: 4.5:1)."""
+
+    primary: str = Field(default="#1f4d3a", pattern=r"^#[0-9a-fA-F]{6}$")  # buttons, links
+    accent: str = Field(default="#8a3b12", pattern=r"^#[0-9a-fA-F]{6}$")  # highlights
+    background: str = Field(default="#f6f4ef", pattern=r"^#[0-9a-fA-F]{6}$")
+
+
 class StoreConfig(Strict):
     name: str
     legal_name: str
@@ -48,7 +57,9 @@ class StoreConfig(Strict):
     default_currency: str = "USD"
     timezone: str = "UTC"
     return_policy: str
-    links_base_url: str
+    links_base_url: str  # JOURNEYS_LINKS_BASE_URL overrides it (a test or staging edge)
+    colors: BrandColors = BrandColors()
+    unsubscribe_email: str | None = None  # the mailto: in List-Unsubscribe, beside the URL
 
 
 class PaymentRules(Strict):
@@ -205,6 +216,27 @@ class QualityConfig(Strict):
         return self.max_failure_rate if rows >= self.min_rows_for_threshold else 1.0
 
 
+class LinkLifetimes(Strict):
+    """Days a mailed link keeps working, counted from the mail; 0: it never expires."""
+
+    order: int = Field(default=400, ge=0)
+    feedback: int = Field(default=90, ge=0)
+    review: int = Field(default=365, ge=0)
+    preferences: int = Field(default=0, ge=0)  # an unsubscribe link must always work
+    loyalty: int = Field(default=400, ge=0)
+
+
+class PagesConfig(Strict):
+    """configs/pages.yaml: the customer pages the edge serves (flows/pages)."""
+
+    link_days: LinkLifetimes = LinkLifetimes()
+    survey_change_minutes: int = Field(default=1440, ge=0)  # a later answer may replace one
+    per_ip_limit: str = "120/minute"  # requests per client address (limits' notation)
+    per_token_limit: str = "30/minute"  # requests per link
+    related_products: int = Field(default=3, ge=0, le=12)  # "you might also like" on a page
+    max_comment_chars: int = Field(default=2000, ge=100, le=20000)
+
+
 class Config(Strict):
     """All business config; `dir` is where it was read from (templates live under it)."""
 
@@ -215,6 +247,7 @@ class Config(Strict):
     shipping: ShippingConfig
     messaging: MessagingConfig
     quality: QualityConfig
+    pages: PagesConfig
 
     @model_validator(mode="after")
     def _money_rules_agree(self) -> Config:
@@ -227,7 +260,8 @@ class Config(Strict):
         return self
 
 
-SECTIONS = ("store", "verification", "packing", "shipping", "messaging", "quality")
+SECTIONS = ("store", "verification", "packing", "shipping", "messaging", "quality", "pages")
+LINKS_BASE_URL_ENV = "JOURNEYS_LINKS_BASE_URL"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -258,6 +292,8 @@ def load_config(config_dir: Path) -> Config:
             sections[name] = Config.model_fields[name].annotation.model_validate(_read_yaml(path))  # type: ignore[union-attr]
         except ValidationError as exc:
             raise ConfigError(_describe(exc, path)) from exc
+    if base := os.environ.get(LINKS_BASE_URL_ENV):  # the mails point at this edge instead
+        sections["store"] = sections["store"].model_copy(update={"links_base_url": base})
     try:
         return Config(dir=config_dir, **sections)
     except ValidationError as exc:

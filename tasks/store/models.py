@@ -505,3 +505,60 @@ class PrivacyRequest(Base):
     export_ref: Mapped[str | None] = mapped_column(String(500))
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     note: Mapped[str | None] = mapped_column(String(500))  # what is left to do, or what was done
+
+
+class Review(Base):
+    """A product review a customer wrote on /r/{token} (flows/pages/reviews.py), one per order
+    line; shown only once an operator approved it. Never filtered by rating: a rejection names
+    a content rule (configs/pages.yaml)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index(None, "status", "submitted_at"), Index(None, "sku"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    effect_key: Mapped[str] = mapped_column(String(200), unique=True)  # review:<order line id>
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    order_line_id: Mapped[int] = mapped_column(ForeignKey("order_lines.id", ondelete="CASCADE"))
+    sku: Mapped[str] = mapped_column(String(100))
+    rating: Mapped[int] = mapped_column(Integer)  # 1-5 stars
+    title: Mapped[str | None] = mapped_column(String(200))
+    body: Mapped[str | None] = mapped_column(Text)
+    display_name: Mapped[str] = mapped_column(String(100))  # "Ava N." by default
+    verified_buyer: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|approved|rejected
+    reject_reason: Mapped[str | None] = mapped_column(String(100))
+    moderated_by: Mapped[str | None] = mapped_column(String(100))
+    moderated_at: Mapped[datetime | None]
+    submitted_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class MailPreference(Base):
+    """One marketing topic a customer's address turned off or back on (the /u/{token} page).
+
+    Keyed like the suppression list (sha256 of the lower-cased address), so it holds no address
+    and outlives an erasure; the governor skips marketing of an unsubscribed topic."""
+
+    __tablename__ = "mail_preferences"
+    __table_args__ = (UniqueConstraint("email_hash", "topic"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(30))  # reviews | offers | care | birthday | loyalty
+    subscribed: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[datetime]
+
+
+class PageHit(Base):
+    """Requests to the customer pages, counted per day, page and method: GET and HEAD on a link
+    whose answer only a POST records are the prefetches mail scanners make (the report)."""
+
+    __tablename__ = "page_hits"
+    __table_args__ = (UniqueConstraint("day", "page", "method"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    page: Mapped[str] = mapped_column(String(20))  # order | feedback | review | preferences ...
+    method: Mapped[str] = mapped_column(String(10))  # GET | HEAD | POST
+    hits: Mapped[int] = mapped_column(Integer, default=0)

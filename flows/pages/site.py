@@ -1,0 +1,220 @@
+"""What every customer page shares: templates, the app database, tokens, limits, headers.
+
+A page handler resolves its token with `site.link(...)` (None: answer `site.friendly(...)`),
+reads what it shows in one short session, and renders a template from
+configs/templates/pages. GET and HEAD never write the journey's tables; a POST makes one
+idempotent change. Wrong, expired and unknown tokens all get the same friendly page, so a
+guesser learns nothing about what exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import Engine, select
+
+from tasks.config import Config
+from tasks.links import Link, LinkError, Purpose, mask, read_token
+from tasks.messaging.money import format_day, format_money
+from tasks.store.db import session_scope
+from tasks.store.journal import insert_ignoring_duplicates
+from tasks.store.models import Customer, Erasure, Order, PageHit
+
+MAX_FORM = 64 * 1024  # the largest form a page takes (a review is a few KB)
+HIT_FLUSH_SECONDS = 10.0
+log = logging.getLogger("journeys.pages")
+
+# No inline script anywhere, no framing, no referrer (tokens stay out of the store's logs).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' https: "
+                               "data:; form-action 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+class FormTooLarge(Exception):
+    """A form body larger than MAX_FORM."""
+
+
+class Site:
+    """Shared by the page modules (flows/pages/*.py) of one edge process."""
+
+    def __init__(self, cfg: Config, secret_key: str, engine: Engine,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.cfg, self.secret_key, self.engine, self.clock = cfg, secret_key, engine, clock
+        self.templates = Environment(
+            loader=FileSystemLoader(cfg.dir / "templates" / "pages"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.templates.filters["money"] = lambda amount, currency, locale=None: format_money(
+            amount, currency, locale)
+        self.templates.filters["day"] = lambda day, locale=None: format_day(day, locale)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_ip = parse(cfg.pages.per_ip_limit)
+        self.per_token = parse(cfg.pages.per_token_limit)
+        self.hits = HitCounter(engine)
+
+    # ------------------------------------------------------------ tokens and limits
+
+    def today(self) -> date:
+        return self.clock().date()
+
+    def link(self, token: str, purpose: Purpose) -> Link | None:
+        """The link a token names if it is ours, for this page and not expired; else None."""
+        lifetime = getattr(self.cfg.pages.link_days, purpose.name.lower())
+        try:
+            return read_token(self.secret_key, token, purpose, self.today(), lifetime)
+        except LinkError:
+            return None
+
+    def allowed(self, request: Request, token: str = "") -> bool:
+        """Within the per-address and per-link limits (both counted on every request)."""
+        client = request.client.host if request.client else "unknown"
+        by_ip = self.limiter.hit(self.per_ip, "ip", client)
+        return self.limiter.hit(self.per_token, "token", token[:48]) and by_ip if token else by_ip
+
+    def customer_erased(self, session, customer_id: int) -> bool:
+        return session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id)) \
+            is not None
+
+    def order_of(self, session, order_id: int) -> Order | None:
+        """The order a link names, unless it or its customer is gone (erased: friendly page)."""
+        order = session.get(Order, order_id)
+        if order is None or self.customer_erased(session, order.customer_id):
+            return None
+        return order
+
+    def customer_of(self, session, customer_id: int) -> Customer | None:
+        customer = session.get(Customer, customer_id)
+        if customer is None or self.customer_erased(session, customer_id):
+            return None
+        return customer
+
+    def session(self):
+        return session_scope(self.engine)
+
+    # ------------------------------------------------------------ answers
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.templates.get_template(template).render(store=self.cfg.store, **context)
+        return HTMLResponse(html, status_code=status)
+
+    def friendly(self, status: int = 404, title: str = "This link is not valid any more",
+                 text: str | None = None) -> HTMLResponse:
+        """The page for a wrong, expired or unknown link (and for limits): how to reach us."""
+        return self.render("message.html", status=status, title=title, text=text or (
+            "The link may have expired, or it was copied only in part. Your order is not "
+            "affected. If you need anything, our team is happy to help."))
+
+    def too_many(self) -> HTMLResponse:
+        response = self.friendly(429, "Too many requests",
+                                 "Please wait a minute and try again.")
+        response.headers["Retry-After"] = "60"
+        return response
+
+
+class HitCounter:
+    """Page requests counted in memory and added to `page_hits` every few seconds by a thread:
+    a GET never waits for (or takes) the app database's write lock."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.counts: Counter[tuple[date, str, str]] = Counter()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def count(self, page: str, method: str, day: date) -> None:
+        with self.lock:
+            self.counts[(day, page, method)] += 1
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="page-hits", daemon=True)
+                self.thread.start()
+
+    def _loop(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(HIT_FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            counts, self.counts = self.counts, Counter()
+        if not counts:
+            return
+        try:
+            add_hits(self.engine, counts)
+        except Exception:  # noqa: BLE001 - counts are a report figure, never worth a failed page
+            log.warning("page hit counts not stored (%d kinds)", len(counts), exc_info=True)
+
+
+def add_hits(engine: Engine, counts: Counter[tuple[date, str, str]]) -> None:
+    table = PageHit.__table__
+    with session_scope(engine) as session:
+        insert_ignoring_duplicates(session, PageHit, [
+            {"day": day, "page": page, "method": method, "hits": 0}
+            for day, page, method in counts], ["day", "page", "method"])
+        for (day, page, method), hits in counts.items():
+            session.execute(table.update().where(
+                table.c.day == day, table.c.page == page, table.c.method == method)
+                .values(hits=table.c.hits + hits))
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A urlencoded or multipart form (first value of each field), refused above MAX_FORM."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM:
+        raise FormTooLarge
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=0, max_fields=50, max_part_size=MAX_FORM)
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    body, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM:
+            raise FormTooLarge
+        body.append(chunk)
+    text = b"".join(body).decode("utf-8", errors="replace")
+    return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
+
+
+def clean_text(value: str | None, limit: int) -> str | None:
+    """Customer text as stored: NUL and other control characters (not newlines) removed,
+    trimmed; None when empty. Longer than `limit` is the caller's error to show."""
+    if value is None:
+        return None
+    kept = "".join(c for c in value if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127))
+    kept = kept.encode("utf-8", errors="replace").decode("utf-8").strip()
+    return kept or None
+
+
+def security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+class MaskTokens(logging.Filter):
+    """uvicorn's access log with link tokens cut to a prefix (a token opens a customer's page)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3:
+            args = list(record.args)
+            args[2] = mask(str(args[2]))
+            record.args = tuple(args)
+        return True
