@@ -707,7 +707,10 @@ def case_decide(
 @app.command("unsubscribe")
 @user_errors
 def unsubscribe_cmd(token: str) -> None:
-    """Suppress the address a signed unsubscribe link belongs to (what the web hook does)."""
+    """Suppress the address an unsubscribe link stands for (what its one-click POST does).
+
+    TOKEN is the token or the whole link: a /u/ link or an older /unsubscribe?token= one.
+    """
     from tasks.messaging.unsubscribe import UnsubscribeError, unsubscribe
 
     with session_scope(app_engine()) as session:
@@ -880,6 +883,9 @@ def bench_cmd(
     realtime: Annotated[int, typer.Option("--realtime", min=0, help="Also post this many order "
                         "webhooks, one a second, to a stack with its edge and real-time worker: "
                         "seconds from webhook to confirmation sent.")] = 0,
+    pages: Annotated[int, typer.Option("--pages", min=0, help="Also serve the customer pages "
+                     "of the journey's store from an edge with 2 workers under load for this "
+                     "many seconds: pages/s and latency.")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure the journey: N seeded orders through every stage, against the floor (and the
@@ -890,7 +896,7 @@ def bench_cmd(
     try:
         result = bench(orders, seed, workdir, database, batch, floor,
                        baseline_orders if baseline else None, latency or None, webhooks or None,
-                       realtime or None)
+                       realtime or None, pages or None)
     except BenchError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -946,12 +952,51 @@ def show_bench(result: dict[str, Any]) -> None:
                       f"confirmed: webhook → confirmation sent p50 {seconds['p50']} s, p95 "
                       f"{seconds['p95']} s, max {seconds['max']} s; not confirmed (held): "
                       f"{len(realtime['not_confirmed'])}")
+    if served := result.get("pages"):
+        ms = served["ms"]
+        console.print(f"customer pages ({served['database']}, {served['workers']} edge workers, "
+                      f"{served['generator']}): {served['served']} served, "
+                      f"{served['pages_per_second']}/s; p50 {ms['p50']} ms, p95 {ms['p95']} ms, "
+                      f"p99 {ms['p99']} ms; failed {served['failed']}")
     verdicts = Table(title="targets")
     for name in ("target", "figure", "status"):
         verdicts.add_column(name)
     for row in result["targets"]:
         verdicts.add_row(row["target"], row["figure"], row["status"])
     console.print(verdicts)
+
+
+# --- reviews ----------------------------------------------------------------------------------
+
+reviews_app = typer.Typer(no_args_is_help=True, help="Product reviews customers wrote on /r/.")
+app.add_typer(reviews_app, name="reviews")
+
+
+@reviews_app.command("export")
+@user_errors
+def reviews_export_cmd(
+    fmt: Annotated[str, typer.Option("--format", help="google (Google's product review feed "
+                                     "XML) | json | csv.")] = "google",
+    output: Annotated[Path | None, typer.Option("--output", help="Write to this file "
+                                                "(default: standard output).")] = None,
+) -> None:
+    """Every approved review (the whole set each time: Google replaces its copy per feed)."""
+    from tasks.storefront import reviews
+
+    if fmt not in reviews.EXPORTS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(reviews.EXPORTS)}")
+    cfg = runtime().config
+    with session_scope(app_engine()) as session:
+        approved = reviews.approved_reviews(session, cfg)
+    data = (reviews.google_feed(approved, cfg.store.name) if fmt == "google"
+            else (reviews.as_json(approved) if fmt == "json" else reviews.as_csv(approved))
+            .encode("utf-8"))
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
+        sys.stderr.write(f"{len(approved)} approved reviews written to {output}\n")
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from tasks.config import Config, section
 from tasks.confirm import locale_of, store_context
 from tasks.intake.ingest import quarantine_records
 from tasks.intake.schema import Rejected
+from tasks.links import Purpose, link_url
 from tasks.messaging.outbox import enqueue as enqueue_messages
 from tasks.messaging.outbox import message_id_for, order_message
 from tasks.runtime import Runtime, StageResult
@@ -351,7 +352,7 @@ def earn(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
     settings = loyalty_config(rt.config)
     orders = load_delivered(session, order_ids)
     enrolled = enroll_after_delivery(session, orders, now, settings)
-    invites = invite_messages(orders, enrolled, settings, rt.config, now)
+    invites = invite_messages(orders, enrolled, settings, rt, now)
     enqueue_messages(session, invites, now)
     plan = plan_earn(orders, enrolled, settings, now)
     known = existing_keys(session, [e["source_key"] for e in plan.entries])
@@ -469,7 +470,7 @@ def order_record(order: Order) -> dict[str, Any]:
 
 def invite_messages(
     orders: Sequence[Order], enrolled: Mapping[int, bool], settings: LoyaltyConfig,
-    cfg: Config, now: datetime,
+    rt: Runtime, now: datetime,
 ) -> list[dict[str, Any]]:
     """One invite per consenting, not enrolled customer (keyed per customer, sent once ever)."""
     if not settings.enrollment.invite:
@@ -478,15 +479,16 @@ def invite_messages(
     for order in orders:
         if order.customer_id not in enrolled and order.customer.accepts_marketing:
             first_order.setdefault(order.customer_id, order)
-    return [invite_message(order, cfg, now) for order in first_order.values()]
+    return [invite_message(order, rt, now) for order in first_order.values()]
 
 
-def invite_message(order: Order, cfg: Config, now: datetime) -> dict[str, Any]:
+def invite_message(order: Order, rt: Runtime, now: datetime) -> dict[str, Any]:
+    cfg = rt.config
     spec = cfg.messaging.templates[INVITE]
     domain = cfg.messaging.from_address.rpartition("@")[2]
     row = order_message(
         order_id=order.id, customer_id=order.customer_id, step=EARN_STEP, template=INVITE,
-        spec=spec, to_addr=order.customer.email, context=invite_context(order, cfg),
+        spec=spec, to_addr=order.customer.email, context=invite_context(order, rt, now),
         not_before=now, domain=domain,
     )
     key = f"customer:{order.customer_id}:{INVITE}:v{spec.version}"
@@ -494,15 +496,22 @@ def invite_message(order: Order, cfg: Config, now: datetime) -> dict[str, Any]:
             "topic": "loyalty"}
 
 
-def invite_context(order: Order, cfg: Config) -> dict[str, Any]:
-    customer = order.customer
+def invite_context(order: Order, rt: Runtime, now: datetime) -> dict[str, Any]:
+    cfg, customer = rt.config, order.customer
     return {
         "store": store_context(cfg),
         "customer": customer_names(customer),
         "order": {"id": order.id, "name": order.name or f"#{order.external_id}",
                   "locale": locale_of(order, cfg)},
-        "loyalty": {"join_url": f"{cfg.store.links_base_url.rstrip('/')}/rewards/join"},
+        "loyalty": {"join_url": loyalty_url(rt, order.customer_id, now)},
     }
+
+
+def loyalty_url(rt: Runtime, customer_id: int, now: datetime) -> str:
+    """The customer's rewards page (/l/{token}: points, tier, and a Join button for a customer
+    not enrolled yet); issued on the stage's day, so a re-rendered mail has the same link."""
+    return link_url(rt.config.store.links_base_url, rt.settings.secret_key, Purpose.LOYALTY,
+                    customer_id, now)
 
 
 def customer_names(customer: Customer) -> dict[str, Any]:
@@ -744,7 +753,7 @@ def update_tiers(
     notify = [c for c in customers
               if c.id in changes and tier_mail_due(c, *changes[c.id], settings)]
     points = balances(session, [c.id for c in notify])
-    messages = [tier_message(c, *changes[c.id], points[c.id], rt.config, now) for c in notify]
+    messages = [tier_message(c, *changes[c.id], points[c.id], rt, now) for c in notify]
     enqueue_messages(session, messages, now)
     return StageResult(stage="loyalty_tiers", advanced=len(changes),
                        skipped=len(customers) - len(changes),
@@ -772,10 +781,11 @@ def tier_mail_due(customer: Customer, old: str | None, new: str, settings: Loyal
 
 
 def tier_message(
-    customer: Customer, old: str | None, new: str, points: Mapping[str, int], cfg: Config,
+    customer: Customer, old: str | None, new: str, points: Mapping[str, int], rt: Runtime,
     now: datetime,
 ) -> dict[str, Any]:
     """A customer-level outbox row keyed by customer, new tier and day."""
+    cfg = rt.config
     spec = cfg.messaging.templates[UPDATE]
     domain = cfg.messaging.from_address.rpartition("@")[2]
     key = f"customer:{customer.id}:{UPDATE}:{new}:{now.date().isoformat()}:v{spec.version}"
@@ -783,7 +793,7 @@ def tier_message(
         "store": store_context(cfg), "customer": customer_names(customer),
         "loyalty": {"tier": new, "previous_tier": old, "pending": points[PENDING],
                     "approved": points[APPROVED],
-                    "url": f"{cfg.store.links_base_url.rstrip('/')}/rewards"},
+                    "url": loyalty_url(rt, customer.id, now)},
     }
     return {
         "effect_key": key, "order_id": None, "customer_id": customer.id, "template": UPDATE,

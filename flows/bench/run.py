@@ -67,7 +67,8 @@ def private_prefect_database(workdir: Path) -> Iterator[None]:
 def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
           database_url: str | None = None, size: int = 1000, floor: bool = True,
           baseline_orders: int | None = None, latency_runs: int | None = None,
-          webhooks: int | None = None, realtime: int | None = None) -> dict[str, Any]:
+          webhooks: int | None = None, realtime: int | None = None,
+          pages: int | None = None) -> dict[str, Any]:
     """Everything asked for, measured in this process (the latency bench starts its own stack)."""
     if database_url and len(set(sizes)) > 1:
         raise BenchError("--database takes one --orders size (each run needs an empty database)")
@@ -87,6 +88,14 @@ def bench(sizes: list[int], seed: int = 7, workdir: Path = Path("var/bench"),
         from flows.bench.webhooks import measure_webhooks
 
         result["webhooks"] = measure_webhooks(webhooks, workdir / "webhooks", database_url)
+    if pages:  # the customer pages of the largest run's store, after its whole story
+        from flows.bench.pages import measure_pages
+
+        largest = max(runs, key=lambda r: r["orders"])
+        result["pages"] = measure_pages(pages, Path(largest["workspace"]),
+                                        database_url or Workspace.at(
+                                            Path(largest["workspace"]), None).database_url,
+                                        workdir / "pages")
     if realtime:
         from flows.bench.realtime import measure_realtime
 
@@ -101,4 +110,5 @@ def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
             targets.baseline_target(largest, result.get("baseline")),
             targets.latency_target(result.get("latency")),
             targets.webhook_target(result.get("webhooks")),
-            targets.realtime_target(result.get("realtime"))]
+            targets.realtime_target(result.get("realtime")),
+            targets.pages_target(result.get("pages"))]

@@ -118,3 +118,18 @@ def realtime_target(realtime: dict[str, Any] | None) -> dict[str, Any]:
     return verdict(seconds["p95"] <= REALTIME_P95,
                    f"p50 {seconds['p50']:.2f} s, p95 {seconds['p95']:.2f} s "
                    f"({realtime['confirmed']} orders)", target)
+
+
+PAGES_PER_SECOND, PAGES_P95_MS = 500, 50.0
+
+
+def pages_target(pages: dict[str, Any] | None) -> dict[str, Any]:
+    target = (f"customer pages: ≥ {PAGES_PER_SECOND}/s, p95 ≤ {PAGES_P95_MS:.0f} ms "
+              "(2 edge workers)")
+    if pages is None:
+        return verdict(None, "run with --pages SECONDS", target)
+    rate, p95 = pages["pages_per_second"], pages["ms"]["p95"]
+    figure = (f"{rate:.0f}/s, p95 {p95} ms, failed {pages['failed']} "
+              f"({pages['database']}, {pages['concurrency']} in flight)")
+    met = rate >= PAGES_PER_SECOND and p95 is not None and p95 <= PAGES_P95_MS
+    return verdict(met and pages["failed"] == 0, figure, target)

@@ -47,9 +47,9 @@ def order_bodies(count: int) -> list[bytes]:
             for n in range(count)]
 
 
-def start_edge(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_edge(port: int, env: dict[str, str], log: Path, workers: int = 1) -> subprocess.Popen:
     command = [sys.executable, "-c", "from flows.cli import main; main()", "edge",
-               "--port", str(port)]
+               "--port", str(port), "--workers", str(workers)]
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -21,7 +21,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from flows.pages import loyalty, order, preferences, reviews, survey
-from flows.pages.site import FormTooLarge, MaskTokens, Site, security_headers
+from flows.pages.site import FormTooLarge, MaskTokens, SecurityHeaders, Site
 from tasks.config import Config
 from tasks.store.db import engine_for
 
@@ -34,9 +34,7 @@ def mount(app: FastAPI, cfg: Config, secret_key: str, database_url: str,
     site = Site(cfg, secret_key, engine_for(database_url), clock)
     logging.getLogger("uvicorn.access").addFilter(MaskTokens())
 
-    @app.middleware("http")
-    async def headers(request: Request, call_next) -> Response:
-        return security_headers(await call_next(request))
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(FormTooLarge)
     async def form_too_large(request: Request, exc: FormTooLarge) -> Response:

@@ -1,11 +1,100 @@
-"""(being built)"""
+"""The rewards page: GET /l/{token} shows a customer's points, tier and history; POST joins.
+
+The token's subject is a customer id (tasks/links.py, Purpose.LOYALTY), written into the
+`loyalty_invite` and `loyalty_update` mails. A GET or HEAD reads only; the POST enrols through
+tasks/storefront/loyalty_page.join (compare-and-set, so a second POST changes nothing) and is
+refused when another site sent it. `/rewards` and `/rewards/join`, the links mailed before
+tokens, name no customer: they get the friendly page with the store's contact.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from urllib.parse import urlsplit
 
-from flows.pages.site import Site
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+
+from flows.pages.site import Site, read_form
+from tasks.links import Purpose
+from tasks.storefront.loyalty_page import join, rewards_view
+
+PAGE = "loyalty"
+JOIN = "join"  # the form's one value: anything else is not our form
 
 
 def register(app: FastAPI, site: Site) -> None:
     """Add this page's routes to the edge app."""
+
+    @app.api_route("/l/{token}", methods=["GET", "HEAD"])
+    def show(request: Request, token: str) -> HTMLResponse:
+        site.hits.count(PAGE, request.method, site.today())
+        if not site.allowed(request, token):
+            return site.too_many()
+        link = site.link(token, Purpose.LOYALTY)
+        if link is None:
+            return site.friendly()
+        return page(site, token, link.subject)
+
+    @app.post("/l/{token}")
+    async def join_rewards(request: Request, token: str) -> HTMLResponse:
+        site.hits.count(PAGE, "POST", site.today())
+        if not site.allowed(request, token):
+            return site.too_many()
+        link = site.link(token, Purpose.LOYALTY)
+        if link is None:
+            return site.friendly()
+        if cross_site(request, site):
+            return site.friendly(403, "This form was sent from another site",
+                                 "Nothing was changed. To join, open the link in our e-mail "
+                                 "and press the button on that page.")
+        form = await read_form(request)
+        if form.get("action") != JOIN:
+            return page(site, token, link.subject, status=400,
+                        error="We could not read that form. Nothing was changed; "
+                              "please press the button below.")
+        with site.session() as session:
+            if site.customer_of(session, link.subject) is None:
+                return site.friendly()
+            joined = join(session, link.subject, site.clock())
+        return page(site, token, link.subject, notice=(
+            "Welcome! You are now a member: your points are yours to spend once they are "
+            "available." if joined else "You are already a member. Nothing was changed."))
+
+    @app.api_route("/rewards", methods=["GET", "HEAD", "POST"])
+    @app.api_route("/rewards/join", methods=["GET", "HEAD", "POST"])
+    def old_link() -> HTMLResponse:
+        return site.friendly(410, "This rewards link is from an older e-mail",
+                             "It does not say whose rewards to show. Write to us and we will "
+                             "tell you your points, or join for you; newer e-mails carry a "
+                             "link to your own rewards page.")
+
+
+def page(site: Site, token: str, customer_id: int, status: int = 200, notice: str | None = None,
+         error: str | None = None) -> HTMLResponse:
+    """The rewards page as it is now (after a join, with its confirmation)."""
+    with site.session() as session:
+        customer = site.customer_of(session, customer_id)
+        if customer is None:
+            return site.friendly()
+        view = rewards_view(session, customer, site.cfg, site.clock())
+    return site.render("loyalty.html", status, title="Your rewards", view=view,
+                       action=f"/l/{token}", notice=notice, error=error)
+
+
+def cross_site(request: Request, site: Site) -> bool:
+    """A POST another site's page made (CSRF): the browser says so in Sec-Fetch-Site, or its
+    Origin is neither the address it reached nor the links' base URL (behind a proxy the two
+    differ). A client sending neither header is not a browser acting for someone else."""
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from is not None and fetched_from not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin.rstrip("/") not in own_origins(request, site)
+
+
+def own_origins(request: Request, site: Site) -> set[str]:
+    base = urlsplit(site.cfg.store.links_base_url)
+    return {f"{base.scheme}://{base.netloc}",
+            f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"}

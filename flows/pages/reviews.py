@@ -1,11 +1,138 @@
-"""(being built)"""
+"""`/r/{token}`: review one product of an order (the link in the review request mail).
+
+GET shows the form (or the review's status once it was moderated) and records nothing; POST
+stores the review as pending, or replaces it while it is still pending (one row per order
+line, keyed `review:<order line id>`); an identical second POST changes nothing. Cross-site
+POSTs are refused; text is cleaned of control characters and always escaped when shown.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from urllib.parse import urlsplit
 
-from flows.pages.site import Site
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from flows.pages.site import Site, clean_text, read_form
+from tasks.links import Purpose
+from tasks.store.models import Product
+from tasks.storefront import reviews
+
+PAGE = "review"
+STATUS_TEXT = {
+    reviews.APPROVED: "Your review was published. Thank you for sharing it.",
+    reviews.REJECTED: "Your review was not published because it did not follow our review "
+                      "rules. If you have a question about it, please write to us.",
+}
 
 
 def register(app: FastAPI, site: Site) -> None:
     """Add this page's routes to the edge app."""
+
+    @app.api_route("/r/{token}", methods=["GET", "HEAD"])
+    def review_page(token: str, request: Request) -> Response:
+        site.hits.count(PAGE, request.method, site.today())
+        if not site.allowed(request, token):
+            return site.too_many()
+        return show(site, token)
+
+    @app.post("/r/{token}")
+    async def review_post(token: str, request: Request) -> Response:
+        site.hits.count(PAGE, "POST", site.today())
+        if not site.allowed(request, token):
+            return site.too_many()
+        if cross_site(request, site):
+            return site.friendly(403, "Please send your review from our page",
+                                 "This form can only be sent from the review page itself. "
+                                 "Please open the link in our e-mail again.")
+        form = await read_form(request)
+        return record(site, token, form)
+
+
+def show(site: Site, token: str) -> Response:
+    link = site.link(token, Purpose.REVIEW)
+    if link is None:
+        return site.friendly()
+    with site.session() as session:
+        found = target(site, session, link)
+        if found is None:
+            return site.friendly()
+        order, line, product = found
+        existing = reviews.review_of(session, line.id)
+        if existing is not None and existing.status != reviews.PENDING:
+            return decided(site, product, existing.status)
+        values = {"rating": str(existing.rating), "title": existing.title or "",
+                  "body": existing.body or "", "display_name": existing.display_name} \
+            if existing else {"rating": "", "title": "", "body": "",
+                              "display_name": reviews.default_display_name(order.customer)}
+        return form_page(site, token, product, values, [], bool(existing))
+
+
+def record(site: Site, token: str, form: dict[str, str]) -> Response:
+    link = site.link(token, Purpose.REVIEW)
+    if link is None:
+        return site.friendly()
+    limit = site.cfg.pages.max_comment_chars
+    values = {name: clean_text(form.get(name), limit * 2 + 1000) or ""
+              for name in ("rating", "title", "body", "display_name")}
+    draft, problems = reviews.check_draft(values["rating"], values["title"] or None,
+                                          values["body"] or None, values["display_name"] or None,
+                                          limit)
+    with site.session() as session:
+        found = target(site, session, link)
+        if found is None:
+            return site.friendly()
+        order, line, product = found
+        if draft is None:
+            return form_page(site, token, product, values, problems, False, status=422)
+        outcome = reviews.submit(session, order, line, draft, site.clock())
+    if outcome in STATUS_TEXT:
+        return decided(site, product, outcome)
+    return site.render("review_thanks.html", title="Thank you for your review",
+                       product=product, draft=draft, token=token)
+
+
+def target(site: Site, session, link):
+    """(order, line, product name) the link names, or None (gone, erased, not reviewable)."""
+    order = site.order_of(session, link.subject)
+    if order is None:
+        return None
+    line = reviews.line_of(session, order, link.extra)
+    if line is None:
+        return None
+    catalog = session.scalar(select(Product.title).where(Product.sku == line.sku))
+    return order, line, reviews.product_name(line, catalog)
+
+
+def form_page(site: Site, token: str, product: str, values: dict[str, str],
+              problems: list[str], editing: bool, status: int = 200) -> Response:
+    return site.render("review.html", status, title=f"Review {product}", product=product,
+                       values=values, problems=problems, editing=editing, token=token,
+                       stars=reviews.STARS, max_chars=site.cfg.pages.max_comment_chars,
+                       title_chars=reviews.TITLE_CHARS, name_chars=reviews.NAME_CHARS)
+
+
+def decided(site: Site, product: str, status: str) -> Response:
+    return site.render("message.html", title=f"Your review of {product}",
+                       text=STATUS_TEXT[status])
+
+
+def cross_site(request: Request, site: Site) -> bool:
+    """A POST from another site's page. Browsers say so in Sec-Fetch-Site; an Origin header
+    naming another origin is refused too. ("null" is what a same-origin form sends under our
+    no-referrer policy, so it proves nothing either way.)"""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return False
+    own = {f"{request.url.scheme}://{request.headers.get('host', '')}",
+           _origin(site.cfg.store.links_base_url)}
+    return origin.rstrip("/") not in own
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,11 +1,177 @@
-"""(being built)"""
+"""The delivery survey page: GET /f/{token}?r=N shows the form, only its POST records.
+
+    GET/HEAD /f/{token}?r=N   the order and the form, rating N pre-selected (records nothing;
+                              counted in page_hits: the opens mail scanners make)
+    POST     /f/{token}       the answer: stored once per order, changeable for
+                              survey_change_minutes; an unhappy one opens a service case
+    GET      /feedback?o=&r=&sig=   links in mails sent before the page existed: the same form,
+                              posting to /f/{token}
+
+What is stored and when a case opens: tasks/storefront/survey.py.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from urllib.parse import urlsplit
 
-from flows.pages.site import Site
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+
+from flows.pages.site import Site, clean_text, read_form
+from tasks.aftercare.feedback import RATING_LABELS, verify_rating_link
+from tasks.links import Purpose, make_token
+from tasks.store.models import Order
+from tasks.storefront.survey import (
+    ISSUE_LABELS,
+    LOCKED,
+    PAGE,
+    Answer,
+    chosen_tags,
+    may_change,
+    page_answer,
+    parse_rating,
+    record_answer,
+)
+
+TITLE = "Tell us how your order arrived"
 
 
 def register(app: FastAPI, site: Site) -> None:
     """Add this page's routes to the edge app."""
+
+    @app.api_route("/f/{token}", methods=["GET", "HEAD"])
+    def survey_page(token: str, request: Request) -> Response:
+        if not site.allowed(request, token):
+            return site.too_many()
+        site.hits.count(PAGE, request.method, site.today())
+        link = site.link(token, Purpose.FEEDBACK)
+        if link is None:
+            return site.friendly()
+        return show_survey(site, link.subject, token, request.query_params.get("r"))
+
+    @app.api_route("/feedback", methods=["GET", "HEAD"])
+    def old_survey_link(request: Request) -> Response:
+        """A signed link from an earlier mail: the same form, posting to the new address."""
+        if not site.allowed(request):
+            return site.too_many()
+        site.hits.count(PAGE, request.method, site.today())
+        query = request.query_params
+        order_id, rating = _small_int(query.get("o")), parse_rating(query.get("r"))
+        if order_id is None or rating is None or not verify_rating_link(
+                site.secret_key, order_id, rating, query.get("sig")):
+            return site.friendly()
+        token = make_token(site.secret_key, Purpose.FEEDBACK, order_id, site.today())
+        return show_survey(site, order_id, token, str(rating))
+
+    @app.post("/f/{token}")
+    async def survey_answer(token: str, request: Request) -> Response:
+        if not site.allowed(request, token):
+            return site.too_many()
+        site.hits.count(PAGE, "POST", site.today())
+        if cross_site(request, site):
+            return site.friendly(403, "Please answer on our own page",
+                                 "This form was sent from another website, so we did not "
+                                 "record it. Open the link in our e-mail to answer.")
+        link = site.link(token, Purpose.FEEDBACK)
+        if link is None:
+            return site.friendly()
+        form = await read_form(request)
+        return answer_survey(site, link.subject, token, form)
+
+
+def show_survey(site: Site, order_id: int, token: str, rating: str | None) -> HTMLResponse:
+    now = site.clock()
+    with site.session() as session:
+        order = site.order_of(session, order_id)
+        if order is None:
+            return site.friendly()
+        stored = page_answer(session, order.id)
+        if stored is not None and not may_change(stored, now, site.cfg.pages.survey_change_minutes):
+            return already_recorded(site, order)
+        selected = parse_rating(rating)
+        if stored is None:
+            return survey_form(site, order, token, selected)
+        return survey_form(site, order, token, selected or stored.rating, stored.comment or "",
+                           set(stored.tags or []), changing=True)
+
+
+def answer_survey(site: Site, order_id: int, token: str, form: dict[str, str]) -> HTMLResponse:
+    """Validate the form; the form again with a message, or the thank-you page."""
+    rating = parse_rating(form.get("rating"))
+    tags = chosen_tags(form)
+    limit = site.cfg.pages.max_comment_chars
+    comment = clean_text(form.get("comment"), 10 * limit)  # the limit is checked, never cut
+    now = site.clock()
+    with site.session() as session:
+        order = site.order_of(session, order_id)
+        if order is None:
+            return site.friendly()
+        error = None
+        if rating is None:
+            error = "Please choose a rating from 1 to 5."
+        elif comment is not None and len(comment) > limit:
+            error = (f"Your comment is {len(comment):,} characters long; we can take up to "
+                     f"{limit:,}. Please shorten it and send it again.")
+        if error:
+            return survey_form(site, order, token, rating, comment or "", set(tags), error=error,
+                               status=422)
+        outcome = record_answer(session, order.id, Answer(rating, comment, tags), now, site.cfg)
+        if outcome.status == LOCKED:
+            return already_recorded(site, order)
+        return thanks(site, order, outcome.case)
+
+
+def survey_form(site: Site, order: Order, token: str, selected: int | None, comment: str = "",
+                tags: set[str] | None = None, changing: bool = False, error: str | None = None,
+                status: int = 200) -> HTMLResponse:
+    return site.render(
+        "survey.html", status, title=TITLE, order_name=order.name,
+        items=[line.title for line in order.lines], action=f"/f/{token}",
+        ratings=RATING_LABELS, selected=selected, issues=ISSUE_LABELS, tags=tags or set(),
+        comment=comment, max_comment=f"{site.cfg.pages.max_comment_chars:,}",
+        changing=changing, error=error)
+
+
+def thanks(site: Site, order: Order, case: bool) -> HTMLResponse:
+    minutes = site.cfg.pages.survey_change_minutes
+    order_token = make_token(site.secret_key, Purpose.ORDER, order.id, site.today())
+    return site.render(
+        "survey_thanks.html", title="Thank you" if not case else "We are on it",
+        order_name=order.name, case=case, order_url=f"/o/{order_token}",
+        change_minutes=minutes, change_hours=_duration(minutes))
+
+
+def already_recorded(site: Site, order: Order) -> HTMLResponse:
+    return site.render(
+        "message.html", title="Your answer is already recorded",
+        text=f"Thank you: we have your answer about order {order.name}. If something is not "
+             "right with your order, our team is happy to help.")
+
+
+def cross_site(request: Request, site: Site) -> bool:
+    """Whether the browser says this POST comes from another site's page.
+
+    Our pages send no referrer, so a browser sends `Origin: null` with our own form:
+    `Sec-Fetch-Site` tells the rest. No header at all (an old browser, a script) is let
+    through: the token already limits a POST to one order's survey.
+    """
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return True
+    origin = request.headers.get("origin", "").strip().lower()
+    if not origin or origin == "null":
+        return False
+    ours = {urlsplit(site.cfg.store.links_base_url).netloc.lower(),
+            request.headers.get("host", "").lower()}
+    return urlsplit(origin).netloc not in ours
+
+
+def _small_int(value: str | None) -> int | None:
+    ok = value and value.isascii() and value.isdigit() and len(value) <= 18
+    return int(value) if ok else None
+
+
+def _duration(minutes: int) -> str:
+    if minutes % 60:
+        return f"{minutes} minutes"
+    hours = minutes // 60
+    return "1 hour" if hours == 1 else f"{hours} hours"

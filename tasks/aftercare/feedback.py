@@ -1,5 +1,6 @@
-"""Delivery feedback: a signed one-click survey to every delivered customer, answers ingested,
-unhappy answers routed to service recovery (a ServiceCase with a proposed resolution).
+"""Delivery feedback: a survey mail to every delivered customer whose rating buttons open our
+survey page (/f/{token}); answers from that page or from files stored once; unhappy answers
+routed to service recovery (a ServiceCase with a proposed resolution).
 
 This is a service survey, not a review request: it may go to everyone and may route unhappy
 answers to an operator (16 CFR Part 465 concerns reviews, see reviews.py).
@@ -44,6 +45,7 @@ from tasks.config import Config
 from tasks.intake.formats import IntakeError, validation_reasons
 from tasks.intake.ingest import IntakeResult, quarantine_records
 from tasks.intake.schema import INT_MAX, Rejected, refuse_nul
+from tasks.links import Purpose, link_url
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime, StageResult
 from tasks.store.journal import insert_ignoring_duplicates, record_events
@@ -52,10 +54,22 @@ from tasks.store.models import FeedbackResponse, Order, ServiceCase
 STEP = TEMPLATE = "feedback_request"
 KIND = "feedback"
 RATINGS = range(1, 6)
+RATING_LABELS = {1: "Very poor", 2: "Poor", 3: "OK", 4: "Good", 5: "Excellent"}
 Tag = Literal["damaged", "wrong_item", "missing_item", "late", "other"]
 
 
-# ---------------------------------------------------------------- signed links
+# ---------------------------------------------------------------- links
+# The mail links each rating to our survey page, `/f/{token}?r=N` (tasks/links.py; the page
+# records nothing until the customer sends its form). The signed `/feedback?o=&r=&sig=` links
+# below are what earlier mails carried: the page still opens them, and feedback files may
+# still carry their signatures.
+
+
+def survey_links(base_url: str, secret_key: str, order_id: int,
+                 now: datetime) -> list[dict[str, Any]]:
+    """The five rating buttons of the survey mail: one token, the rating in the query."""
+    url = link_url(base_url, secret_key, Purpose.FEEDBACK, order_id, now)
+    return [{"rating": r, "label": RATING_LABELS[r], "url": f"{url}?r={r}"} for r in RATINGS]
 
 
 def rating_signature(secret_key: str, order_id: int, rating: int) -> str:
@@ -94,7 +108,7 @@ def parse_rating_link(url: str, secret_key: str) -> tuple[int, int] | None:
 def feedback_request(
     session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
 ) -> StageResult:
-    """Queue the signed survey for every delivered order of the batch (transactional)."""
+    """Queue the survey mail for every delivered order of the batch (transactional)."""
     orders = delivered_orders(session, order_ids)
     cfg, secret = rt.config, rt.settings.secret_key
     enqueue(session, [survey_message(o, cfg, secret, now) for o in orders], now)
@@ -106,10 +120,8 @@ def feedback_request(
 
 def survey_message(order: Order, cfg: Config, secret: str, now: datetime) -> dict[str, Any]:
     context = base_context(order, cfg)
-    base = cfg.store.links_base_url
     context["feedback"] = {
-        "links": [{"rating": r, "url": rating_link(base, secret, order.id, r)} for r in RATINGS]
-    }
+        "links": survey_links(cfg.store.links_base_url, secret, order.id, now)}
     return keyed_message(cfg, order, STEP, TEMPLATE, context, now)
 
 

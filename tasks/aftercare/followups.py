@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from itertools import chain, zip_longest
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import extract, select
@@ -79,10 +80,18 @@ def per_key(cfg: Config, order: Order, step: str, topic: str) -> str:
     return f"order:{order.id}:{step}:{topic}:v{cfg.messaging.templates[step].version}"
 
 
+def product_url(cfg: Config, product: Product | None, sku: str) -> str:
+    """The product on the store's own site (our edge serves no product pages): its handle
+    when the catalog gave one, else its SKU."""
+    handle = (product.attributes or {}).get("handle") if product is not None else None
+    name = handle if isinstance(handle, str) and handle else sku
+    return f"{cfg.store.website.rstrip('/')}/products/{quote(name, safe='')}"
+
+
 def product_context(product: Product | None, line: OrderLine, cfg: Config) -> dict[str, Any]:
     sku = line.sku or ""
     return {"sku": sku, "title": product.title if product else line.title,
-            "url": f"{cfg.store.links_base_url.rstrip('/')}/products/{sku}"}
+            "url": product_url(cfg, product, sku)}
 
 
 def _finish(
@@ -257,12 +266,11 @@ def cross_sell_message(
                          cfg.cross_sell.max_items)
     if not picks:
         return None
-    base = config.store.links_base_url.rstrip("/")
     context = base_context(order, config)
     context["product"] = product_context(product, line, config)
     context["picks"] = [{"sku": p.sku, "title": p.title, "category": p.category,
                          "price": str(p.price) if p.price is not None else None,
-                         "url": f"{base}/products/{p.sku}"} for p in picks]
+                         "url": product_url(config, p, p.sku)} for p in picks]
     return keyed_message(config, order, CROSS, CROSS, context, now, topic=product.category)
 
 

@@ -11,9 +11,10 @@ row with status "skipped" and its reason, so it stays visible.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,11 +29,13 @@ from tasks.aftercare import (
     keyed_message,
     reschedule_steps,
 )
-from tasks.config import Config
+from tasks.config import Config, ConfigError
+from tasks.links import Purpose, link_url
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime, StageResult
 from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.models import FeedbackResponse, Message, Order, OrderLine, Product, ServiceCase
+from tasks.storefront.reviews import product_name, product_slug
 
 STEP = TEMPLATE = "review_request"
 SKIPPED = "skipped"
@@ -51,9 +54,9 @@ def review_request(
     reschedule_steps(session, STEP, {oid: due_again for oid in held}, HOLD_REASON, now)
     ready = [o for o in orders if o.id not in held]
     asks, skips = plan_requests(session, ready, now, rules)
-    titles = product_titles(session, {line.sku for _, line in asks} | {s[1].sku for s in skips})
-    enqueue(session, [request_message(o, line, titles, rt.config, now) for o, line in asks], now)
-    store_skipped(session, skips, titles, rt.config, now)
+    products = products_by_sku(session, {line.sku for _, line in asks} | {s[1].sku for s in skips})
+    enqueue(session, [request_message(o, line, products, rt, now) for o, line in asks], now)
+    store_skipped(session, skips, products, rt, now)
     finish_steps(session, STEP, {o.id: None for o in ready}, now)
     closed = close_missing(session, STEP, order_ids, [o.id for o in orders], now)
     return StageResult(stage=STEP, advanced=len(ready), held=len(held), closed=closed,
@@ -131,39 +134,61 @@ def _skip_reason(
     return None
 
 
-def product_titles(session: Session, skus: set[str | None]) -> dict[str, str]:
+def products_by_sku(session: Session, skus: set[str | None]) -> dict[str, Product]:
     skus = {s for s in skus if s}
     if not skus:
         return {}
-    query = select(Product.sku, Product.title).where(Product.sku.in_(skus))
-    return {sku: title for sku, title in session.execute(query)}
+    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
 
 
 def request_key(order: Order, sku: str, cfg: Config) -> str:
     return f"order:{order.id}:{STEP}:{sku}:v{cfg.messaging.templates[TEMPLATE].version}"
 
 
-def request_message(
-    order: Order, line: OrderLine, titles: dict[str, str], cfg: Config, now: datetime
-) -> dict[str, Any]:
-    """The same request for everyone: product, and a link to write the review."""
+def review_url(order: Order, line: OrderLine, product: Product | None, name: str, rt: Runtime,
+               now: datetime) -> str:
+    """Our /r/{token} page for this order line, or the store's review platform (Judge.me,
+    Yotpo, Okendo ...) with {sku}, {product} (handle) and {order} (the store's order name,
+    never our id) filled in."""
+    cfg = rt.config
+    rules = cfg.pages.reviews
+    if rules.platform == "journeys":
+        return link_url(cfg.store.links_base_url, rt.settings.secret_key, Purpose.REVIEW,
+                        order.id, now, extra=line.id)
+    template = rules.platform_urls.get(rules.platform)
+    if not template:
+        raise ConfigError(f"pages.yaml reviews: platform {rules.platform!r} has no entry in "
+                          "platform_urls")
     sku = line.sku or ""
-    context = base_context(order, cfg)
+    fill = {"sku": sku, "product": product_slug(product, name, sku),
+            "order": order.name or order.external_id}
+    return template.format_map({key: quote(value, safe="") for key, value in fill.items()})
+
+
+def request_message(
+    order: Order, line: OrderLine, products: Mapping[str, Product], rt: Runtime, now: datetime
+) -> dict[str, Any]:
+    """The same request for everyone: the product (not the variant), and a link to write the
+    review."""
+    sku = line.sku or ""
+    product = products.get(sku)
+    name = product_name(line, product.title if product else None)
+    context = base_context(order, rt.config)
     context["product"] = {
-        "sku": sku, "title": titles.get(sku, line.title),
-        "review_url": f"{cfg.store.links_base_url.rstrip('/')}/reviews/new?sku={sku}&o={order.id}",
+        "sku": sku, "title": name, "variant": line.variant_title,
+        "review_url": review_url(order, line, product, name, rt, now),
     }
-    return keyed_message(cfg, order, STEP, TEMPLATE, context, now,
-                         effect_key=request_key(order, sku, cfg), topic=sku)
+    return keyed_message(rt.config, order, STEP, TEMPLATE, context, now,
+                         effect_key=request_key(order, sku, rt.config), topic=sku)
 
 
 def store_skipped(
-    session: Session, skips: Sequence[tuple[Order, OrderLine, str]], titles: dict[str, str],
-    cfg: Config, now: datetime,
+    session: Session, skips: Sequence[tuple[Order, OrderLine, str]],
+    products: Mapping[str, Product], rt: Runtime, now: datetime,
 ) -> None:
     """Skipped requests as outbox rows that are never sent, each with its reason."""
     rows = [
-        {**request_message(order, line, titles, cfg, now), "status": SKIPPED,
+        {**request_message(order, line, products, rt, now), "status": SKIPPED,
          "reason": why[:500], "attempts": 0, "created_at": now}
         for order, line, why in skips
     ]

@@ -69,7 +69,8 @@ def write(
     if kind == "events":
         records = gate_events(records, now)
     writers = {"products": lambda: intake.ingest_products(session, records, now),
-               "shipments": lambda: ingest_shipments(session, records, now, rt.config),
+               "shipments": lambda: ingest_shipments(session, records, now, rt.config,
+                                                     rt.settings.secret_key),
                "events": lambda: ingest_events(session, records, now),
                "feedback": lambda: ingest_feedback(session, records, now, rt)}
     return writers[kind]()

@@ -1,6 +1,6 @@
 """The messaging governor: at send time, decide which claimed outbox rows may go out now.
 
-Rules, in order, for each row of the claimed batch (a constant three reads per batch):
+Rules, in order, for each row of the claimed batch (a constant four reads per batch):
 
 1. expiry: a row whose `expires_at` has passed is given up (status ``expired``);
 2. suppression (``Suppression.email_hash`` = sha256 of the lower-cased address, or
@@ -10,6 +10,9 @@ Rules, in order, for each row of the claimed batch (a constant three reads per b
    is about marketing, so an order's confirmation still goes;
 3. consent: marketing needs ``Customer.accepts_marketing`` (customer by id, else by address),
    otherwise ``skipped`` ("no marketing consent");
+   then topics: marketing whose template is in a topic (configs/pages.yaml ``topics``) the
+   address turned off on its preferences page (``MailPreference``) is ``skipped``
+   ("preference: offers off");
 4. quiet hours in the recipient's time zone (``Customer.timezone``, else the store's): marketing
    is deferred to the end of the quiet hours; transactional mail is never held;
 5. frequency caps (configs/governor.yaml): marketing already sent (status sent or unknown) to the
@@ -41,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from tasks.config import Strict, section
 from tasks.runtime import Runtime
-from tasks.store.models import Customer, Message, Suppression
+from tasks.store.models import Customer, MailPreference, Message, Suppression
 
 MARKETING = "marketing"
 PENDING, SKIPPED, EXPIRED = "pending", "skipped", "expired"
@@ -156,9 +159,14 @@ def govern(session: Session, rows: Sequence[Row[Any]], now: datetime, rt: Runtim
     suppressed = load_suppressions(session, rows, rt.settings.secret_key)
     recipients = load_recipients(session, rows, rt.config.store.timezone)
     history = load_history(session, rows, recipients, now, max_window(gov))
+    topic_of = topics_by_template(rt.config.pages.topics)
+    off = load_topics_off(session, [r.to_addr for r in rows
+                                    if r.msg_class == MARKETING and r.template in topic_of])
     decision = Decision()
     for row in sorted(rows, key=lambda r: (r.priority, r.not_before, r.id)):
-        verdict = judge(row, suppressed, recipients[row.id], history, now, gov)
+        topic = topic_of.get(row.template)
+        turned_off = topic if topic in off.get(email_hash(row.to_addr), ()) else None
+        verdict = judge(row, suppressed, recipients[row.id], history, now, gov, turned_off)
         if verdict is not None:
             decision.held.append(verdict)
             continue
@@ -176,8 +184,10 @@ def judge(
     history: dict[int, list[datetime]],
     now: datetime,
     gov: GovernorConfig,
+    topic_off: str | None = None,
 ) -> Verdict | None:
-    """The first rule that holds `row` back, or None if it may go now."""
+    """The first rule that holds `row` back, or None if it may go now; `topic_off` is the
+    topic of the row's template if its address turned that topic off."""
     if row.expires_at is not None and row.expires_at <= now:
         why = f" ({row.reason})" if row.reason else ""
         reason = f"expired: not sent by {row.expires_at:%Y-%m-%d %H:%M} UTC{why}"
@@ -185,6 +195,8 @@ def judge(
     reason = suppression_reason(row, suppressed.get(email_hash(row.to_addr)), gov)
     if reason is None and row.msg_class == MARKETING and not recipient.consent:
         reason = "no marketing consent"
+    if reason is None and row.msg_class == MARKETING and topic_off:
+        reason = f"preference: {topic_off} off"
     if reason is not None:
         return Verdict(row.id, SKIPPED, reason, row.not_before, row.expires_at)
     if row.msg_class != MARKETING:
@@ -260,7 +272,26 @@ def max_window(gov: GovernorConfig) -> timedelta:
     return max((cap.window for cap in gov.caps), default=timedelta(0))
 
 
-# --- reads (three per batch) ---------------------------------------------------------------
+# --- reads (four per batch) ----------------------------------------------------------------
+
+
+def topics_by_template(topics: dict[str, list[str]]) -> dict[str, str]:
+    """template → the topic it belongs to (configs/pages.yaml `topics`)."""
+    return {template: topic for topic, templates in topics.items() for template in templates}
+
+
+def load_topics_off(session: Session, addresses: Iterable[str]) -> dict[str, set[str]]:
+    """email hash → the topics that address turned off, in one query for the whole batch."""
+    hashes = sorted({email_hash(a) for a in addresses if a and a.strip()})
+    if not hashes:
+        return {}
+    table = MailPreference.__table__
+    query = select(table.c.email_hash, table.c.topic).where(
+        table.c.email_hash.in_(hashes), table.c.subscribed.is_(False))
+    off: dict[str, set[str]] = defaultdict(set)
+    for hashed, topic in session.execute(query):
+        off[hashed].add(topic)
+    return off
 
 
 def load_suppressions(

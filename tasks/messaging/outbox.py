@@ -33,7 +33,7 @@ from tasks.messaging.governor import govern, record_decision
 from tasks.messaging.mime import address_header, alternative, checked_address, text_header
 from tasks.messaging.render import Rendered, one_line, renderer_for
 from tasks.messaging.transports import OutgoingMail, SendOutcome
-from tasks.messaging.unsubscribe import unsubscribe_url
+from tasks.messaging.unsubscribe import list_unsubscribe, marketing_links
 from tasks.runtime import Runtime
 from tasks.store.db import is_postgres, session_scope
 from tasks.store.journal import insert_ignoring_duplicates
@@ -182,8 +182,7 @@ def claim_batch(
     record_decision(session, decision)
     claim.result.add(decision.counts())
     claim.admitted = decision.admitted
-    links = {r.id: unsubscribe_url(r.to_addr, rt) for r in claim.admitted
-             if r.msg_class == MARKETING}
+    links = marketing_links(claim.admitted, rt)
     claim.outgoing, claim.outcomes = prepare_mails(claim.admitted, now, rt.config, links)
     mark_sending(session, claim.admitted, now)
     return claim
@@ -298,7 +297,8 @@ def build_mail(
     headers += [("Subject", text_header("Subject", clean_header(rendered.subject))),
                 ("Date", format_datetime(now)), ("Message-ID", clean_header(row.message_id))]
     if unsubscribe:
-        headers += [("List-Unsubscribe", f"<{clean_header(unsubscribe)}>"),
+        mailto = store.unsubscribe_email and clean_header(store.unsubscribe_email)
+        headers += [("List-Unsubscribe", list_unsubscribe(clean_header(unsubscribe), mailto)),
                     ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
     data = alternative(headers, rendered.text, rendered.html, row.message_id)
     return OutgoingMail(row.id, row.effect_key, messaging.from_address, recipient, data, now)

@@ -137,6 +137,8 @@ def report(session: Session) -> dict[str, Any]:
     from tasks.aftercare.reviews import review_rates_by_rating
     from tasks.loyalty import liability
     from tasks.manifest import latest_manifests
+    from tasks.storefront.reviews import approved_by_rating
+    from tasks.storefront.survey import survey_page_counts
     from tasks.verify import reason_codes
 
     holds: Counter[str] = Counter()
@@ -155,6 +157,8 @@ def report(session: Session) -> dict[str, Any]:
         "review_requests_by_rating": {
             str(rating): rates for rating, rates in review_rates_by_rating(session).items()
         },
+        "approved_reviews_by_rating": approved_by_rating(session),  # stars -> approved reviews
+        "survey_page": survey_page_counts(session),  # page answers, opens, prefetches
         "latest_runs": latest_manifests(session),
         "privacy_requests": privacy_requests(session),
     }

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import RowMapping
@@ -26,6 +25,7 @@ from tasks.config import Config
 from tasks.confirm import customer_context, locale_of, store_context
 from tasks.intake.ingest import CHUNK, IntakeResult, _bulk_update, chunks, quarantine_records
 from tasks.intake.schema import Rejected
+from tasks.links import Purpose, link_url
 from tasks.messaging.outbox import enqueue, order_message
 from tasks.store.db import is_postgres
 from tasks.store.journal import (
@@ -90,24 +90,27 @@ class _StoredParcels:
 
 
 def ingest_shipments(
-    session: Session, items: Iterable[ShipmentIn | Rejected], now: datetime, cfg: Config
+    session: Session, items: Iterable[ShipmentIn | Rejected], now: datetime, cfg: Config,
+    secret_key: str,
 ) -> IntakeResult:
-    """Store new shipments, ship confirmed orders and queue one "shipped" mail per parcel."""
+    """Store new shipments, ship confirmed orders and queue one "shipped" mail per parcel
+    (`secret_key` signs the mail's link to the order page)."""
     result = IntakeResult()
     for chunk in chunks(items, CHUNK):
-        result.add(_ingest_shipment_chunk(session, chunk, now, cfg))
+        result.add(_ingest_shipment_chunk(session, chunk, now, cfg, secret_key))
     return result
 
 
 def _ingest_shipment_chunk(
-    session: Session, chunk: list[ShipmentIn | Rejected], now: datetime, cfg: Config
+    session: Session, chunk: list[ShipmentIn | Rejected], now: datetime, cfg: Config,
+    secret_key: str,
 ) -> IntakeResult:
     records = latest_records([s for s in chunk if isinstance(s, ShipmentIn)])
     orders = _orders_by_key(session, records)
     plan = plan_shipments(records, orders, _stored_parcels(session, records))
     plan.rejected += [item for item in chunk if isinstance(item, Rejected)]
     _insert_shipments(session, plan.new, now)
-    _ship_orders(session, plan.new, now, cfg)
+    _ship_orders(session, plan.new, now, cfg, secret_key)
     _update_tracking(session, plan.changed, now)
     _cancel_parcels(session, plan.cancelled, now)
     record_events(session, _waiting_events(plan.waiting, orders, now))
@@ -268,7 +271,8 @@ def _insert_shipments(
 
 
 def _ship_orders(
-    session: Session, new: list[tuple[ShipmentIn, Order]], now: datetime, cfg: Config
+    session: Session, new: list[tuple[ShipmentIn, Order]], now: datetime, cfg: Config,
+    secret_key: str,
 ) -> None:
     """Confirmed orders move to shipped (first parcel); every new parcel gets its own mail."""
     first_shipped: dict[int, datetime] = {}
@@ -283,7 +287,8 @@ def _ship_orders(
                  [{"id": oid, "shipped_at": at} for oid, at in first_shipped.items()],
                  where={"id": "id"})
     record_events(session, [_shipment_event(s, o.id, now) for s, o in new])
-    mails = [shipped_message(s, o, cfg, now) for s, o in new if o.state in (CONFIRMED, SHIPPED)]
+    mails = [shipped_message(s, o, cfg, now, secret_key) for s, o in new
+             if o.state in (CONFIRMED, SHIPPED)]
     enqueue(session, mails, now)
 
 
@@ -354,17 +359,12 @@ def _shipment_event(
             | ({"note": note} if note else {})}
 
 
-def tracking_link(
-    carrier: str | None, tracking_number: str | None, url: str | None, cfg: Config
-) -> str:
-    """The carrier's link, our own tracking page when the feed gave none, or (no tracking
-    number yet) the store's website."""
-    if url:
-        return url
-    if not tracking_number:
-        return cfg.store.website
-    base = cfg.store.links_base_url.rstrip("/")
-    return f"{base}/track/{quote(carrier or 'unknown', safe='')}/{quote(tracking_number, safe='')}"
+def order_link(cfg: Config, secret_key: str, order_id: int, issued: datetime) -> str:
+    """The order page (/o/{token}): what the order mails link to, instead of the carrier.
+
+    Mails sent before it linked to `/track/{carrier}/{number}`; the edge answers those with its
+    friendly page (a tracking number is not proof of who asks)."""
+    return link_url(cfg.store.links_base_url, secret_key, Purpose.ORDER, order_id, issued)
 
 
 def shipped_step(shipment: ShipmentIn) -> str:
@@ -383,10 +383,11 @@ def shipped_step(shipment: ShipmentIn) -> str:
 
 
 def shipped_message(
-    shipment: ShipmentIn, order: Order, cfg: Config, now: datetime
+    shipment: ShipmentIn, order: Order, cfg: Config, now: datetime, secret_key: str
 ) -> dict[str, Any]:
     """The "shipped" mail for one parcel, keyed order:{id}:{shipped_step}:shipped:v{n}."""
     context = {
+        "order_url": order_link(cfg, secret_key, order.id, now),
         "store": store_context(cfg),
         "customer": customer_context(order),
         "order": {"id": order.id, "name": order.name or f"#{order.external_id}",
@@ -394,8 +395,7 @@ def shipped_message(
                   "promised_delivery": _iso(order.promised_delivery)},
         "shipment": {"carrier": shipment.carrier or "",
                      "tracking_number": shipment.tracking_number or NO_TRACKING_YET,
-                     "tracking_url": tracking_link(shipment.carrier, shipment.tracking_number,
-                                                     shipment.tracking_url, cfg),
+                     "tracking_url": shipment.tracking_url,  # the carrier's, if known
                      "contents": [_item(i) for i in shipment.line_items]},
     }
     return order_message(

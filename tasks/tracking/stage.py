@@ -40,7 +40,7 @@ from tasks.tracking.ingest import (
     DELIVERED_TAG,
     SHIPPED,
     TRACK_STEP,
-    tracking_link,
+    order_link,
 )
 
 LATE_CASE_STEP = "open_late_case"
@@ -84,10 +84,11 @@ def track(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
     delivered_ids = {o.id for o in delivered}
     waiting = [o for o in orders if o.id not in delivered_ids]
     late = [o for o in waiting if promise_passed(o, now, cfg.store.timezone)]
-    messages = [delivered_message(o, parcels[o.id], cfg, now) for o in delivered]
+    secret = rt.settings.secret_key
+    messages = [delivered_message(o, parcels[o.id], cfg, now, secret) for o in delivered]
     for order in waiting:
-        messages += exception_messages(order, parcels[order.id], settings, cfg, now)
-    messages += [delay_message(o, parcels[o.id], settings, cfg, now) for o in late]
+        messages += exception_messages(order, parcels[order.id], settings, cfg, now, secret)
+    messages += [delay_message(o, parcels[o.id], settings, cfg, now, secret) for o in late]
     queued = enqueue_new(session, messages, now)
     deliver(session, delivered, parcels, now, settings)
     schedule_steps(session, [(o.id, LATE_CASE_STEP, late_case_due(o, settings, cfg))
@@ -319,10 +320,11 @@ def _message(
     )
 
 
-def base_context(order: Order, cfg: Config) -> dict[str, Any]:
-    """What every tracking mail shows: the store, the customer and the order."""
+def base_context(order: Order, cfg: Config, secret_key: str, now: datetime) -> dict[str, Any]:
+    """What every tracking mail shows: the store, the customer, the order and its page."""
     promised = order.promised_delivery.isoformat() if order.promised_delivery else None
     return {
+        "order_url": order_link(cfg, secret_key, order.id, now),
         "store": store_context(cfg),
         "customer": customer_context(order),
         "order": {"id": order.id, "name": order.name or f"#{order.external_id}",
@@ -330,12 +332,11 @@ def base_context(order: Order, cfg: Config) -> dict[str, Any]:
     }
 
 
-def parcel_context(shipment: Shipment, cfg: Config) -> dict[str, Any]:
-    """One parcel as a mail shows it."""
+def parcel_context(shipment: Shipment) -> dict[str, Any]:
+    """One parcel as a mail shows it (the mail links to the order page, which has the rest)."""
     return {
         "carrier": shipment.carrier, "tracking_number": shipment.tracking_number,
-        "tracking_url": tracking_link(shipment.carrier, shipment.tracking_number,
-                                      shipment.tracking_url, cfg),
+        "tracking_url": shipment.tracking_url,  # the carrier's own link, if the feed gave one
         "status": shipment.status, "substatus": shipment.substatus,
         "expected_delivery": (shipment.expected_delivery.isoformat()
                               if shipment.expected_delivery else None),
@@ -343,14 +344,14 @@ def parcel_context(shipment: Shipment, cfg: Config) -> dict[str, Any]:
 
 
 def delivered_message(
-    order: Order, parcels: list[Shipment], cfg: Config, now: datetime
+    order: Order, parcels: list[Shipment], cfg: Config, now: datetime, secret_key: str
 ) -> dict[str, Any]:
     """The "delivered" mail, once per order (step "deliver")."""
-    context = base_context(order, cfg)
+    context = base_context(order, cfg, secret_key, now)
     last = max(s.delivered_at or s.status_at or now for s in parcels)
     local_day = last.astimezone(ZoneInfo(cfg.store.timezone)).date()
     context["order"]["delivered_on"] = local_day.isoformat()
-    context["shipments"] = [parcel_context(s, cfg) for s in parcels]
+    context["shipments"] = [parcel_context(s) for s in parcels]
     return _message(order, "deliver", "delivered", context, cfg, now)
 
 
@@ -364,7 +365,8 @@ def exception_kind(shipment: Shipment, settings: TrackingConfig) -> str | None:
 
 
 def exception_messages(
-    order: Order, parcels: list[Shipment], settings: TrackingConfig, cfg: Config, now: datetime
+    order: Order, parcels: list[Shipment], settings: TrackingConfig, cfg: Config, now: datetime,
+    secret_key: str,
 ) -> list[dict[str, Any]]:
     """One notice per parcel and subtag (the effect key carries both)."""
     messages = []
@@ -372,8 +374,8 @@ def exception_messages(
         kind = exception_kind(shipment, settings)
         if kind is None:
             continue
-        context = base_context(order, cfg)
-        context["shipment"] = parcel_context(shipment, cfg)
+        context = base_context(order, cfg, secret_key, now)
+        context["shipment"] = parcel_context(shipment)
         context["notice"] = {"kind": kind}
         step = f"exception-{shipment.id}-{shipment.substatus or shipment.status}"
         messages.append(_message(order, step, "shipment_exception", context, cfg, now))
@@ -381,11 +383,12 @@ def exception_messages(
 
 
 def delay_message(
-    order: Order, parcels: list[Shipment], settings: TrackingConfig, cfg: Config, now: datetime
+    order: Order, parcels: list[Shipment], settings: TrackingConfig, cfg: Config, now: datetime,
+    secret_key: str,
 ) -> dict[str, Any]:
     """The "delay_apology" mail with a new estimate, once per order (step "delay")."""
-    context = base_context(order, cfg)
+    context = base_context(order, cfg, secret_key, now)
     estimate = new_estimate(order, parcels, now, settings, cfg.store.timezone)
     context["order"]["new_estimate"] = estimate.isoformat()
-    context["shipments"] = [parcel_context(s, cfg) for s in parcels if s.status != DELIVERED_TAG]
+    context["shipments"] = [parcel_context(s) for s in parcels if s.status != DELIVERED_TAG]
     return _message(order, "delay", "delay_apology", context, cfg, now)

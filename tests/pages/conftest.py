@@ -35,15 +35,17 @@ class PagesEdge:
 
 
 @pytest.fixture(scope="module")
-def pages_edge(tmp_path_factory, monkeypatch_module) -> Iterator[PagesEdge]:
+def pages_edge(tmp_path_factory) -> Iterator[PagesEdge]:
     folder = tmp_path_factory.mktemp("pages")
     database_url = f"sqlite:///{folder / 'journeys.db'}"
     engine = make_engine(database_url)
     ensure_schema(engine)
     edge = Edge(database_url, folder, {"JOURNEYS_SECRET_KEY": SECRET})
     edge.env["JOURNEYS_LINKS_BASE_URL"] = edge.url
-    monkeypatch_module.setenv("JOURNEYS_LINKS_BASE_URL", edge.url)
-    cfg = load_config(ROOT / "configs")
+    # Never through this process's environment: the session's `cfg` fixture must not see it.
+    cfg = load_config.__wrapped__(ROOT / "configs")  # not the cached one: links to this edge
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(
+        update={"links_base_url": edge.url})})
     settings = Settings(database_url=database_url, artifacts_url=f"file://{folder / 'archive'}",
                         mail_transport="file", config_dir=ROOT / "configs", secret_key=SECRET)
     edge.start()
@@ -53,13 +55,6 @@ def pages_edge(tmp_path_factory, monkeypatch_module) -> Iterator[PagesEdge]:
     finally:
         edge.stop()
         engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    patch = pytest.MonkeyPatch()
-    yield patch
-    patch.undo()
 
 
 def folder_of(edge: PagesEdge) -> Path:

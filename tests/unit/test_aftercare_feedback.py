@@ -1,4 +1,4 @@
-"""Delivery survey: signed links, answers ingested once, unhappy answers open a service case."""
+"""Delivery survey: links to the survey page, answers stored once, unhappy ones open a case."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from tasks.aftercare.feedback import (
     ingest_feedback,
     parse_rating_link,
     proposal,
+    rating_link,
     rating_signature,
     read_feedback,
     verify_rating_link,
 )
+from tasks.links import Link, Purpose, read_token
 from tasks.messaging.render import renderer_for
 from tasks.store.db import session_scope
 from tasks.store.models import FeedbackResponse, Message, OrderEvent, Quarantine, ServiceCase, Step
@@ -30,7 +32,9 @@ def delivered(session, now, **fields):
                      delivered_at=now - timedelta(days=2), **fields)
 
 
-def test_survey_has_five_signed_links_and_a_forged_link_is_rejected(engine, runtime, now):
+def test_survey_links_open_the_survey_page_and_old_signed_links_still_verify(
+    engine, runtime, now
+):
     with session_scope(engine) as session:
         order_id = delivered(session, now).id
         undelivered = add_order(session, now, state="shipped", step="feedback_request").id
@@ -46,15 +50,26 @@ def test_survey_has_five_signed_links_and_a_forged_link_is_rejected(engine, runt
         "feedback_request", "transactional", order_id)
     links = message.context["feedback"]["links"]
     assert [link["rating"] for link in links] == [1, 2, 3, 4, 5]
+    assert [link["label"] for link in links] == ["Very poor", "Poor", "OK", "Good", "Excellent"]
     secret = runtime.settings.secret_key
+    base = runtime.config.store.links_base_url
     for link in links:
-        assert link["url"].startswith("https://northwind.example/feedback?o=")
-        assert parse_rating_link(link["url"], secret) == (order_id, link["rating"])
+        path, _, query = link["url"].partition("?")
+        assert path.startswith(f"{base}/f/") and query == f"r={link['rating']}"
+        assert read_token(secret, path.rsplit("/", 1)[1], Purpose.FEEDBACK, now.date()) == Link(
+            Purpose.FEEDBACK, order_id, 0, now.date())
+        assert str(order_id) not in path.rsplit("/", 1)[1]
+    assert len({link["url"].partition("?")[0] for link in links}) == 1  # one token, five r=N
     rendered = renderer_for(runtime.config).render(message.template, message.context)
     assert all(link["url"] in rendered.text for link in links)
-    tampered = links[4]["url"].replace("r=5", "r=1")
-    assert parse_rating_link(tampered, secret) is None
-    assert parse_rating_link(links[0]["url"], "another-secret") is None
+    assert "1 – Very poor" in rendered.text and "5 – Excellent" in rendered.text
+    assert rendered.html.count('class="rating"') == 5 and "min-height: 44px" in rendered.html
+    assert "<script" not in rendered.html
+    # Links mailed before the page existed keep verifying (the page opens them).
+    old = rating_link(base, secret, order_id, 5)
+    assert parse_rating_link(old, secret) == (order_id, 5)
+    assert parse_rating_link(old.replace("r=5", "r=1"), secret) is None
+    assert parse_rating_link(old, "another-secret") is None
     assert not verify_rating_link(secret, order_id + 1, 1, rating_signature(secret, order_id, 1))
     assert not verify_rating_link(secret, order_id, 1, None)
 

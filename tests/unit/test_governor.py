@@ -127,6 +127,26 @@ def test_marketing_needs_consent(engine, runtime):
     assert held[by_address].reason == "deferred: frequency cap: 1 per 16h"
 
 
+def test_a_topic_turned_off_skips_only_that_topics_marketing(engine, runtime):
+    from tasks.storefront.preferences import record_choices
+
+    with session_scope(engine) as session:
+        ada = add_customer(session, NOW, "ada@example.com", accepts_marketing=True)
+        bob = add_customer(session, NOW, "bob@example.com", accepts_marketing=True)
+        record_choices(session, "ADA@example.com", {"offers": False, "reviews": True}, NOW, "page")
+        enqueue(session, [row(ada, DAYTIME, template="cross_sell", priority=10),
+                          row(ada, DAYTIME, template="review_request", priority=20),
+                          row(ada, DAYTIME, "transactional", template="cross_sell"),
+                          row(bob, DAYTIME, template="cross_sell")], NOW)
+        ada_offer, ada_review, ada_transactional, bob_offer = keys_in(session)
+        statements = count_statements(engine, lambda: decide(session, DAYTIME, runtime))
+        admitted, held = decide(session, DAYTIME, runtime)
+
+    assert (held[ada_offer].status, held[ada_offer].reason) == ("skipped", "preference: offers off")
+    assert sorted(admitted) == sorted([ada_review, ada_transactional, bob_offer])
+    assert statements == 5  # claim + suppressions, customers, history, preferences
+
+
 # --- frequency caps and priority ----------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import event, select
 
 from tasks.config import load_config
+from tasks.links import Purpose, link_url
 from tasks.loyalty import (
     APPROVE_STEP,
     EARN_STEP,
@@ -238,7 +239,10 @@ def test_without_auto_enrolment_a_consenting_customer_gets_one_invite(
                                                                    "marketing", first)
     rendered = renderer_for(rt.config).render(invite.template, invite.context)
     assert rendered.subject == "Join Northwind Outfitters rewards"
-    assert "https://northwind.example/rewards/join" in rendered.text
+    join_url = link_url(rt.config.store.links_base_url, rt.settings.secret_key, Purpose.LOYALTY,
+                        customer.id, now)
+    assert "/l/" in join_url and "/rewards" not in rendered.text
+    assert invite.context["loyalty"]["join_url"] == join_url and join_url in rendered.text
 
 
 # --- rule versions ------------------------------------------------------------------------
@@ -398,7 +402,8 @@ def test_tiers_follow_rolling_spend_with_a_mail_on_upgrade(engine, runtime, now)
     assert mail.effect_key == f"customer:{customer_id}:loyalty_update:silver:2026-11-18:v1"
     assert mail.context["loyalty"] == {
         "tier": "silver", "previous_tier": None, "pending": 1500, "approved": 0,
-        "url": "https://northwind.example/rewards",
+        "url": link_url(runtime.config.store.links_base_url, runtime.settings.secret_key,
+                        Purpose.LOYALTY, customer_id, now),
     }
     rendered = renderer_for(runtime.config).render(mail.template, mail.context)
     assert rendered.subject == "You have 0 points"

@@ -48,7 +48,7 @@ def webhook(event: str = "tracking_update", **msg: Any) -> dict[str, Any]:
 def ship(session, bodies: list[dict[str, Any]], cfg) -> dict[str, int]:
     items = [item for body in bodies
              for item in shipments_from_json(body, "shopify", json.dumps(body), "test")]
-    return ingest_shipments(session, items, LATER, cfg).as_dict()
+    return ingest_shipments(session, items, LATER, cfg, "test-secret").as_dict()
 
 
 def track(session, bodies: list[dict[str, Any]], at: datetime = LATER) -> dict[str, int]:

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 
+from tasks.links import Purpose, link_url
 from tasks.messaging.render import renderer_for
 from tasks.store.db import session_scope
 from tasks.store.journal import CONFIRMED
@@ -26,6 +27,7 @@ from tests.conftest import FIXTURES
 from tests.factories import add_customer, add_order
 
 UPS = "1Z999AA10123456784"
+SECRET = "tracking-test-secret"
 
 
 def confirmed_order(session, now, external_id, promised=date(2026, 11, 23), **fields):
@@ -68,10 +70,10 @@ def test_fulfillment_ships_the_order_and_mails_once(engine, runtime, now):
     later = now + timedelta(days=1)
     with session_scope(engine) as session:
         first = ingest_shipments(session, read_shipments(FIXTURES / "shipments_shopify.jsonl"),
-                                 later, cfg)
+                                 later, cfg, SECRET)
     with session_scope(engine) as session:
         again = ingest_shipments(session, read_shipments(FIXTURES / "shipments_shopify.jsonl"),
-                                 later, cfg)
+                                 later, cfg, SECRET)
 
     # 5 shipments + the cancelled fulfillment + the bad record + the broken line; a cancelled
     # fulfillment that never shipped is not quarantined: understood, nothing to do (deferred)
@@ -96,9 +98,16 @@ def test_fulfillment_ships_the_order_and_mails_once(engine, runtime, now):
         unknown = next(q for q in quarantined if q.external_id == "777777")
     assert unknown.reasons == [{"field": "order_id", "reason": "no such order: shopify/777777"}]
     ups_mail = next(r for r, m in zip(rendered, mails, strict=True) if m.order_id == order_id)
-    assert "ups.com/track?tracknum=1Z999AA10123456784" in ups_mail.text
+    # The mails link to the order page (/o/, signed for the order), never to a /track/ page;
+    # the carrier's own link is kept for that page.
+    base = cfg.store.links_base_url
+    ups_link = link_url(base, SECRET, Purpose.ORDER, order_id, later)
+    assert ups_link in ups_mail.text and f'href="{ups_link}"' in ups_mail.html
+    assert next(m for m in mails if m.order_id == order_id).context["shipment"][
+        "tracking_url"] == "https://www.ups.com/track?tracknum=1Z999AA10123456784"
     dhl_mail = next(r for r, m in zip(rendered, mails, strict=True) if m.order_id == canonical_id)
-    assert "https://northwind.example/track/dhl/JD014600006281230704" in dhl_mail.html
+    assert link_url(base, SECRET, Purpose.ORDER, canonical_id, later) in dhl_mail.html
+    assert "/track/" not in dhl_mail.html + dhl_mail.text
 
 
 def test_split_shipment_is_delivered_only_when_both_parcels_are(engine, runtime, now):
@@ -107,7 +116,7 @@ def test_split_shipment_is_delivered_only_when_both_parcels_are(engine, runtime,
     t0 = now + timedelta(hours=1)
     with session_scope(engine) as session:
         ingest_shipments(session, [shipment("6001", "P1", t0), shipment("6001", "P2", t0)],
-                         t0, runtime.config)
+                         t0, runtime.config, SECRET)
     first_at, second_at = now + timedelta(days=1), now + timedelta(days=2)
     with session_scope(engine) as session:
         ingest_events(session, [event("a1", "P1", "Delivered", first_at, "Delivered_001")],
@@ -149,7 +158,8 @@ def session_state(engine, order_id):
 def shipped_order(engine, runtime, now, external_id, number, **fields):
     with session_scope(engine) as session:
         order_id = confirmed_order(session, now, external_id, **fields).id
-        ingest_shipments(session, [shipment(external_id, number, now)], now, runtime.config)
+        ingest_shipments(session, [shipment(external_id, number, now)], now, runtime.config,
+                         SECRET)
     return order_id
 
 
@@ -316,7 +326,8 @@ def test_late_case_is_not_opened_once_delivered(engine, runtime, now):
 def test_shipment_for_unconfirmed_order_is_quarantined(engine, runtime, now):
     with session_scope(engine) as session:
         add_order(session, now, state="packed", step=None, external_id="9301")
-        result = ingest_shipments(session, [shipment("9301", "U1", now)], now, runtime.config)
+        result = ingest_shipments(session, [shipment("9301", "U1", now)], now, runtime.config,
+                                  SECRET)
         [entry] = session.scalars(select(Quarantine)).all()
     assert result.quarantined == 1
     assert json.loads(entry.payload)["tracking_number"] == "U1"
