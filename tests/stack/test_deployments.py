@@ -16,6 +16,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from sqlalchemy import select
 
 from flows import parameters as forms
+from flows.moderation import ModerationRequest
 from infra.stack import deploy
 from tasks.demo_data import demo_catalog
 from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
@@ -37,6 +38,7 @@ DEPLOYMENTS = {  # name → (entrypoint, request model)
     "erase-customer/on-demand": ("flows.operations.erase_customer", forms.ErasureRequest),
     "review-holds/on-demand": ("flows.decisions.review_holds", forms.HoldReviewRequest),
     "review-cases/on-demand": ("flows.decisions.review_cases", forms.CaseReviewRequest),
+    "review-moderation/on-demand": ("flows.moderation.moderate_reviews", ModerationRequest),
 }
 
 
