@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from flows.pages import loyalty, order, preferences, reviews, survey
 from flows.pages.site import FormTooLarge, MaskTokens, SecurityHeaders, Site
 from tasks.config import Config
-from tasks.store.db import engine_for
+from tasks.store.db import engine_for, reader_for
 
 PAGE_MODULES = (order, survey, reviews, preferences, loyalty)
 
@@ -31,7 +31,7 @@ PAGE_MODULES = (order, survey, reviews, preferences, loyalty)
 def mount(app: FastAPI, cfg: Config, secret_key: str, database_url: str,
           clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Site:
     """Add the customer pages, their stylesheet and their headers to the edge app."""
-    site = Site(cfg, secret_key, engine_for(database_url), clock)
+    site = Site(cfg, secret_key, engine_for(database_url), reader_for(database_url), clock)
     logging.getLogger("uvicorn.access").addFilter(MaskTokens())
 
     app.add_middleware(SecurityHeaders)

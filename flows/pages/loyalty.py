@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, read_form
 from tasks.links import Purpose
@@ -52,13 +53,7 @@ def register(app: FastAPI, site: Site) -> None:
             return page(site, token, link.subject, status=400,
                         error="We could not read that form. Nothing was changed; "
                               "please press the button below.")
-        with site.session() as session:
-            if site.customer_of(session, link.subject) is None:
-                return site.friendly()
-            joined = join(session, link.subject, site.clock())
-        return page(site, token, link.subject, notice=(
-            "Welcome! You are now a member: your points are yours to spend once they are "
-            "available." if joined else "You are already a member. Nothing was changed."))
+        return await run_in_threadpool(join_and_show, site, token, link.subject)
 
     @app.api_route("/rewards", methods=["GET", "HEAD", "POST"])
     @app.api_route("/rewards/join", methods=["GET", "HEAD", "POST"])
@@ -67,6 +62,17 @@ def register(app: FastAPI, site: Site) -> None:
                              "It does not say whose rewards to show. Write to us and we will "
                              "tell you your points, or join for you; newer e-mails carry a "
                              "link to your own rewards page.")
+
+
+def join_and_show(site: Site, token: str, customer_id: int) -> HTMLResponse:
+    """Join (idempotent), then the page with what happened; off the event loop."""
+    with site.session(write=True) as session:
+        if site.customer_of(session, customer_id) is None:
+            return site.friendly()
+        joined = join(session, customer_id, site.clock())
+    return page(site, token, customer_id, notice=(
+        "Welcome! You are now a member: your points are yours to spend once they are "
+        "available." if joined else "You are already a member. Nothing was changed."))
 
 
 def page(site: Site, token: str, customer_id: int, status: int = 200, notice: str | None = None,

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, read_form
 from tasks.links import Purpose
@@ -93,8 +94,8 @@ async def post(site: Site, request: Request, token: str, old: bool) -> Response:
     if not site.allowed(request, token):
         return site.too_many()
     form = await read_form(request)
-    if form == ONE_CLICK:
-        return one_click(site, token, old)
+    if form == ONE_CLICK:  # database work off the event loop: a write may wait for a sweep
+        return await run_in_threadpool(one_click, site, token, old)
     if from_elsewhere(site, request):
         return site.friendly(403, "This form came from another website", (
             "For your safety we only take changes made on our own page. Please open the link "
@@ -103,8 +104,13 @@ async def post(site: Site, request: Request, token: str, old: bool) -> Response:
     if action not in SAVED:
         return site.friendly(400, "We did not understand that",
                              "Please open the link in our e-mail again and choose there.")
+    return await run_in_threadpool(save, site, request, token, old, action, form)
+
+
+def save(site: Site, request: Request, token: str, old: bool, action: str,
+         form: dict[str, str]) -> Response:
     now = site.clock()
-    with site.session() as session:
+    with site.session(write=True) as session:
         subject = subject_of(site, session, token, old)
         if subject is None:
             return site.friendly()
@@ -115,7 +121,7 @@ async def post(site: Site, request: Request, token: str, old: bool) -> Response:
 
 def one_click(site: Site, token: str, old: bool) -> Response:
     """RFC 8058: unsubscribe now, answer in plain text, never redirect; idempotent."""
-    with site.session() as session:
+    with site.session(write=True) as session:
         subject = subject_of(site, session, token, old)
         if subject is None:
             return PlainTextResponse("This unsubscribe link is not valid.\n", status_code=404)

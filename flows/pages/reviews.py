@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, clean_text, read_form
 from tasks.links import Purpose
@@ -47,7 +48,7 @@ def register(app: FastAPI, site: Site) -> None:
                                  "This form can only be sent from the review page itself. "
                                  "Please open the link in our e-mail again.")
         form = await read_form(request)
-        return record(site, token, form)
+        return await run_in_threadpool(record, site, token, form)  # never block the loop
 
 
 def show(site: Site, token: str) -> Response:
@@ -79,7 +80,7 @@ def record(site: Site, token: str, form: dict[str, str]) -> Response:
     draft, problems = reviews.check_draft(values["rating"], values["title"] or None,
                                           values["body"] or None, values["display_name"] or None,
                                           limit)
-    with site.session() as session:
+    with site.session(write=True) as session:
         found = target(site, session, link)
         if found is None:
             return site.friendly()

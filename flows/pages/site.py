@@ -55,9 +55,10 @@ class FormTooLarge(Exception):
 class Site:
     """Shared by the page modules (flows/pages/*.py) of one edge process."""
 
-    def __init__(self, cfg: Config, secret_key: str, engine: Engine,
+    def __init__(self, cfg: Config, secret_key: str, engine: Engine, reader: Engine,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.cfg, self.secret_key, self.engine, self.clock = cfg, secret_key, engine, clock
+        self.reader = reader
         self.templates = Environment(
             loader=FileSystemLoader(cfg.dir / "templates" / "pages"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -106,8 +107,10 @@ class Site:
             return None
         return customer
 
-    def session(self):
-        return session_scope(self.engine)
+    def session(self, write: bool = False):
+        """A read-only session (every GET), or with `write` one that may change rows (a POST):
+        on SQLite only the second takes the write lock, so a page never waits for a sweep."""
+        return session_scope(self.engine if write else self.reader)
 
     # ------------------------------------------------------------ answers
 

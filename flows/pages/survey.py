@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, clean_text, read_form
 from tasks.aftercare.feedback import RATING_LABELS, verify_rating_link
@@ -76,7 +77,7 @@ def register(app: FastAPI, site: Site) -> None:
         if link is None:
             return site.friendly()
         form = await read_form(request)
-        return answer_survey(site, link.subject, token, form)
+        return await run_in_threadpool(answer_survey, site, link.subject, token, form)
 
 
 def show_survey(site: Site, order_id: int, token: str, rating: str | None) -> HTMLResponse:
@@ -102,7 +103,7 @@ def answer_survey(site: Site, order_id: int, token: str, form: dict[str, str]) -
     limit = site.cfg.pages.max_comment_chars
     comment = clean_text(form.get("comment"), 10 * limit)  # the limit is checked, never cut
     now = site.clock()
-    with site.session() as session:
+    with site.session(write=True) as session:
         order = site.order_of(session, order_id)
         if order is None:
             return site.friendly()

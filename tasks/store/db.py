@@ -63,6 +63,31 @@ def engine_for(url: str) -> Engine:
     return make_engine(url)
 
 
+@lru_cache(maxsize=8)
+def reader_for(url: str) -> Engine:
+    """An engine that can only read: the customer pages' GETs. On SQLite its transactions are
+    deferred (a WAL snapshot: never waiting for a sweep's write lock, never taking it) and
+    `query_only` makes any write fail; on PostgreSQL its transactions are READ ONLY."""
+    url = normalise_url(url)
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True,
+                             execution_options={"postgresql_readonly": True})
+    engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN")
+    return engine
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
