@@ -90,22 +90,20 @@ class Site:
         by_ip = self.limiter.hit(self.per_ip, "ip", client)
         return self.limiter.hit(self.per_token, "token", token[:48]) and by_ip if token else by_ip
 
-    def customer_erased(self, session, customer_id: int) -> bool:
-        return session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id)) \
-            is not None
-
     def order_of(self, session, order_id: int) -> Order | None:
         """The order a link names, unless it or its customer is gone (erased: friendly page)."""
-        order = session.get(Order, order_id)
-        if order is None or self.customer_erased(session, order.customer_id):
-            return None
-        return order
+        return self._unless_erased(session, Order, Order.customer_id, order_id)
 
     def customer_of(self, session, customer_id: int) -> Customer | None:
-        customer = session.get(Customer, customer_id)
-        if customer is None or self.customer_erased(session, customer_id):
-            return None
-        return customer
+        return self._unless_erased(session, Customer, Customer.id, customer_id)
+
+    @staticmethod
+    def _unless_erased(session, model, customer_column, key: int):
+        """The row and whether its customer was erased, in one query."""
+        found = session.execute(
+            select(model, Erasure.id).outerjoin(Erasure, Erasure.customer_id == customer_column)
+            .where(model.id == key)).first()
+        return found[0] if found is not None and found[1] is None else None
 
     def session(self, write: bool = False):
         """A read-only session (every GET), or with `write` one that may change rows (a POST):

@@ -88,6 +88,7 @@ def reader_for(url: str) -> Engine:
     return engine
 
 
+@lru_cache(maxsize=32)  # one per engine: making a sessionmaker per session cost a page 1 ms
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
