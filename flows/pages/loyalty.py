@@ -9,13 +9,11 @@ tokens, name no customer: they get the friendly page with the store's contact.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from flows.pages.site import Site, read_form
+from flows.pages.site import Site, from_another_site, read_form
 from tasks.links import Purpose
 from tasks.storefront.loyalty_page import join, rewards_view
 
@@ -88,19 +86,4 @@ def page(site: Site, token: str, customer_id: int, status: int = 200, notice: st
 
 
 def cross_site(request: Request, site: Site) -> bool:
-    """A POST another site's page made (CSRF): the browser says so in Sec-Fetch-Site, or its
-    Origin is neither the address it reached nor the links' base URL (behind a proxy the two
-    differ). A client sending neither header is not a browser acting for someone else."""
-    fetched_from = request.headers.get("sec-fetch-site")
-    if fetched_from is not None and fetched_from not in ("same-origin", "none"):
-        return True
-    origin = request.headers.get("origin")
-    if origin is None:
-        return False
-    return origin.rstrip("/") not in own_origins(request, site)
-
-
-def own_origins(request: Request, site: Site) -> set[str]:
-    base = urlsplit(site.cfg.store.links_base_url)
-    return {f"{base.scheme}://{base.netloc}",
-            f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"}
+    return from_another_site(request, site.cfg.store.links_base_url)

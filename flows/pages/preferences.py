@@ -14,13 +14,12 @@ Mail scanners fetch every link, so nothing changes without a real button's POST.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from flows.pages.site import Site, read_form
+from flows.pages.site import Site, from_another_site, read_form
 from tasks.links import Purpose
 from tasks.messaging.unsubscribe import UnsubscribeError, normalise, verify_token
 from tasks.storefront.preferences import (
@@ -157,20 +156,7 @@ def subject_of(site: Site, session, token: str, old: bool) -> Subject | None:
 
 
 def from_elsewhere(site: Site, request: Request) -> bool:
-    """A page POST that a browser says came from another site (a forged form)."""
-    fetch_site = request.headers.get("sec-fetch-site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return True
-    origin = request.headers.get("origin")
-    if origin is None:
-        return False
-    ours = {origin_of(str(request.url)), origin_of(site.cfg.store.links_base_url)}
-    return origin.rstrip("/") not in ours
-
-
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    return from_another_site(request, site.cfg.store.links_base_url)
 
 
 def render(site: Site, request: Request, subject: Subject, state: MailState,

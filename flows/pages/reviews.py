@@ -8,14 +8,12 @@ POSTs are refused; text is cleaned of control characters and always escaped when
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from flows.pages.site import Site, clean_text, read_form
+from flows.pages.site import Site, clean_text, from_another_site, read_form
 from tasks.links import Purpose
 from tasks.store.models import Product
 from tasks.storefront import reviews
@@ -120,20 +118,4 @@ def decided(site: Site, product: str, status: str) -> Response:
 
 
 def cross_site(request: Request, site: Site) -> bool:
-    """A POST from another site's page. Browsers say so in Sec-Fetch-Site; an Origin header
-    naming another origin is refused too. ("null" is what a same-origin form sends under our
-    no-referrer policy, so it proves nothing either way.)"""
-    fetch_site = request.headers.get("sec-fetch-site")
-    if fetch_site and fetch_site not in ("same-origin", "none"):
-        return True
-    origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return False
-    own = {f"{request.url.scheme}://{request.headers.get('host', '')}",
-           _origin(site.cfg.store.links_base_url)}
-    return origin.rstrip("/") not in own
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    return from_another_site(request, site.cfg.store.links_base_url)

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -173,6 +173,27 @@ def add_hits(engine: Engine, counts: Counter[tuple[date, str, str]]) -> None:
             session.execute(table.update().where(
                 table.c.day == day, table.c.page == page, table.c.method == method)
                 .values(hits=table.c.hits + hits))
+
+
+def from_another_site(request: Request, links_base_url: str) -> bool:
+    """A page POST that another site's page made (CSRF): `Sec-Fetch-Site` says so, or the
+    Origin names another origin. `Origin: null` is what a browser sends with our own form
+    under our no-referrer policy, so it proves nothing; a forged form would still need the
+    customer's secret token."""
+    fetched = request.headers.get("sec-fetch-site")
+    if fetched is not None and fetched.strip().lower() not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin", "").strip().lower()
+    if origin in ("", "null"):
+        return False
+    ours = {_origin(str(request.base_url)), _origin(links_base_url),
+            _origin(f"{request.url.scheme}://{request.headers.get('host', '')}")}
+    return _origin(origin) not in ours
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url.strip().lower())
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def read_form(request: Request) -> dict[str, str]:

@@ -12,13 +12,11 @@ What is stored and when a case opens: tasks/storefront/survey.py.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from flows.pages.site import Site, clean_text, read_form
+from flows.pages.site import Site, clean_text, from_another_site, read_form
 from tasks.aftercare.feedback import RATING_LABELS, verify_rating_link
 from tasks.links import Purpose, make_token
 from tasks.store.models import Order
@@ -150,20 +148,7 @@ def already_recorded(site: Site, order: Order) -> HTMLResponse:
 
 
 def cross_site(request: Request, site: Site) -> bool:
-    """Whether the browser says this POST comes from another site's page.
-
-    Our pages send no referrer, so a browser sends `Origin: null` with our own form:
-    `Sec-Fetch-Site` tells the rest. No header at all (an old browser, a script) is let
-    through: the token already limits a POST to one order's survey.
-    """
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return True
-    origin = request.headers.get("origin", "").strip().lower()
-    if not origin or origin == "null":
-        return False
-    ours = {urlsplit(site.cfg.store.links_base_url).netloc.lower(),
-            request.headers.get("host", "").lower()}
-    return urlsplit(origin).netloc not in ours
+    return from_another_site(request, site.cfg.store.links_base_url)
 
 
 def _small_int(value: str | None) -> int | None:

@@ -18,7 +18,7 @@ from tasks.aftercare.feedback import feedback_request
 from tasks.links import Purpose, link_url
 from tasks.messaging.outbox import dispatch
 from tasks.store.db import session_scope
-from tasks.store.models import FeedbackResponse, OrderLine, Shipment, TrackingEvent
+from tasks.store.models import FeedbackResponse, OrderLine, Shipment, Suppression, TrackingEvent
 from tests.browser import chromium, screenshot
 from tests.factories import add_catalog, add_order
 from tests.fixtures_smtp import HOST, ScriptedHandler, SmtpServer, free_port, serving
@@ -144,3 +144,18 @@ def test_every_page_reads_well_on_a_phone_and_a_desktop_and_passes_axe(
     for name, url in urls.items():
         violations += look(browser, url, name, 404 if name == "friendly" else 200)
     assert violations == []
+
+
+def test_a_button_pressed_in_the_browser_is_taken_as_our_own_form(pages_edge, browser, shop):
+    """Chromium posts our form with `Origin: null` (no-referrer) and Sec-Fetch-Site
+    same-origin: it must count as our own page, not as another site's."""
+    url = link_url(pages_edge.url, pages_edge.secret, Purpose.PREFERENCES, shop["customer"], NOW)
+    context = browser.new_context(viewport=WIDTHS["phone"], java_script_enabled=False)
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_role("button", name="Unsubscribe from all marketing").click()
+    page.wait_for_load_state()
+    assert "another website" not in page.content()
+    context.close()
+    with session_scope(pages_edge.engine) as session:
+        assert session.scalar(select(func.count()).select_from(Suppression)) == 1

@@ -125,7 +125,7 @@ def test_the_tier_mail_links_to_the_members_page(pages_edge):
 
 
 @pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"},
-                                     {"Origin": "null"},
+                                     {"Sec-Fetch-Site": "cross-site", "Origin": "null"},
                                      {"Sec-Fetch-Site": "cross-site"}])
 def test_a_join_sent_from_another_site_is_refused(pages_edge, headers):
     ids = customer_with_points(pages_edge)

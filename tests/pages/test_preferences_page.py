@@ -144,7 +144,7 @@ def test_page_posts_from_another_site_are_refused_but_one_click_is_not(pages_edg
     cid, address = customer(pages_edge)
     url = preferences_url(cid, NOW, pages_edge.rt)
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                    {"Origin": "null"}):
+                    {"Sec-Fetch-Site": "same-site", "Origin": "null"}):
         refused = httpx.post(url, data={"action": "unsubscribe"}, headers=headers, timeout=10)
         assert refused.status_code == 403 and "another website" in refused.text
     assert suppressions(pages_edge, address) == []
