@@ -23,18 +23,16 @@ from prefect.runtime import flow_run
 from prefect.states import Paused, Running
 from prefect.utilities.engine import propose_state_sync
 from pydantic import BaseModel, Field, create_model
-from sqlalchemy import select
 
 from flows.common import app_engine, knob, runtime
 from flows.order_events import emit_state_changes
 from flows.parameters import CaseReviewRequest, HoldReviewRequest
 from flows.reporting import mask_emails, md_cell
-from tasks.aftercare.service import OPEN, ServiceError, settle_case
+from tasks import operations
+from tasks.aftercare.service import ServiceError
 from tasks.store.db import session_scope
-from tasks.store.journal import ON_HOLD, record_events, take_state_changes
-from tasks.store.models import Order, ServiceCase
-from tasks.store.queries import find_order
-from tasks.verify import cancel_holds, release_holds
+from tasks.store.journal import ON_HOLD, record_events
+from tasks.store.queries import case_order_ids, find_order, held_orders, open_case_rows
 
 SECONDS_PER_MINUTE = 60  # the unit of the timeout knob (tests shorten it)
 GRACE_SECONDS = 300  # the server's pause deadline comes this much after ours
@@ -131,16 +129,14 @@ def timeout_minutes(requested: int | None) -> int:
 # --- held orders -------------------------------------------------------------------------------
 
 
-def held_orders(request: HoldReviewRequest) -> list[Item]:
+def held_order_items(request: HoldReviewRequest) -> list[Item]:
     """The requested held orders, or the oldest ones; each with its hold reasons."""
     with session_scope(app_engine()) as session:
         if request.order_ids:
             orders = [find_order(session, oid) for oid in request.order_ids]
             orders = [o for o in orders if o.state == ON_HOLD]
         else:
-            orders = list(session.scalars(select(Order).where(Order.state == ON_HOLD)
-                                          .order_by(Order.updated_at, Order.id)
-                                          .limit(request.limit)))
+            orders = held_orders(session, request.limit)
         return [Item(o.id, f"Order {o.name or o.external_id} ({o.total} {o.currency})",
                      mask_emails(o.hold_reason or ""), f"order_{n}")
                 for n, o in enumerate(orders[:request.limit], start=1)]
@@ -148,18 +144,17 @@ def held_orders(request: HoldReviewRequest) -> list[Item]:
 
 def apply_hold_decisions(items: list[Item], answer: RunInput, now: datetime) -> dict[str, int]:
     """Release or cancel as decided; each order's own transaction-safe compare-and-set."""
-    counts = {"release": 0, "cancel": 0, KEEP: 0}
-    actions = {"release": release_holds, "cancel": cancel_holds}
+    counts, changes = {"release": 0, "cancel": 0, KEEP: 0}, []
     with session_scope(app_engine()) as session:
         for item in items:
             choice: HoldDecision = getattr(answer, item.field)
-            if choice.decision in actions:
-                done = actions[choice.decision](session, [item.id], now,
-                                                actor=operator_name(answer), note=choice.note)
-                counts[choice.decision] += len(done)
-            else:
+            if choice.decision == KEEP:
                 counts[KEEP] += 1
-        changes = take_state_changes(session)
+                continue
+            applied = operations.decide_holds(session, [item.id], choice.decision, now,
+                                              operator_name(answer), choice.note)
+            counts[choice.decision] += len(applied.outcome["orders"])
+            changes += applied.changes
     emit_state_changes(changes)
     return counts
 
@@ -177,7 +172,7 @@ def record_expired(order_ids: list[int], what: str, minutes: int, now: datetime)
 @flow(name="review-holds", log_prints=True)
 def review_holds(request: HoldReviewRequest = HoldReviewRequest()) -> dict[str, Any]:  # noqa: B008
     """Show held orders in one form; release or cancel what the operator decides."""
-    items, minutes = held_orders(request), timeout_minutes(request.timeout_minutes)
+    items, minutes = held_order_items(request), timeout_minutes(request.timeout_minutes)
     if not items:
         return {"orders": 0}
     create_markdown_artifact(items_markdown("Held orders to decide", items, minutes),
@@ -198,16 +193,11 @@ def review_holds(request: HoldReviewRequest = HoldReviewRequest()) -> dict[str, 
 
 
 def open_case_items(request: CaseReviewRequest) -> list[Item]:
-    query = (select(ServiceCase, Order.name, Order.external_id)
-             .join(Order, Order.id == ServiceCase.order_id).where(ServiceCase.status == OPEN))
-    if request.case_ids:
-        query = query.where(ServiceCase.id.in_(request.case_ids))
-    query = query.order_by(ServiceCase.opened_at, ServiceCase.id).limit(request.limit)
     with session_scope(app_engine()) as session:
-        rows = list(session.execute(query))
-    return [Item(case.id, f"Case {case.id}, order {name or external_id}",
-                 mask_emails(f"{case.reason}; proposed: {case.proposed}"), f"case_{case.id}")
-            for case, name, external_id in rows]
+        rows = open_case_rows(session, request.case_ids, request.limit)
+        return [Item(case.id, f"Case {case.id}, order {name or external_id}",
+                     mask_emails(f"{case.reason}; proposed: {case.proposed}"), f"case_{case.id}")
+                for case, name, external_id, _email in rows]
 
 
 def apply_case_decisions(items: list[Item], answer: RunInput, now: datetime) -> dict[str, Any]:
@@ -220,18 +210,19 @@ def apply_case_decisions(items: list[Item], answer: RunInput, now: datetime) -> 
             continue
         try:
             with session_scope(app_engine()) as session:
-                settle_case(session, item.id, choice.decision, operator_name(answer),
-                            choice.note, now, runtime(), refund_amount=choice.refund)
+                applied = operations.decide_case(session, item.id, choice.decision, now,
+                                                 runtime(), operator_name(answer), choice.note,
+                                                 choice.refund)
+            emit_state_changes(applied.changes)
             counts["decided"] += 1
         except ServiceError as refused:  # e.g. a refund above the order total
             counts["refused"].append(f"case {item.id}: {refused}")
     return counts
 
 
-def case_order_ids(items: list[Item]) -> list[int]:
+def items_order_ids(items: list[Item]) -> list[int]:
     with session_scope(app_engine()) as session:
-        return list(session.scalars(select(ServiceCase.order_id)
-                                    .where(ServiceCase.id.in_([i.id for i in items]))))
+        return case_order_ids(session, [i.id for i in items])
 
 
 @flow(name="review-cases", log_prints=True)
@@ -248,7 +239,7 @@ def review_cases(request: CaseReviewRequest = CaseReviewRequest()) -> dict[str, 
                                 minutes)
     now = datetime.now(UTC)
     if answer is None:
-        record_expired(case_order_ids(items), "the case stays open", minutes, now)
+        record_expired(items_order_ids(items), "the case stays open", minutes, now)
         return {"cases": len(items), "expired": True}
     outcome = apply_case_decisions(items, answer, now)
     if outcome["refused"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +18,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
-from sqlalchemy.orm import Session
 
 from flows.common import (
     app_engine,
@@ -35,38 +33,27 @@ from flows.order_events import emit_state_changes
 from flows.parameters import DailyRequest, OrderJourneyRequest, SweepRequest
 from flows.reporting import publish_order_timeline, publish_store_picture
 from tasks import inbox, loyalty
-from tasks.aftercare.feedback import feedback_request
-from tasks.aftercare.followups import birthday_offers, care_guide, cross_sell, replenishment
-from tasks.aftercare.reviews import review_request
-from tasks.confirm import confirm
+from tasks.aftercare.followups import birthday_offers
 from tasks.faults import fault_point
+from tasks.journey import Stage, StageResult, stages
 from tasks.manifest import Manifest
 from tasks.messaging.outbox import dispatch_committed
 from tasks.orphans import GRACE as ORPHAN_GRACE
 from tasks.orphans import reconcile
-from tasks.pack import pack
-from tasks.runtime import Runtime, StageResult
 from tasks.store.db import session_scope
 from tasks.store.journal import due_order_ids, take_state_changes
 from tasks.store.queries import find_order
-from tasks.tracking.stage import delay_watch_ids, late_cases, track
-from tasks.verify import verify
+from tasks.tracking.stage import delay_watch_ids
 
-StageFn = Callable[[Session, Sequence[int], datetime, Runtime], StageResult]
 # A sweep sends a few mails per order: one dispatch task run takes up to 5 transactions of a
 # batch each, so task runs follow batches of orders, while a crash still loses at most one
 # batch's outcomes (each transaction sends, then records, `size` mails).
 MAIL_ROUNDS = 5
 
-# The journey, in order: step name → stage function. A step is a row with a due time; each
-# sweep runs whatever is due, so time-based steps (feedback after 2 days ...) need no waiting.
-STAGES: dict[str, StageFn] = {
-    "verify": verify, "pack": pack, "confirm": confirm,
-    "track": track, "open_late_case": late_cases,
-    "loyalty_earn": loyalty.earn, "loyalty_approve": loyalty.approve,
-    "feedback_request": feedback_request, "review_request": review_request,
-    "care_guide": care_guide, "cross_sell": cross_sell, "replenishment": replenishment,
-}
+# The journey, in order: step name → stage function, as tasks/journey.py declares it. A step is
+# a row with a due time; each sweep runs whatever is due, so time-based steps (feedback after
+# 2 days ...) need no waiting.
+STAGES: dict[str, Stage] = stages()
 
 
 @task(task_run_name="{stage}-batch-{batch_no}", cache_policy=NONE, retries=2, retry_delay_seconds=2)

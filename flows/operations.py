@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.common import app_engine, business_now, runtime
+from flows.order_events import emit_state_changes
 from flows.parameters import ErasureRequest, QuarantineReleaseRequest
+from tasks import operations
 from tasks.store.db import session_factory, session_scope
+from tasks.store.queries import find_order
 
 
 @flow(name="quarantine-release", log_prints=True)
@@ -20,14 +22,15 @@ def release_quarantine(request: QuarantineReleaseRequest) -> dict[str, Any]:
     Each entry is released in its own transaction, so one that still fails keeps its reasons
     and does not hold back the others.
     """
-    from tasks.intake.release import release
-
     now, rows = business_now(request.as_of), []
     for entry_id in request.entry_ids:
         with session_scope(app_engine()) as session:
-            outcome = release(session, entry_id, now, rt=runtime())
-        reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in outcome.reasons or [])
-        rows.append({"entry": entry_id, "outcome": outcome.status, "reasons": reasons})
+            applied = operations.release_quarantine(session, entry_id, now, runtime())
+        emit_state_changes(applied.changes)
+        outcome = applied.outcome
+        reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}"
+                            for r in outcome["reasons"] or [])
+        rows.append({"entry": entry_id, "outcome": outcome["status"], "reasons": reasons})
     create_table_artifact(rows, key="quarantine-release", description="What each entry did")
     statuses = [row["outcome"] for row in rows]
     summary = {status: statuses.count(status) for status in sorted(set(statuses))}
@@ -38,16 +41,14 @@ def release_quarantine(request: QuarantineReleaseRequest) -> dict[str, Any]:
 @flow(name="erase-customer", log_prints=True)
 def erase_customer(request: ErasureRequest) -> dict[str, Any]:
     """Anonymise the customer who placed an order, everywhere; keep a hashed suppression."""
-    from tasks.privacy import erase_customer as erase
-    from tasks.store.queries import find_order
-
     with session_scope(app_engine()) as session:
         email = find_order(session, request.order_id).email
     # It commits itself: the archive may only change after the database has.
     with session_factory(app_engine())() as session:
-        outcome = erase(session, email, business_now(None), runtime(),
-                        actor=request.requested_by)
-    counts = asdict(outcome)
+        applied = operations.erase_customer(session, email, business_now(None), runtime(),
+                                            actor=request.requested_by)
+    emit_state_changes(applied.changes)
+    counts = applied.outcome
     create_table_artifact([{"what": k, "count": v} for k, v in counts.items()],
                           key="customer-erasure", description="Erasure (no personal data here)")
     return counts

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect.events import emit_event
+from prefect.settings import PREFECT_API_URL
 from sqlalchemy import select
 
 from flows.common import app_engine, in_flow_run, knob
@@ -32,11 +33,16 @@ def wanted(to_state: str, mode: str) -> bool:
     return mode == "all" or (mode == "exceptions" and to_state in EXCEPTIONS)
 
 
-def emit_state_changes(changes: Sequence[dict[str, Any]]) -> int:
-    """Emit `journeys.order.<state>` for each timeline row of kind `state` given."""
+def emit_state_changes(changes: Sequence[dict[str, Any]], outside_runs: bool = False) -> int:
+    """Emit `journeys.order.<state>` for each timeline row of kind `state` given.
+
+    Flow runs emit; a caller outside one (the CLI: `outside_runs`) only to a server named by
+    PREFECT_API_URL: without one there is no feed to notify, and no temporary server is
+    worth starting for it.
+    """
     mode = knob("journeys_prefect_events", DEFAULT_MODE)
     changes = [c for c in changes if wanted(c["to_state"], mode)]
-    if not in_flow_run() or not changes:
+    if not changes or not (in_flow_run() or (outside_runs and PREFECT_API_URL.value())):
         return 0
     names = order_names({c["order_id"] for c in changes})
     for change in changes:

@@ -13,9 +13,10 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from sqlalchemy import func, select
 
 from flows.common import app_engine
+from tasks.reporting import report
 from tasks.store.db import session_scope
 from tasks.store.models import Message
-from tasks.store.queries import order_view, report
+from tasks.store.queries import find_order, order_view
 
 
 def messages_by_status_and_reason(session) -> list[dict[str, Any]]:
@@ -101,8 +102,6 @@ def artifact_key(text: str) -> str:
 
 def publish_order_timeline(order_id: str) -> dict[str, Any]:
     """One order's journey (states, steps, messages, parcels, points) as a markdown artifact."""
-    from tasks.store.queries import find_order
-
     with session_scope(app_engine()) as session:
         view = order_view(session, find_order(session, order_id))
     create_markdown_artifact(order_markdown(view), key=f"order-{artifact_key(view['external_id'])}",

@@ -40,6 +40,8 @@ from prefect.utilities.callables import parameter_schema
 from sqlalchemy.engine import make_url
 
 from infra.bootstrap import HEARTBEAT_ENV, HEARTBEAT_SECONDS, WORK_POOL, bootstrap
+from tasks.config import check_config
+from tasks.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = ROOT / "infra" / "prefect.yaml"
@@ -52,7 +54,8 @@ class StackError(RuntimeError):
 
 
 def deploy(api_url: str | None = None, report: Report = print) -> list[str]:
-    """Bootstrap the server, then create or update every deployment in infra/prefect.yaml.
+    """Check the business config, bootstrap the server, then create or update every
+    deployment in infra/prefect.yaml.
 
     Returns the deployment names ('journey-sweep/frequent' ...). Bootstrap lines and skipped
     deployments go to `report`. `api_url` defaults to PREFECT_API_URL.
@@ -62,6 +65,7 @@ def deploy(api_url: str | None = None, report: Report = print) -> list[str]:
     creating the first deployment it lists workers with a JSON null `limit`; the server
     answers 422), and it costs a second process that imports every flow again.
     """
+    check_business_config()
     api_url = api_url or PREFECT_API_URL.value()
     if not api_url:
         raise StackError("no Prefect server: start one (`journeys server`) or set PREFECT_API_URL")
@@ -71,6 +75,16 @@ def deploy(api_url: str | None = None, report: Report = print) -> list[str]:
         config = yaml.safe_load(PREFECT_FILE.read_text())
         return [apply_deployment(client, spec, config["pull"])
                 for spec in deployable_specs(config, report)]
+
+
+def check_business_config() -> None:
+    """The configs/*.yaml the workers will load, checked before anything is deployed, so a typo
+    stops the deploy instead of the first run that reads the file."""
+    config_dir = get_settings().config_dir
+    home = Path(os.environ.get("JOURNEYS_HOME", ROOT))  # where workers resolve a relative path
+    problems = check_config(config_dir if config_dir.is_absolute() else home / config_dir)
+    if problems:
+        raise StackError("config invalid, nothing deployed:\n" + "\n".join(problems))
 
 
 def deployable_specs(config: dict, report: Report) -> list[dict]:

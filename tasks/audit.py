@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tasks.states import MessageStatus
 from tasks.store.models import Customer, LoyaltyEntry, Message, Order, ServiceCase
 
-SENT = ("sent", "unknown")  # unknown outcome: may have reached the customer
+SENT = (MessageStatus.SENT, MessageStatus.UNKNOWN)  # unknown outcome: may have reached them
 
 
 @dataclass(frozen=True)

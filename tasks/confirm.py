@@ -19,11 +19,19 @@ from sqlalchemy.orm import Session
 
 from tasks.config import Config
 from tasks.delivery import estimate_delivery, resolve_method
-from tasks.messaging.money import address_lines, order_locale
-from tasks.messaging.outbox import enqueue, order_message
+from tasks.messaging.compose import (
+    customer_context,
+    line_context,
+    locale_of,
+    order_mail,
+    order_name,
+    store_context,
+)
+from tasks.messaging.money import address_lines
+from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime, StageResult
 from tasks.store.journal import CONFIRMED, PACKED, Transition, apply_transitions, claim_orders
-from tasks.store.models import Order, OrderLine
+from tasks.store.models import Order
 from tasks.verify import ships
 
 STEP = "confirm"
@@ -97,22 +105,8 @@ def set_promised_delivery(session: Session, promised: dict[int, date | None]) ->
 def confirmation_message(
     order: Order, promised: date | None, cfg: Config, now: datetime
 ) -> dict[str, Any]:
-    return order_message(
-        order_id=order.id,
-        customer_id=order.customer_id,
-        step=STEP,
-        template=TEMPLATE,
-        spec=cfg.messaging.templates[TEMPLATE],
-        to_addr=order.email,
-        context=confirmation_context(order, promised, cfg),
-        not_before=now,
-        domain=cfg.messaging.from_address.rpartition("@")[2],
-    )
-
-
-def locale_of(order: Order, cfg: Config) -> str:
-    customer_locale = order.customer.locale if order.customer else None
-    return order_locale(order.locale, customer_locale, cfg.store.default_locale)
+    context = confirmation_context(order, promised, cfg)
+    return order_mail(cfg, order, STEP, TEMPLATE, context, now)
 
 
 def confirmation_context(order: Order, promised: date | None, cfg: Config) -> dict[str, Any]:
@@ -124,7 +118,7 @@ def confirmation_context(order: Order, promised: date | None, cfg: Config) -> di
         "customer": customer_context(order),
         "order": {
             "id": order.id,
-            "name": order.name or f"#{order.external_id}",
+            "name": order_name(order),
             "currency": order.currency,
             "locale": locale,
             "lines": [line_context(line) for line in order.lines if line.kept_quantity],
@@ -148,29 +142,6 @@ def confirmation_context(order: Order, promised: date | None, cfg: Config) -> di
 def items_total(order: Order) -> Decimal:
     """The goods before discounts (Shopify's subtotal is after them)."""
     return sum((line.unit_price * line.kept_quantity for line in order.lines), Decimal(0))
-
-
-def store_context(cfg: Config) -> dict[str, Any]:
-    fields = ("name", "legal_name", "email", "reply_to", "phone", "website", "postal_address")
-    return {name: getattr(cfg.store, name) for name in fields}
-
-
-def customer_context(order: Order) -> dict[str, Any]:
-    customer, address = order.customer, order.shipping_address or {}
-    first = (customer.first_name if customer else None) or address.get("first_name")
-    last = (customer.last_name if customer else None) or address.get("last_name")
-    return {"first_name": first, "name": " ".join(p for p in (first, last) if p)}
-
-
-def line_context(line: OrderLine) -> dict[str, Any]:
-    return {
-        "title": line.title,
-        "variant_title": line.variant_title,
-        "sku": line.sku,
-        "quantity": line.kept_quantity,  # refunded units are not coming
-        "unit_price": str(line.unit_price),
-        "line_total": str(line.unit_price * line.kept_quantity),
-    }
 
 
 def discount_codes(entries: list[Any]) -> list[str]:

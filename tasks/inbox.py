@@ -38,14 +38,16 @@ from tasks.intake.schema import OrderIn, Rejected, sha256_text
 from tasks.intake.writers import write
 from tasks.runtime import Runtime
 from tasks.settings import Settings
+from tasks.states import InboxStatus
 from tasks.store.db import engine_for, normalise_url, session_scope
 from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.migrate import ensure_schema
 from tasks.store.models import InboxDelivery, Order, Quarantine, Shipment
 
 log = logging.getLogger("journeys.inbox")
-PENDING, PROCESSED, QUARANTINED, IGNORED = "pending", "processed", "quarantined", "ignored"
-FAILED = "failed"  # processing raised: kept with the error, for an engineer (see the log)
+# A delivery's status (tasks/states.py): processing FAILED keeps the error for an engineer.
+PENDING, PROCESSED = InboxStatus.PENDING, InboxStatus.PROCESSED
+QUARANTINED, IGNORED, FAILED = InboxStatus.QUARANTINED, InboxStatus.IGNORED, InboxStatus.FAILED
 # A delivery that refers to something not here yet (a fulfillment before its order is
 # confirmed, a tracking event before its parcel) waits this long, then goes to intake anyway.
 WAIT_LIMIT = timedelta(days=3)

@@ -36,26 +36,22 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from tasks.aftercare import base_context, mail_domain
 from tasks.aftercare.followups import DELETED_AT
 from tasks.inbox import IGNORED, PROCESSED, WAIT_LIMIT, Body, Outcome
 from tasks.intake.schema import MONEY_LIMIT
-from tasks.loyalty import Refund, reverse_refunds
+from tasks.journey import waiting_steps
+from tasks.loyalty.reversal import Refund, reverse_refunds
+from tasks.messaging.compose import base_context, order_mail
 from tasks.messaging.governor import email_hash
-from tasks.messaging.outbox import enqueue, order_message
+from tasks.messaging.outbox import enqueue
 from tasks.messaging.unsubscribe import suppress_many
 from tasks.runtime import Runtime
+from tasks.states import MessageStatus, StepStatus
 from tasks.store.db import is_postgres
 from tasks.store.journal import (
     CANCELLED,
-    CLOSED,
-    CONFIRMED,
-    HELD,
     ON_HOLD,
-    PACKED,
-    PENDING,
     RECEIVED,
-    VERIFIED,
     Transition,
     apply_transitions,
     insert_ignoring_duplicates,
@@ -81,11 +77,12 @@ ACTOR = "shopify webhook"
 WAITING = "waiting"  # the drain keeps the row pending and offers it again
 REFUND_EVENT = "refund"
 CANCEL_STEP, CANCEL_TEMPLATE = "cancel", "order_cancelled"
-MESSAGE_CANCELLED = "cancelled"  # the outbox status tasks/privacy.py gives mail it stops
+MESSAGE_CANCELLED = MessageStatus.CANCELLED  # as tasks/privacy.py stops mail
+UNSENT = MessageStatus.PENDING  # mail not sent yet, so still ours to cancel
+OPEN_STEPS = (StepStatus.PENDING, StepStatus.HELD)  # steps a cancellation closes
 MARKETING = "marketing"
 # Not shipped yet, so still ours to cancel; with the step each state waits on.
-WAITING_STEP = {RECEIVED: "verify", ON_HOLD: "verify", VERIFIED: "pack", PACKED: "confirm",
-                CONFIRMED: "ship"}
+WAITING_STEP = waiting_steps()
 PAYMENT_HOLD = "payment_not_captured"
 CAPTURE_KINDS = frozenset({"capture", "sale"})
 UNSETTLED = frozenset({"pending", "authorized", "partially_paid", "unpaid"})
@@ -251,7 +248,7 @@ def cancel_messages(session: Session, message_ids: Sequence[int], reason: str) -
     if message_ids:
         session.execute(
             update(Message).where(Message.id.in_(sorted(set(message_ids))),
-                                  Message.status == PENDING)
+                                  Message.status == UNSENT)
             .values(status=MESSAGE_CANCELLED, reason=reason)
             .execution_options(synchronize_session=False))
 
@@ -287,8 +284,8 @@ def close_open_steps(session: Session, order_ids: Sequence[int], reason: str, no
     """Nothing further happens to a cancelled order: its pending or held steps close."""
     if order_ids:
         session.execute(
-            update(Step).where(Step.order_id.in_(order_ids), Step.status.in_((PENDING, HELD)))
-            .values(status=CLOSED, reason=reason[:500], updated_at=now)
+            update(Step).where(Step.order_id.in_(order_ids), Step.status.in_(OPEN_STEPS))
+            .values(status=StepStatus.CLOSED, reason=reason[:500], updated_at=now)
             .execution_options(synchronize_session=False))
 
 
@@ -307,7 +304,7 @@ def release_stock(session: Session, orders: Sequence[Order], now: datetime) -> N
 def pending_marketing(session: Session, order_ids: Sequence[int]) -> list[int]:
     if not order_ids:
         return []
-    query = select(Message.id).where(Message.order_id.in_(order_ids), Message.status == PENDING,
+    query = select(Message.id).where(Message.order_id.in_(order_ids), Message.status == UNSENT,
                                      Message.msg_class == MARKETING)
     return list(session.scalars(query))
 
@@ -315,11 +312,7 @@ def pending_marketing(session: Session, order_ids: Sequence[int]) -> list[int]:
 def cancellation_message(order: Order, rt: Runtime, now: datetime) -> dict[str, Any]:
     """The `order_cancelled` mail, one per order ever (an order without address: skipped)."""
     cfg = rt.config
-    return order_message(
-        order_id=order.id, customer_id=order.customer_id, step=CANCEL_STEP,
-        template=CANCEL_TEMPLATE, spec=cfg.messaging.templates[CANCEL_TEMPLATE],
-        to_addr=order.email, context=base_context(order, cfg), not_before=now,
-        domain=mail_domain(cfg))
+    return order_mail(cfg, order, CANCEL_STEP, CANCEL_TEMPLATE, base_context(order, cfg), now)
 
 
 # ---------------------------------------------------------------- refunds
@@ -531,7 +524,7 @@ def cancel_refunded_marketing(
     if not gone:
         return
     query = select(Message.id, Message.order_id, Message.topic, Message.context).where(
-        Message.order_id.in_(sorted(gone)), Message.status == PENDING,
+        Message.order_id.in_(sorted(gone)), Message.status == UNSENT,
         Message.msg_class == MARKETING)
     about = [row.id for row in session.execute(query)
              if {row.topic, ((row.context or {}).get("product") or {}).get("sku")}
@@ -1010,7 +1003,7 @@ def mark_deleted(session: Session, products: Sequence[Product], now: datetime) -
         [{"b_id": p.id, "b_attributes": {**(p.attributes or {}), DELETED_AT: now.isoformat()}}
          for p in products])
     query = select(Message.id).where(Message.topic.in_([p.sku for p in products]),
-                                     Message.status == PENDING, Message.msg_class == MARKETING)
+                                     Message.status == UNSENT, Message.msg_class == MARKETING)
     cancel_messages(session, list(session.scalars(query)), "product deleted")
 
 

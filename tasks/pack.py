@@ -33,19 +33,21 @@ from tasks.config import (
     PackingRule,
 )
 from tasks.documents import DOCUMENT_KINDS, render_order_documents
-from tasks.runtime import Runtime, StageResult
+from tasks.journey import StageResult
+from tasks.runtime import Runtime
+from tasks.states import OrderState
 from tasks.store.journal import (
-    PACKED,
-    VERIFIED,
     Transition,
     apply_transitions,
     claim_orders,
     insert_ignoring_duplicates,
 )
+from tasks.store.loaders import products_of
 from tasks.store.models import Artifact, Customer, Order, OrderLine, Product
 from tasks.verify import needs_shipping, ships
 
 STAGE = "pack"
+VERIFIED, PACKED = OrderState.VERIFIED, OrderState.PACKED  # the states this stage moves between
 DOCUMENT_VERSION = 1
 INSTRUCTION_KINDS = (("material", "materials"), ("label", "labels"), ("handling", "handling"))
 
@@ -219,14 +221,6 @@ def packing_plan(
 # --- batch I/O -------------------------------------------------------------------------------
 
 
-def load_products(session: Session, orders: Sequence[Order]) -> dict[str, Product]:
-    """Every product the batch's lines refer to, in one query."""
-    skus = {line.sku for order in orders for line in order.lines if line.sku}
-    if not skus:
-        return {}
-    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
-
-
 def document_kinds(order: Order) -> tuple[str, ...]:
     """Every document, except the packing slip when nothing is to be shipped."""
     return DOCUMENT_KINDS if ships(order) else tuple(k for k in DOCUMENT_KINDS
@@ -333,7 +327,7 @@ def pack(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
     result = StageResult(STAGE, skipped=len(set(order_ids)) - len(orders))
     if not orders:
         return result
-    products = load_products(session, orders)
+    products = products_of(session, orders)
     plans = {o.id: packing_plan(o, products, rt, now) for o in orders}
     documents = archive_new_documents(session, orders, plans, rt, now)
     store_packing(session, plans, now)

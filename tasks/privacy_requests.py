@@ -59,16 +59,12 @@ from tasks.messaging.unsubscribe import normalise
 from tasks.privacy import (
     ErasureError,
     ErasureOutcome,
-    delete_stale,
     erase_records,
     finish_archives,
     has_erasure,
-    lock_erasures,
-    pseudonym_for,
-    redaction_note,
-    replace_bundle,
-    update_rows,
 )
+from tasks.privacy_archive import delete_stale, lock_erasures, redaction_note, replace_bundle
+from tasks.privacy_scrub import pseudonym_for, update_rows
 from tasks.runtime import Runtime
 from tasks.store.db import session_factory
 from tasks.store.journal import insert_ignoring_duplicates, record_events

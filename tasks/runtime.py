@@ -1,37 +1,24 @@
-"""What a stage needs besides the session and the clock: config, settings, archive, transport."""
+"""What a stage needs besides the session and the clock: config, settings, archive, transport.
+
+`StageResult` lives in tasks/journey.py with the stage contract; it is re-exported here until
+the last stages import it from there.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from tasks.config import Config, load_config
+from tasks.journey import StageResult
 from tasks.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from tasks.archive import ArtifactStore
     from tasks.messaging.transports import Transport
 
-
-@dataclass
-class StageResult:
-    """Counts a stage reports for one batch; the flow adds them up per run."""
-
-    stage: str
-    received: int = 0  # set by the caller from the ids it passed, not by the stage itself
-    advanced: int = 0
-    held: int = 0
-    closed: int = 0
-    skipped: int = 0
-    quarantined: int = 0
-    details: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: StageResult) -> None:
-        for name in ("received", "advanced", "held", "closed", "skipped", "quarantined"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for key, value in other.details.items():
-            self.details[key] = self.details.get(key, 0) + value
+__all__ = ["Runtime", "StageResult"]
 
 
 @dataclass
@@ -56,4 +43,4 @@ class Runtime:
     def transport(self) -> Transport:
         from tasks.messaging.transports import open_transport
 
-        return open_transport(self.settings.mail_transport, self)
+        return open_transport(self.settings.mail_transport, self.settings, lambda: self.archive)

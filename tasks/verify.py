@@ -26,19 +26,15 @@ from sqlalchemy.orm import Session
 
 from tasks.config import VerificationConfig
 from tasks.intake.ingest import INTAKE_FINDING
-from tasks.runtime import Runtime, StageResult
+from tasks.journey import StageResult
+from tasks.runtime import Runtime
+from tasks.states import OrderState
 from tasks.store.db import is_postgres
-from tasks.store.journal import (
-    CANCELLED,
-    ON_HOLD,
-    RECEIVED,
-    VERIFIED,
-    Transition,
-    apply_transitions,
-    claim_orders,
-)
+from tasks.store.journal import Transition, apply_transitions, claim_orders
 from tasks.store.models import Order, OrderEvent, OrderLine, Product
 
+RECEIVED, VERIFIED = OrderState.RECEIVED, OrderState.VERIFIED
+ON_HOLD, CANCELLED = OrderState.ON_HOLD, OrderState.CANCELLED
 UNSUPPORTED_CURRENCY = ("no money thresholds for it in configs/verification.yaml "
                         "risk.max_order_value and configs/packing.yaml")
 

@@ -37,7 +37,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
-from flows.bench import story
+from infra.tooling.bench import story
 
 STEPS = (  # (name, kind, day): the bench's story, compressed
     ("ingest products", "products", 0), ("ingest orders", "orders", 0),
@@ -188,7 +188,7 @@ def world_action(kind: str, inputs: Path, at: datetime):
     """Write the outside world's file (shipments, deliveries) from the store, as the bench does."""
 
     def run() -> int:
-        from tasks import simulation
+        from infra.tooling import simulation
 
         make = {"shipments": lambda s: simulation.shipments_for(s, at),
                 "events": lambda s: simulation.deliveries_for(s, at)}[kind]

@@ -83,7 +83,7 @@ def seed_demo_store(engine, now: datetime, folder, orders: int, seed: int) -> No
     """The demo catalog and `orders` demo orders, ingested through intake as files would be."""
     import json
 
-    from tasks.demo_data import demo_catalog, demo_orders
+    from infra.tooling.demo_data import demo_catalog, demo_orders
     from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
     from tasks.store.db import session_scope
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from pydantic import (
     AfterValidator,
@@ -31,24 +31,18 @@ from pydantic import (
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from tasks.aftercare import (
-    AftercareConfig,
-    FeedbackRules,
-    aftercare_config,
-    base_context,
-    close_missing,
-    delivered_orders,
-    finish_steps,
-    keyed_message,
-)
+from tasks.aftercare import aftercare_config, close_missing
 from tasks.config import Config
+from tasks.config.aftercare import AftercareConfig, FeedbackRules
 from tasks.intake.formats import IntakeError, validation_reasons
 from tasks.intake.ingest import IntakeResult, quarantine_records
 from tasks.intake.schema import INT_MAX, Rejected, refuse_nul
 from tasks.links import Purpose, link_url
+from tasks.messaging.compose import base_context, order_mail
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime, StageResult
-from tasks.store.journal import insert_ignoring_duplicates, record_events
+from tasks.store.journal import finish_steps, insert_ignoring_duplicates, record_events
+from tasks.store.loaders import delivered_orders
 from tasks.store.models import FeedbackResponse, Order, ServiceCase
 
 STEP = TEMPLATE = "feedback_request"
@@ -91,17 +85,6 @@ def rating_link(base_url: str, secret_key: str, order_id: int, rating: int) -> s
     return f"{base_url.rstrip('/')}/feedback?{query}"
 
 
-def parse_rating_link(url: str, secret_key: str) -> tuple[int, int] | None:
-    """(order id, rating) from a clicked survey link, or None if it is malformed or forged."""
-    query = parse_qs(urlsplit(url).query)
-    try:
-        order_id, rating = int(query["o"][0]), int(query["r"][0])
-        sig = query["sig"][0]
-    except (KeyError, IndexError, ValueError):
-        return None
-    return (order_id, rating) if verify_rating_link(secret_key, order_id, rating, sig) else None
-
-
 # ---------------------------------------------------------------- the survey stage
 
 
@@ -122,7 +105,7 @@ def survey_message(order: Order, cfg: Config, secret: str, now: datetime) -> dic
     context = base_context(order, cfg)
     context["feedback"] = {
         "links": survey_links(cfg.store.links_base_url, secret, order.id, now)}
-    return keyed_message(cfg, order, STEP, TEMPLATE, context, now)
+    return order_mail(cfg, order, STEP, TEMPLATE, context, now, topic=None)
 
 
 # ---------------------------------------------------------------- reading answers

@@ -22,22 +22,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import extract, select
 from sqlalchemy.orm import Session
 
-from tasks.aftercare import (
-    AftercareConfig,
-    CareGuide,
-    aftercare_config,
-    base_context,
-    close_missing,
-    delivered_orders,
-    finish_steps,
-    keyed_message,
-    mail_domain,
-    reschedule_steps,
-)
+from tasks.aftercare import aftercare_config, close_missing
 from tasks.config import Config
-from tasks.confirm import store_context
-from tasks.messaging.outbox import enqueue, message_id_for
+from tasks.config.aftercare import AftercareConfig, CareGuide
+from tasks.messaging.compose import base_context, mail_row, order_key, order_mail, store_context
+from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime, StageResult
+from tasks.store.journal import finish_steps, reschedule_steps
+from tasks.store.loaders import delivered_orders, products_of
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase
 
 CARE, CROSS, REPLENISH, BIRTHDAY = "care_guide", "cross_sell", "replenishment", "birthday"
@@ -51,14 +43,6 @@ DELETED_AT = "deleted_at"
 def on_sale(product: Product) -> bool:
     """Still sold: not deleted at the source (its rows stay, order lines refer to them)."""
     return not (product.attributes or {}).get(DELETED_AT)
-
-
-def products_of(session: Session, orders: Sequence[Order]) -> dict[str, Product]:
-    """The catalog entries of the batch's lines, by SKU: one query."""
-    skus = {line.sku for order in orders for line in order.lines if line.sku}
-    if not skus:
-        return {}
-    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
 
 
 def sent_topics(
@@ -76,8 +60,8 @@ def sent_topics(
 
 
 def per_key(cfg: Config, order: Order, step: str, topic: str) -> str:
-    """One message per order and topic (a category, a SKU)."""
-    return f"order:{order.id}:{step}:{topic}:v{cfg.messaging.templates[step].version}"
+    """One message per order and topic (a category, a SKU); the step is the template."""
+    return order_key(cfg, order, step, topic, step)
 
 
 def product_url(cfg: Config, product: Product | None, sku: str) -> str:
@@ -161,8 +145,8 @@ def care_messages(
         context = base_context(order, config)
         context["product"] = product_context(product, line, config)
         context["guide"] = guide.model_dump()
-        rows.append(keyed_message(config, order, CARE, CARE, context, now,
-                                  effect_key=per_key(config, order, CARE, topic), topic=topic))
+        rows.append(order_mail(config, order, CARE, CARE, context, now,
+                               key=per_key(config, order, CARE, topic), topic=topic))
     return rows
 
 
@@ -271,7 +255,7 @@ def cross_sell_message(
     context["picks"] = [{"sku": p.sku, "title": p.title, "category": p.category,
                          "price": str(p.price) if p.price is not None else None,
                          "url": product_url(config, p, p.sku)} for p in picks]
-    return keyed_message(config, order, CROSS, CROSS, context, now, topic=product.category)
+    return order_mail(config, order, CROSS, CROSS, context, now, topic=product.category)
 
 
 # ---------------------------------------------------------------- replenishment
@@ -363,8 +347,8 @@ def replenish_message(
     sku = line.sku or ""
     context = base_context(order, cfg)
     context["product"] = product_context(products.get(sku), line, cfg)
-    return keyed_message(cfg, order, REPLENISH, REPLENISH, context, now,
-                         effect_key=per_key(cfg, order, REPLENISH, sku), topic=sku)
+    return order_mail(cfg, order, REPLENISH, REPLENISH, context, now,
+                      key=per_key(cfg, order, REPLENISH, sku), topic=sku)
 
 
 # ---------------------------------------------------------------- birthday
@@ -442,8 +426,6 @@ def birthday_message(
 ) -> dict[str, Any]:
     """A customer-level outbox row (no order): keyed customer:{id}:birthday:{year}."""
     config, rules = rt.config, aftercare_config(rt.config).birthday
-    spec = config.messaging.templates[BIRTHDAY]
-    key = birthday_key(customer.id, today.year)
     first, last = customer.first_name, customer.last_name
     context = {
         "store": {**store_context(config), "links_base_url": config.store.links_base_url},
@@ -456,13 +438,9 @@ def birthday_message(
             "locale": customer.locale or config.store.default_locale,
         },
     }
-    return {
-        "effect_key": key, "order_id": None, "customer_id": customer.id, "template": BIRTHDAY,
-        "version": spec.version, "msg_class": spec.msg_class, "priority": spec.priority,
-        "topic": BIRTHDAY, "to_addr": customer.email,
-        "message_id": message_id_for(key, mail_domain(config)), "context": context,
-        "not_before": now,
-    }
+    return mail_row(config, BIRTHDAY, context, now, key=birthday_key(customer.id, today.year),
+                    order_id=None, customer_id=customer.id, to_addr=customer.email,
+                    topic=BIRTHDAY)
 
 
 def existing_keys(session: Session, keys: Sequence[str]) -> set[str]:

@@ -19,21 +19,15 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tasks.aftercare import (
-    ReviewRules,
-    aftercare_config,
-    base_context,
-    close_missing,
-    delivered_orders,
-    finish_steps,
-    keyed_message,
-    reschedule_steps,
-)
-from tasks.config import Config, ConfigError
+from tasks.aftercare import aftercare_config, close_missing
+from tasks.config import ConfigError
+from tasks.config.aftercare import ReviewRules
 from tasks.links import Purpose, link_url
-from tasks.messaging.outbox import enqueue
+from tasks.messaging.compose import base_context, order_key, order_mail
+from tasks.messaging.outbox import enqueue, store_skipped
 from tasks.runtime import Runtime, StageResult
-from tasks.store.journal import insert_ignoring_duplicates
+from tasks.store.journal import finish_steps, reschedule_steps
+from tasks.store.loaders import delivered_orders, products_by_sku
 from tasks.store.models import FeedbackResponse, Message, Order, OrderLine, Product, ServiceCase
 from tasks.storefront.reviews import product_name, product_slug
 
@@ -56,7 +50,8 @@ def review_request(
     asks, skips = plan_requests(session, ready, now, rules)
     products = products_by_sku(session, {line.sku for _, line in asks} | {s[1].sku for s in skips})
     enqueue(session, [request_message(o, line, products, rt, now) for o, line in asks], now)
-    store_skipped(session, skips, products, rt, now)
+    skipped = [(request_message(o, line, products, rt, now), why) for o, line, why in skips]
+    store_skipped(session, skipped, now)
     finish_steps(session, STEP, {o.id: None for o in ready}, now)
     closed = close_missing(session, STEP, order_ids, [o.id for o in orders], now)
     return StageResult(stage=STEP, advanced=len(ready), held=len(held), closed=closed,
@@ -134,17 +129,6 @@ def _skip_reason(
     return None
 
 
-def products_by_sku(session: Session, skus: set[str | None]) -> dict[str, Product]:
-    skus = {s for s in skus if s}
-    if not skus:
-        return {}
-    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
-
-
-def request_key(order: Order, sku: str, cfg: Config) -> str:
-    return f"order:{order.id}:{STEP}:{sku}:v{cfg.messaging.templates[TEMPLATE].version}"
-
-
 def review_url(order: Order, line: OrderLine, product: Product | None, name: str, rt: Runtime,
                now: datetime) -> str:
     """Our /r/{token} page for this order line, or the store's review platform (Judge.me,
@@ -178,21 +162,8 @@ def request_message(
         "sku": sku, "title": name, "variant": line.variant_title,
         "review_url": review_url(order, line, product, name, rt, now),
     }
-    return keyed_message(rt.config, order, STEP, TEMPLATE, context, now,
-                         effect_key=request_key(order, sku, rt.config), topic=sku)
-
-
-def store_skipped(
-    session: Session, skips: Sequence[tuple[Order, OrderLine, str]],
-    products: Mapping[str, Product], rt: Runtime, now: datetime,
-) -> None:
-    """Skipped requests as outbox rows that are never sent, each with its reason."""
-    rows = [
-        {**request_message(order, line, products, rt, now), "status": SKIPPED,
-         "reason": why[:500], "attempts": 0, "created_at": now}
-        for order, line, why in skips
-    ]
-    insert_ignoring_duplicates(session, Message, rows, ["effect_key"])
+    key = order_key(rt.config, order, STEP, sku, TEMPLATE)  # one request per SKU
+    return order_mail(rt.config, order, STEP, TEMPLATE, context, now, key=key, topic=sku)
 
 
 def review_rates_by_rating(session: Session) -> dict[int | None, dict[str, float]]:

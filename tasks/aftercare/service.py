@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from tasks.aftercare import DECISIONS, base_context, keyed_message
+from tasks.aftercare import DECISIONS
+from tasks.messaging.compose import base_context, order_mail, template_version
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime
 from tasks.store.journal import PENDING, record_events
@@ -135,9 +136,8 @@ def outcome_message(case: ServiceCase, order: Order, rt: Runtime, now: datetime)
         "decision": case.decision, "reason": case.reason,
         "refund_amount": str(case.refund_amount) if case.refund_amount is not None else None,
     }
-    version = cfg.messaging.templates[TEMPLATE].version
-    return keyed_message(cfg, order, "service", TEMPLATE, context, now,
-                         effect_key=f"{outcome_key(case)}:v{version}")
+    key = f"{outcome_key(case)}:v{template_version(cfg, TEMPLATE)}"  # one per case
+    return order_mail(cfg, order, "service", TEMPLATE, context, now, key=key, topic=None)
 
 
 def release_held_reviews(session: Session, order_id: int, now: datetime) -> None:

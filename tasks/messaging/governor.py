@@ -38,17 +38,19 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
 from sqlalchemy import Row, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from tasks.config import Strict, section
+from tasks.config.governor import Cap, GovernorConfig, QuietHours
 from tasks.runtime import Runtime
+from tasks.states import MessageStatus
 from tasks.store.models import Customer, MailPreference, Message, Suppression
 
 MARKETING = "marketing"
-PENDING, SKIPPED, EXPIRED = "pending", "skipped", "expired"
-COUNTED = ("sent", "unknown", "sending")  # statuses that count against a cap: it may have arrived
+# A verdict is the message status it leads to (tasks/states.py).
+PENDING, SKIPPED, EXPIRED = MessageStatus.PENDING, MessageStatus.SKIPPED, MessageStatus.EXPIRED
+# Statuses that count against a cap: the mail may have arrived.
+COUNTED = (MessageStatus.SENT, MessageStatus.UNKNOWN, MessageStatus.SENDING)
 SUPPRESSION_REASONS = ("unsubscribe", "complaint", "bounce", "erasure")  # weakest first
 _HMAC_CONTEXT = b"journeys-suppression:"  # keeps these apart from unsubscribe-link signatures
 
@@ -56,45 +58,8 @@ _HMAC_CONTEXT = b"journeys-suppression:"  # keeps these apart from unsubscribe-l
 # --- config -------------------------------------------------------------------------------
 
 
-class Cap(Strict):
-    count: int = Field(ge=1)
-    hours: float = Field(gt=0)
-
-    @property
-    def window(self) -> timedelta:
-        return timedelta(hours=self.hours)
-
-    @property
-    def label(self) -> str:
-        return f"{self.count} per {self.hours:g}h"
-
-
-class QuietHours(Strict):
-    start: time = time(21, 0)
-    end: time = time(8, 0)
-
-
-class DeferExpiry(Strict):
-    default: float = Field(default=72, gt=0)
-    by_class: dict[str, float] = Field(default_factory=dict)
-    by_template: dict[str, float] = Field(default_factory=dict)
-
-    def hours_for(self, template: str, msg_class: str) -> float:
-        """Template beats class beats the default."""
-        return self.by_template.get(template, self.by_class.get(msg_class, self.default))
-
-
-class GovernorConfig(Strict):
-    caps: list[Cap] = Field(
-        default_factory=lambda: [Cap(count=1, hours=16), Cap(count=3, hours=168)]
-    )
-    quiet_hours: QuietHours = QuietHours()
-    defer_expiry_hours: DeferExpiry = DeferExpiry()
-    block_transactional: list[str] = Field(default_factory=lambda: ["bounce", "erasure"])
-
-
 def governor_config(rt: Runtime) -> GovernorConfig:
-    return section(rt.config, "governor", GovernorConfig)
+    return rt.config.governor
 
 
 # --- decision -----------------------------------------------------------------------------

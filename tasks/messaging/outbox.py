@@ -27,7 +27,7 @@ from jinja2 import TemplateError
 from sqlalchemy import Engine, Row, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from tasks.config import Config, TemplateSpec
+from tasks.config import Config
 from tasks.faults import fault_point
 from tasks.messaging.governor import govern, record_decision
 from tasks.messaging.mime import address_header, alternative, checked_address, text_header
@@ -75,34 +75,13 @@ class DispatchResult:
 
 
 def effect_key_for(order_id: int, step: str, template: str, version: int) -> str:
+    """An order's mail's identity; rows are built by tasks/messaging/compose.py."""
     return f"order:{order_id}:{step}:{template}:v{version}"
 
 
 def message_id_for(effect_key: str, domain: str) -> str:
     """A Message-ID derived from the effect key, so every resend carries the same one."""
     return f"<{hashlib.sha256(effect_key.encode()).hexdigest()[:32]}@{domain}>"
-
-
-def order_message(
-    *,
-    order_id: int,
-    customer_id: int | None,
-    step: str,
-    template: str,
-    spec: TemplateSpec,
-    to_addr: str | None,
-    context: Mapping[str, Any],
-    not_before: datetime,
-    domain: str,
-) -> dict[str, Any]:
-    """An outbox row for `enqueue`, keyed `order:{id}:{step}:{template}:v{version}`."""
-    key = effect_key_for(order_id, step, template, spec.version)
-    return {
-        "effect_key": key, "order_id": order_id, "customer_id": customer_id,
-        "template": template, "version": spec.version, "msg_class": spec.msg_class,
-        "priority": spec.priority, "to_addr": to_addr, "message_id": message_id_for(key, domain),
-        "context": dict(context), "not_before": not_before,
-    }
 
 
 def enqueue(session: Session, rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
@@ -120,6 +99,16 @@ def _outbox_row(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     if str(row.get("to_addr") or "").strip():
         return pending
     return pending | {"to_addr": "", "status": SKIPPED, "reason": NO_ADDRESS}
+
+
+def store_skipped(
+    session: Session, skipped: Sequence[tuple[Mapping[str, Any], str]], now: datetime
+) -> None:
+    """Rows a rule decided not to send (row, why), stored `skipped` with their reason: they
+    stay visible and count for the rule next time, and are never claimed for sending."""
+    full = [{**row, "status": SKIPPED, "reason": why[:500], "attempts": 0, "created_at": now}
+            for row, why in skipped]
+    insert_ignoring_duplicates(session, Message, full, ["effect_key"])
 
 
 # --- dispatch -----------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from tasks.runtime import Runtime
     from tasks.settings import Settings
 
 SMTP_TIMEOUT_SECONDS = 30.0
@@ -223,13 +222,17 @@ def _ses_error_outcome(response: dict[str, Any]) -> SendOutcome:
     return SendOutcome("deferred" if temporary else "failed", reason)
 
 
-def open_transport(spec: str, rt: Runtime) -> Transport:
-    """`file`, `smtp://host:port` or `ses` (JOURNEYS_MAIL_TRANSPORT)."""
+def open_transport(spec: str, settings: Settings, archive: Callable[[], Any]) -> Transport:
+    """`file`, `smtp://host:port` or `ses` (JOURNEYS_MAIL_TRANSPORT).
+
+    Takes what it needs, not the Runtime (which opens transports: no import circle), and the
+    archive as a callable because only the file transport uses it and opening it may reach S3.
+    """
     if spec == "file":
-        return FileTransport(rt.archive)
+        return FileTransport(archive())
     if spec.startswith("smtp://"):
         url = urlsplit(spec)
-        return SmtpTransport(url.hostname or "localhost", url.port or 25, rt.settings)
+        return SmtpTransport(url.hostname or "localhost", url.port or 25, settings)
     if spec == "ses":
         import boto3
 

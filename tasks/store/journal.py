@@ -16,23 +16,21 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
+from tasks import journey
+from tasks.states import OrderState, StepStatus
 from tasks.store.db import is_postgres
 from tasks.store.models import Base, Order, OrderEvent, Step
 
-# Order states (DESIGN.md §3).
-RECEIVED = "received"
-VERIFIED = "verified"
-PACKED = "packed"
-CONFIRMED = "confirmed"
-ON_HOLD = "on_hold"
-CANCELLED = "cancelled"
+# Short names many stages import from here (tasks/states.py is where they are defined).
+RECEIVED, VERIFIED, PACKED = OrderState.RECEIVED, OrderState.VERIFIED, OrderState.PACKED
+CONFIRMED, ON_HOLD, CANCELLED = OrderState.CONFIRMED, OrderState.ON_HOLD, OrderState.CANCELLED
+PENDING, DONE = StepStatus.PENDING, StepStatus.DONE
+HELD, CLOSED = StepStatus.HELD, StepStatus.CLOSED
 
-# Step statuses.
-PENDING, DONE, HELD, CLOSED = "pending", "done", "held", "closed"
-
-# The first half of the journey: step name → the state an order must be in to take it.
-STAGE_STATES = {"verify": RECEIVED, "pack": VERIFIED, "confirm": PACKED}
-NEXT_STEP = {VERIFIED: "pack", PACKED: "confirm"}
+# From the registry (tasks/journey.py): the first half's step → the state it claims, and the
+# step an order takes next when a stage moves it into a state.
+STAGE_STATES = journey.first_half()
+NEXT_STEP = journey.next_steps()
 
 
 @dataclass(frozen=True)
@@ -114,6 +112,16 @@ def claim_orders(session: Session, order_ids: Sequence[int], state: str) -> list
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True, of=Order)
     return list(session.scalars(query))
+
+
+def claim_order_ids(session: Session, order_ids: Sequence[int], state: str) -> list[int]:
+    """Like claim_orders, for a stage that needs only the ids (nothing loaded, same locks)."""
+    if not order_ids:
+        return []
+    query = select(Order.id).where(Order.id.in_(order_ids), Order.state == state)
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True, of=Order)
+    return list(session.scalars(query.order_by(Order.id)))
 
 
 def _step_status(to_state: str) -> str:
@@ -229,6 +237,18 @@ def schedule_steps(
     insert_ignoring_duplicates(session, Step, rows, ["order_id", "name"])
 
 
+def schedule_step(
+    session: Session, name: str, due: Iterable[tuple[int, datetime]], now: datetime
+) -> None:
+    """Schedule the registered step `name` for (order_id, due_at) pairs; existing rows are kept.
+
+    For schedulers outside the journey's own stages (loyalty.earn schedules loyalty_approve):
+    the name is checked against tasks/journey.py, so no step is scheduled that no sweep runs.
+    """
+    spec = journey.step(name)
+    schedule_steps(session, [(order_id, spec.name, at) for order_id, at in due], now)
+
+
 def reopen_step(session: Session, order_ids: Sequence[int], step: str, now: datetime) -> None:
     """Make `step` pending and due now, whether or not it ran before (an order came back)."""
     if not order_ids:
@@ -239,3 +259,33 @@ def reopen_step(session: Session, order_ids: Sequence[int], step: str, now: date
         .where(Step.order_id.in_(order_ids), Step.name == step)
         .values(status=PENDING, due_at=now, reason=None, updated_at=now)
     )
+
+
+# --- updating a stage's own step: mark it done (or closed), or defer it -----------------------
+
+
+def finish_steps(
+    session: Session, step: str, outcomes: Mapping[int, str | None], now: datetime,
+    status: str = DONE,
+) -> None:
+    """Mark `step` of each order `status` (done unless told) with its reason (order id →
+    reason, None when there is nothing to say), counting an attempt: one executemany."""
+    set_steps(session, step, {oid: (status, reason) for oid, reason in outcomes.items()}, now)
+
+
+def reschedule_steps(
+    session: Session, step: str, due: Mapping[int, datetime], reason: str | None, now: datetime
+) -> None:
+    """Keep `step` pending but due again later (order id → due time), counting an attempt:
+    a stage never waits, it asks to be woken up."""
+    if not due:
+        return
+    table = Step.__table__
+    statement = (
+        update(table)
+        .where(table.c.order_id == bindparam("b_id"), table.c.name == step)
+        .values(status=PENDING, due_at=bindparam("b_due"), reason=reason,
+                attempts=table.c.attempts + 1, updated_at=now)
+    )
+    rows = [{"b_id": oid, "b_due": when} for oid, when in due.items()]
+    session.connection().execute(statement, rows)

@@ -1,4 +1,12 @@
-"""The journey's state: typed SQLAlchemy 2 models that work on SQLite and PostgreSQL."""
+"""The journey's state: typed SQLAlchemy 2 models that work on SQLite and PostgreSQL.
+
+Personal data is marked on its column: ``info={"personal": KIND, "erase": HOW}``. KIND says
+what it is (email, name, address, phone, birthday, identifier, free_text: text that may quote
+the customer); HOW is how erasing a customer scrubs it (the vocabulary and the tables' reach
+are in tasks/privacy_scrub.py). Erasure derives what to scrub from these marks, and
+tests/unit/test_personal_data_marks.py fails for a column that looks personal and is unmarked:
+a new column with personal data is marked here, and is then erased with nothing else to edit.
+"""
 
 from __future__ import annotations
 
@@ -94,17 +102,32 @@ class Customer(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Normalised (lower-case); None for a customer the source gave no address (POS, phone).
-    email: Mapped[str | None] = mapped_column(String(320), unique=True)
-    external_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the source's id
-    first_name: Mapped[str | None] = mapped_column(String(200))
-    last_name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(
+        String(320), unique=True, info={"personal": "email", "erase": "pseudonym"}
+    )
+    external_id: Mapped[str | None] = mapped_column(  # the source's id
+        String(64), index=True, info={"personal": "identifier", "erase": "null"}
+    )
+    first_name: Mapped[str | None] = mapped_column(
+        String(200), info={"personal": "name", "erase": "erased_name"}
+    )
+    last_name: Mapped[str | None] = mapped_column(
+        String(200), info={"personal": "name", "erase": "null"}
+    )
     accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
     orders_count: Mapped[int] = mapped_column(Integer, default=0)  # as reported by the source
-    tags: Mapped[list[str]] = mapped_column(default=list)
+    tags: Mapped[list[str]] = mapped_column(
+        default=list, info={"personal": "free_text", "erase": "empty"}
+    )
     locale: Mapped[str | None] = mapped_column(String(20))
     timezone: Mapped[str | None] = mapped_column(String(64))
-    birthday: Mapped[date | None] = mapped_column(Date)
-    birthday_captured_at: Mapped[datetime | None]  # offers skip birthdays told < 30 days ahead
+    birthday: Mapped[date | None] = mapped_column(
+        Date, info={"personal": "birthday", "erase": "null"}
+    )
+    # Offers skip birthdays told < 30 days ahead.
+    birthday_captured_at: Mapped[datetime | None] = mapped_column(
+        info={"personal": "birthday", "erase": "null"}
+    )
     loyalty_enrolled_at: Mapped[datetime | None]
     loyalty_tier: Mapped[str | None] = mapped_column(String(30))
     created_at: Mapped[datetime]
@@ -140,7 +163,9 @@ class Order(Base):
     # Hashes of versions this order replaced: a late or repeated older version is a duplicate.
     previous_hashes: Mapped[list[str]] = mapped_column(default=list)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
-    email: Mapped[str | None] = mapped_column(String(320))  # None: the order gets no mail
+    email: Mapped[str | None] = mapped_column(  # None: the order gets no mail
+        String(320), info={"personal": "email", "erase": "pseudonym"}
+    )
     currency: Mapped[str] = mapped_column(String(3))
     locale: Mapped[str | None] = mapped_column(String(20))
     financial_status: Mapped[str] = mapped_column(String(30))
@@ -154,20 +179,35 @@ class Order(Base):
     tax_lines: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
     shipping_code: Mapped[str | None] = mapped_column(String(100))
     shipping_title: Mapped[str | None] = mapped_column(String(200))
-    shipping_address: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    gift_note: Mapped[str | None] = mapped_column(Text)
-    customer_note: Mapped[str | None] = mapped_column(Text)  # the buyer's note to the store
-    note_attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    tags: Mapped[list[str]] = mapped_column(default=list)
+    shipping_address: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, info={"personal": "address", "erase": "keep_region"}
+    )
+    gift_note: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "placeholder"}
+    )
+    # The buyer's note to the store. Not erased today (issue 15 keeps erasure as it was).
+    customer_note: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "kept"}
+    )
+    note_attributes: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, info={"personal": "free_text", "erase": "mask_values"}
+    )
+    tags: Mapped[list[str]] = mapped_column(
+        default=list, info={"personal": "free_text", "erase": "redact"}
+    )
     accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
     placed_at: Mapped[datetime]
     cancelled_at: Mapped[datetime | None]
     state: Mapped[str] = mapped_column(String(30))
-    hold_reason: Mapped[str | None] = mapped_column(String(500))
+    hold_reason: Mapped[str | None] = mapped_column(
+        String(500), info={"personal": "free_text", "erase": "redact"}
+    )
     promised_delivery: Mapped[date | None] = mapped_column(Date)
     shipped_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
-    packing: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    packing: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), info={"personal": "free_text", "erase": "redact_keep_documents"}
+    )
     stock_reserved: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -199,7 +239,10 @@ class OrderLine(Base):
     requires_shipping: Mapped[bool] = mapped_column(Boolean, default=True)
     variant_id: Mapped[str | None] = mapped_column(String(64))  # identifies a line without SKU
     refunded_quantity: Mapped[int] = mapped_column(Integer, default=0)  # by the source's refunds
-    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What the customer typed (engravings, names); titles are the shop's.
+    properties: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, info={"personal": "free_text", "erase": "mask_values"}
+    )
 
     order: Mapped[Order] = relationship(back_populates="lines")
 
@@ -221,7 +264,9 @@ class OrderEvent(Base):
     from_state: Mapped[str | None] = mapped_column(String(30))
     to_state: Mapped[str | None] = mapped_column(String(30))
     actor: Mapped[str] = mapped_column(String(100), default="journeys")
-    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, info={"personal": "free_text", "erase": "redact"}
+    )
 
 
 class Step(Base):
@@ -239,7 +284,9 @@ class Step(Base):
     due_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|done|held|closed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    reason: Mapped[str | None] = mapped_column(String(500))
+    reason: Mapped[str | None] = mapped_column(
+        String(500), info={"personal": "free_text", "erase": "redact"}
+    )
     updated_at: Mapped[datetime]
 
 
@@ -262,11 +309,17 @@ class Message(Base):
     # What the message is about beyond the order (a SKU, a category): caps such as "one review
     # request per product per 12 months" are counted on it.
     topic: Mapped[str | None] = mapped_column(String(100))
-    to_addr: Mapped[str] = mapped_column(String(320))
+    to_addr: Mapped[str] = mapped_column(
+        String(320), info={"personal": "email", "erase": "pseudonym"}
+    )
     message_id: Mapped[str] = mapped_column(String(200))  # RFC 5322 Message-ID, stable
-    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    context: Mapped[dict[str, Any]] = mapped_column(  # render context: names, address, links
+        default=dict, info={"personal": "free_text", "erase": "erased_marker"}
+    )
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    reason: Mapped[str | None] = mapped_column(String(500))
+    reason: Mapped[str | None] = mapped_column(
+        String(500), info={"personal": "free_text", "erase": "redact"}
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[datetime]
     expires_at: Mapped[datetime | None]
@@ -303,8 +356,12 @@ class Quarantine(Base):
     source: Mapped[str] = mapped_column(String(20))
     external_id: Mapped[str | None] = mapped_column(String(64))
     fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the raw record
-    payload: Mapped[str] = mapped_column(Text)
-    reasons: Mapped[list[dict[str, Any]]] = mapped_column(default=list)  # [{field, reason}]
+    payload: Mapped[str] = mapped_column(  # the raw record
+        Text, info={"personal": "free_text", "erase": "erasure_note"}
+    )
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(  # [{field, reason}]
+        default=list, info={"personal": "free_text", "erase": "redact"}
+    )
     origin: Mapped[str | None] = mapped_column(String(500))  # file and line it came from
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | released
     created_at: Mapped[datetime]
@@ -337,11 +394,15 @@ class Shipment(Base):
     fulfillment_id: Mapped[str | None] = mapped_column(String(64), index=True)
     carrier: Mapped[str | None] = mapped_column(String(60))  # AfterShip slug, e.g. ups, dhl
     tracking_number: Mapped[str | None] = mapped_column(String(100), index=True)
-    tracking_url: Mapped[str | None] = mapped_column(String(500))
+    tracking_url: Mapped[str | None] = mapped_column(
+        String(500), info={"personal": "free_text", "erase": "redact"}
+    )
     status: Mapped[str] = mapped_column(String(30))  # AfterShip tag: InTransit, Delivered ...
     substatus: Mapped[str | None] = mapped_column(String(40))  # e.g. Exception_011
     expected_delivery: Mapped[date | None] = mapped_column(Date)
-    line_items: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    line_items: Mapped[list[dict[str, Any]]] = mapped_column(
+        default=list, info={"personal": "free_text", "erase": "redact"}
+    )
     status_at: Mapped[datetime | None]  # time of the event that set `status`
     shipped_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None]
@@ -361,8 +422,12 @@ class TrackingEvent(Base):
     )
     tag: Mapped[str] = mapped_column(String(30))
     subtag: Mapped[str | None] = mapped_column(String(40))
-    message: Mapped[str | None] = mapped_column(String(500))
-    location: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str | None] = mapped_column(  # a scan's text may name the recipient
+        String(500), info={"personal": "free_text", "erase": "redact"}
+    )
+    location: Mapped[str | None] = mapped_column(
+        String(200), info={"personal": "address", "erase": "redact"}
+    )
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
     applied: Mapped[bool] = mapped_column(Boolean)  # False: stale, never moved the shipment
@@ -417,7 +482,9 @@ class FeedbackResponse(Base):
     source_key: Mapped[str] = mapped_column(String(200), unique=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
     rating: Mapped[int] = mapped_column(Integer)
-    comment: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "placeholder"}
+    )
     tags: Mapped[list[str]] = mapped_column(default=list)
     received_at: Mapped[datetime]
 
@@ -431,13 +498,17 @@ class ServiceCase(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     effect_key: Mapped[str] = mapped_column(String(200), unique=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
-    reason: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(
+        String(200), info={"personal": "free_text", "erase": "redact"}
+    )
     proposed: Mapped[str] = mapped_column(String(30))  # replacement | refund | keep_with_credit
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | resolved
     decision: Mapped[str | None] = mapped_column(String(30))
     refund_amount: Mapped[Decimal | None]
     decided_by: Mapped[str | None] = mapped_column(String(100))
-    note: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "redact"}
+    )
     opened_at: Mapped[datetime]
     decided_at: Mapped[datetime | None]
 
@@ -521,9 +592,16 @@ class Review(Base):
     order_line_id: Mapped[int] = mapped_column(ForeignKey("order_lines.id", ondelete="CASCADE"))
     sku: Mapped[str] = mapped_column(String(100))
     rating: Mapped[int] = mapped_column(Integer)  # 1-5 stars
-    title: Mapped[str | None] = mapped_column(String(200))
-    body: Mapped[str | None] = mapped_column(Text)
-    display_name: Mapped[str] = mapped_column(String(100))  # "Ava N." by default
+    # The customer's own words and name. Not erased today (issue 15 keeps erasure as it was).
+    title: Mapped[str | None] = mapped_column(
+        String(200), info={"personal": "free_text", "erase": "kept"}
+    )
+    body: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "kept"}
+    )
+    display_name: Mapped[str] = mapped_column(  # "Ava N." by default
+        String(100), info={"personal": "name", "erase": "kept"}
+    )
     verified_buyer: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|approved|rejected
     reject_reason: Mapped[str | None] = mapped_column(String(100))

@@ -1,13 +1,16 @@
-"""Read-side queries for operators: one order's journey, and the store-wide report."""
+"""Read-side queries for operators: one order's journey, lists of what waits for a decision,
+and the store-level part of the report. Imports nothing above tasks/store."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tasks.states import CaseStatus, OrderState, QuarantineStatus
 from tasks.store.models import (
     Artifact,
     LoyaltyEntry,
@@ -16,6 +19,7 @@ from tasks.store.models import (
     OrderEvent,
     PrivacyRequest,
     Quarantine,
+    ServiceCase,
     Shipment,
 )
 
@@ -132,36 +136,62 @@ def order_artifacts(session: Session, order: Order) -> list[dict[str, Any]]:
     return documents + messages
 
 
-def report(session: Session) -> dict[str, Any]:
-    """Orders by state, holds by reason, messages by status, quarantine by reason."""
-    from tasks.aftercare.reviews import review_rates_by_rating
-    from tasks.loyalty import liability
-    from tasks.manifest import latest_manifests
-    from tasks.storefront.reviews import approved_by_rating
-    from tasks.storefront.survey import survey_page_counts
-    from tasks.verify import reason_codes
-
-    holds: Counter[str] = Counter()
-    for (reason,) in session.execute(select(Order.hold_reason).where(Order.state == "on_hold")):
-        holds.update(reason_codes(reason))
+def store_counts(session: Session) -> dict[str, Any]:
+    """The store-level parts of the report; tasks/reporting.py adds the domain's figures."""
     quarantine: Counter[str] = Counter()
-    open_entries = select(Quarantine.reasons).where(Quarantine.status == "open")
-    for (reasons,) in session.execute(open_entries):
-        quarantine.update({_quarantine_label(r) for r in reasons})
+    for entry in open_quarantine(session):
+        quarantine.update({_quarantine_label(r) for r in entry["reasons"]})
     return {
         "orders_by_state": _count_by(session, Order.state),
-        "holds_by_reason": dict(holds.most_common()),
         "messages_by_status": _count_by(session, Message.status),
         "quarantine_by_reason": dict(quarantine.most_common()),
-        "points_liability": liability(session),
-        "review_requests_by_rating": {
-            str(rating): rates for rating, rates in review_rates_by_rating(session).items()
-        },
-        "approved_reviews_by_rating": approved_by_rating(session),  # stars -> approved reviews
-        "survey_page": survey_page_counts(session),  # page answers, opens, prefetches
-        "latest_runs": latest_manifests(session),
         "privacy_requests": privacy_requests(session),
     }
+
+
+def hold_reasons(session: Session) -> list[str | None]:
+    """The hold reason of every order on hold (the text; reason codes are the domain's)."""
+    held = select(Order.hold_reason).where(Order.state == OrderState.ON_HOLD)
+    return list(session.scalars(held))
+
+
+def held_orders(session: Session, limit: int | None = None) -> list[Order]:
+    """Orders on hold, the longest-waiting first."""
+    return list(session.scalars(select(Order).where(Order.state == OrderState.ON_HOLD)
+                                .order_by(Order.updated_at, Order.id).limit(limit)))
+
+
+def hold_list(session: Session) -> list[dict[str, Any]]:
+    """Every order on hold, by id: external id, display name, hold reason (as stored)."""
+    rows = session.execute(select(Order.external_id, Order.name, Order.hold_reason)
+                           .where(Order.state == OrderState.ON_HOLD).order_by(Order.id))
+    return [{"external_id": r[0], "name": r[1], "hold_reason": r[2]} for r in rows]
+
+
+def open_quarantine(session: Session) -> list[dict[str, Any]]:
+    """Open quarantine entries, oldest first, with where they came from and why."""
+    open_ = select(Quarantine).where(Quarantine.status == QuarantineStatus.OPEN)
+    rows = session.scalars(open_.order_by(Quarantine.id))
+    return [{"id": q.id, "kind": q.kind, "source": q.source, "external_id": q.external_id,
+             "origin": q.origin, "reasons": q.reasons} for q in rows]
+
+
+def open_case_rows(
+    session: Session, case_ids: Sequence[int] | None = None, limit: int | None = None
+) -> list[tuple[ServiceCase, str | None, str, str]]:
+    """Open service cases, oldest first, each with its order's name, external id and e-mail."""
+    query = (select(ServiceCase, Order.name, Order.external_id, Order.email)
+             .join(Order, Order.id == ServiceCase.order_id)
+             .where(ServiceCase.status == CaseStatus.OPEN))
+    if case_ids:
+        query = query.where(ServiceCase.id.in_(case_ids))
+    query = query.order_by(ServiceCase.opened_at, ServiceCase.id).limit(limit)
+    return [tuple(row) for row in session.execute(query)]
+
+
+def case_order_ids(session: Session, case_ids: Sequence[int]) -> list[int]:
+    return list(session.scalars(select(ServiceCase.order_id)
+                                .where(ServiceCase.id.in_(case_ids))))
 
 
 def privacy_requests(session: Session, finished: int = 20) -> dict[str, dict[str, Any]]:

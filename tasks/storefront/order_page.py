@@ -8,7 +8,7 @@ carrier subtags) never reach the page as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,10 +25,11 @@ from tasks.aftercare.followups import (
     product_url,
 )
 from tasks.config import Config
-from tasks.confirm import locale_of
 from tasks.links import Purpose, link_url
+from tasks.messaging.compose import locale_of
 from tasks.messaging.money import address_lines, format_day, resolve_locale
 from tasks.store.journal import CANCELLED, CONFIRMED, ON_HOLD, PACKED
+from tasks.store.loaders import products_by_sku
 from tasks.store.models import Order, OrderLine, Product, Shipment, TrackingEvent
 from tasks.tracking.ingest import DELIVERED, DELIVERED_TAG, SHIPPED
 from tasks.tracking.stage import (
@@ -111,13 +112,6 @@ def checkpoints(session: Session, shipment_ids: Sequence[int]) -> dict[int, list
         for event in session.scalars(query):
             found[event.shipment_id].append(event)
     return found
-
-
-def products_by_sku(session: Session, skus: Iterable[str]) -> dict[str, Product]:
-    wanted = sorted(set(skus))
-    if not wanted:
-        return {}
-    return {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(wanted)))}
 
 
 # ---------------------------------------------------------------- what is shown

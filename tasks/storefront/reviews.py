@@ -24,10 +24,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tasks.config import Config
+from tasks.states import ReviewStatus
 from tasks.store.journal import insert_new
 from tasks.store.models import Customer, Order, OrderLine, Product, Review
 
-PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+PENDING, APPROVED, REJECTED = ReviewStatus.PENDING, ReviewStatus.APPROVED, ReviewStatus.REJECTED
 APPROVE, REJECT, KEEP = "approve", "reject", "keep"
 STARS = (1, 2, 3, 4, 5)
 TITLE_CHARS = 200

@@ -31,7 +31,13 @@ from pydantic import (
     field_validator,
 )
 
-from tasks.intake.formats import IntakeError, _guard, _json_records, _open, validation_reasons
+from tasks.intake.formats.common import (
+    IntakeError,
+    _guard,
+    _json_records,
+    _open,
+    validation_reasons,
+)
 from tasks.intake.schema import Rejected, UTCDateTime, refuse_nul
 
 SHIPMENT_FORMATS = ("shopify", "canonical")

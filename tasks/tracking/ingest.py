@@ -1,6 +1,7 @@
 """Writing shipments and tracking events to the store, chunk by chunk, a few statements each.
 
-A new shipment of a confirmed order ships the order and queues its "shipped" mail; a changed
+A new shipment of a confirmed order runs the ship stage (tasks/tracking/ship.py) for it in the
+same transaction, and every new parcel queues its "shipped" mail; a changed
 fulfillment (tracking added or corrected) updates its parcel; a cancelled or failed one undoes
 its parcel (status "Cancelled") and, when nothing else of the order is under way, takes the
 order back to confirmed; a pending or open one changes nothing yet. Tracking events move
@@ -22,19 +23,21 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.config import Config
-from tasks.confirm import customer_context, locale_of, store_context
 from tasks.intake.ingest import CHUNK, IntakeResult, _bulk_update, chunks, quarantine_records
 from tasks.intake.schema import Rejected
+from tasks.journey import step
 from tasks.links import Purpose, link_url
-from tasks.messaging.outbox import enqueue, order_message
+from tasks.messaging.compose import customer_context, locale_of, order_mail, store_context
+from tasks.messaging.outbox import enqueue
+from tasks.states import OrderState, ParcelStatus
 from tasks.store.db import is_postgres
 from tasks.store.journal import (
-    CONFIRMED,
     Transition,
     apply_transitions,
     insert_ignoring_duplicates,
     record_events,
     reopen_step,
+    schedule_steps,
 )
 from tasks.store.models import Order, Shipment, TrackingEvent
 from tasks.tracking.formats import (
@@ -47,15 +50,16 @@ from tasks.tracking.formats import (
     ShipmentIn,
     TrackingEventIn,
 )
+from tasks.tracking.ship import SHIP_STEP, ship_orders
 
-SHIPPED, DELIVERED = "shipped", "delivered"
-DELIVERED_TAG = "Delivered"
-INITIAL_STATUS = "Pending"
+# Short names the tracking modules share (tasks/states.py defines them).
+CONFIRMED, SHIPPED, DELIVERED = OrderState.CONFIRMED, OrderState.SHIPPED, OrderState.DELIVERED
+DELIVERED_TAG = ParcelStatus.DELIVERED
+INITIAL_STATUS = ParcelStatus.INITIAL
 # A parcel whose fulfillment was cancelled or failed: not an AfterShip tag, so no tracking event
 # moves it again; its substatus keeps the source's word (cancelled, error, failure).
-CANCELLED_STATUS = "Cancelled"
-SHIP_STEP = "ship"  # no step row: shipping is driven by the warehouse feed, not by a sweep
-TRACK_STEP = "track"
+CANCELLED_STATUS = ParcelStatus.CANCELLED
+TRACK_STEP = step("track").name
 SHIPPED_TEMPLATE = "shipped"
 SHIPPABLE = frozenset({CONFIRMED, SHIPPED, DELIVERED})
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -274,18 +278,13 @@ def _ship_orders(
     session: Session, new: list[tuple[ShipmentIn, Order]], now: datetime, cfg: Config,
     secret_key: str,
 ) -> None:
-    """Confirmed orders move to shipped (first parcel); every new parcel gets its own mail."""
-    first_shipped: dict[int, datetime] = {}
-    for shipment, order in new:
-        if order.state == CONFIRMED:
-            first = first_shipped.get(order.id, shipment.shipped_at)
-            first_shipped[order.id] = min(first, shipment.shipped_at)
-    transitions = [Transition(oid, SHIPPED, detail={"shipped_at": at.isoformat()})
-                   for oid, at in first_shipped.items()]
-    apply_transitions(session, SHIP_STEP, CONFIRMED, transitions, now)
-    _bulk_update(session, Order.__table__,
-                 [{"id": oid, "shipped_at": at} for oid, at in first_shipped.items()],
-                 where={"id": "id"})
+    """Confirmed orders take the ship step now (first parcel); every new parcel gets its mail.
+
+    `order.state` is the state before this chunk: an order shipped now still mails its parcels.
+    """
+    confirmed = sorted({order.id for _, order in new if order.state == CONFIRMED})
+    schedule_steps(session, [(order_id, SHIP_STEP, now) for order_id in confirmed], now)
+    ship_orders(session, confirmed, now)
     record_events(session, [_shipment_event(s, o.id, now) for s, o in new])
     mails = [shipped_message(s, o, cfg, now, secret_key) for s, o in new
              if o.state in (CONFIRMED, SHIPPED)]
@@ -398,12 +397,7 @@ def shipped_message(
                      "tracking_url": shipment.tracking_url,  # the carrier's, if known
                      "contents": [_item(i) for i in shipment.line_items]},
     }
-    return order_message(
-        order_id=order.id, customer_id=order.customer_id,
-        step=shipped_step(shipment), template=SHIPPED_TEMPLATE,
-        spec=cfg.messaging.templates[SHIPPED_TEMPLATE], to_addr=order.email, context=context,
-        not_before=now, domain=cfg.messaging.from_address.rpartition("@")[2],
-    )
+    return order_mail(cfg, order, shipped_step(shipment), SHIPPED_TEMPLATE, context, now)
 
 
 def _item(item: dict[str, Any]) -> dict[str, Any]:

@@ -13,14 +13,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator
 from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
-from tasks.config import Config, Strict, section
-from tasks.confirm import customer_context, locale_of, store_context
-from tasks.messaging.outbox import enqueue, order_message
-from tasks.runtime import Runtime, StageResult
+from tasks.config import Config, TrackingConfig
+from tasks.journey import StageResult, Trigger, step, steps_on
+from tasks.messaging.compose import customer_context, locale_of, order_mail, store_context
+from tasks.messaging.outbox import enqueue
+from tasks.runtime import Runtime
 from tasks.store.journal import (
     CLOSED,
     DONE,
@@ -43,33 +43,14 @@ from tasks.tracking.ingest import (
     order_link,
 )
 
-LATE_CASE_STEP = "open_late_case"
+LATE_CASE_STEP = step("open_late_case").name
 NOTICE_TAGS = {"AttemptFail": "failed_attempt", "AvailableForPickup": "pickup"}
 EXCEPTION_TAG = "Exception"
-DEFAULT_AFTER_DELIVERY = {"feedback_request": 48.0, "review_request": 168.0, "care_guide": 72.0,
-                          "cross_sell": 336.0, "replenishment": 0.0, "loyalty_earn": 0.0}
-
-
-class TrackingConfig(Strict):
-    """configs/tracking.yaml."""
-
-    after_delivery: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_AFTER_DELIVERY))
-    exception_kinds: dict[str, str] = Field(default_factory=dict)
-    default_exception_kind: str = "delivery_problem"
-    delay_extra_days: int = Field(default=3, ge=1)
-    late_case_after_days: int = Field(default=5, ge=0)
-    late_case_proposal: str = "refund"
-
-    @field_validator("after_delivery")
-    @classmethod
-    def _with_defaults(cls, hours: dict[str, float]) -> dict[str, float]:
-        """A step left out of the file keeps its default delay."""
-        return DEFAULT_AFTER_DELIVERY | hours
 
 
 def tracking_config(cfg: Config) -> TrackingConfig:
     """configs/tracking.yaml, validated once per process."""
-    return section(cfg, "tracking", TrackingConfig)
+    return cfg.tracking
 
 
 # ---------------------------------------------------------------- the stage
@@ -176,10 +157,12 @@ def mark_delivered(
 def after_delivery_steps(
     delivered_at: dict[int, datetime], now: datetime, settings: TrackingConfig
 ) -> list[tuple[int, str, datetime]]:
-    """Each configured step due N hours after delivery, never before now."""
-    return [(oid, name, max(now, at + timedelta(hours=hours)))
-            for oid, at in delivered_at.items()
-            for name, hours in sorted(settings.after_delivery.items())]
+    """Each "on delivery" step of the journey, due its configured hours (else the registry's
+    default) after delivery, never before now."""
+    hours = {spec.name: settings.after_delivery.get(spec.name, spec.default_hours or 0.0)
+             for spec in steps_on(Trigger.DELIVERY)}
+    return [(oid, name, max(now, at + timedelta(hours=hours[name])))
+            for oid, at in delivered_at.items() for name in sorted(hours)]
 
 
 # ---------------------------------------------------------------- promises
@@ -313,11 +296,7 @@ def _message(
     order: Order, step: str, template: str, context: dict[str, Any], cfg: Config, now: datetime
 ) -> dict[str, Any]:
     """An outbox row keyed order:{id}:{step}:{template}:v{n}."""
-    return order_message(
-        order_id=order.id, customer_id=order.customer_id, step=step, template=template,
-        spec=cfg.messaging.templates[template], to_addr=order.email, context=context,
-        not_before=now, domain=cfg.messaging.from_address.rpartition("@")[2],
-    )
+    return order_mail(cfg, order, step, template, context, now)
 
 
 def base_context(order: Order, cfg: Config, secret_key: str, now: datetime) -> dict[str, Any]:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from flows.bench.baseline import (
+from infra.tooling.bench.baseline import (
     ParsingRenderer,
     end_state_differences,
     naive_switches,
     put_each_member,
     run_baseline,
 )
-from flows.bench.story import run_bench
+from infra.tooling.bench.story import run_bench
 from tasks import documents
 from tasks.archive import ArtifactStore, FileStore
 from tasks.messaging import outbox, render

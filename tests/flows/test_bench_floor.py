@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from flows.bench.floor import measure_floor
-from flows.bench.story import Workspace, run_bench
+from infra.tooling.bench.floor import measure_floor
+from infra.tooling.bench.story import Workspace, run_bench
 from tasks.store.models import Base
 
 

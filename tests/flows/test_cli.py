@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.demo_data import demo_catalog
-from tests.conftest import FIXTURES
+from infra.tooling.demo_data import demo_catalog
+from tests.conftest import FIXTURES, ROOT
 
 AS_OF = "2026-11-18T10:00:00+00:00"
 
@@ -202,8 +203,8 @@ def test_every_run_writes_a_balanced_archived_manifest(cli, flow_env, tmp_path):
 
 def test_an_unbalanced_run_is_recorded_and_fails_loudly(engine, runtime, now):
     from tasks.manifest import Manifest, UnbalancedRun, record_manifest, require_balanced
+    from tasks.reporting import report
     from tasks.store.db import session_scope
-    from tasks.store.queries import report
 
     books = Manifest("r-1", "sweep", now, received=10, processed=7, quarantined=1, duplicates=1)
     with session_scope(engine) as session:
@@ -323,3 +324,21 @@ def test_archive_reconcile_deletes_only_what_nothing_refers_to(cli, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == kept
     code, out, _ = cli("artifacts", "#1001", "--fetch", str(tmp_path / "fetched"))
     assert code == 0  # every referenced document is still there and verifies
+
+
+def test_config_check_names_every_problem_and_exits_1(tmp_path):
+    from tasks.config import SECTIONS
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", "--config-dir", str(ROOT / "configs")])
+    assert ok.exit_code == 0 and ok.stdout.strip() == f"config OK: {len(SECTIONS)} files"
+    folder = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", folder)
+    (folder / "pages.yaml").write_text("related_products: [", encoding="utf-8")
+    (folder / "tracking.yaml").unlink()
+    bad = runner.invoke(app, ["config", "check", "--config-dir", str(folder)])
+    assert bad.exit_code == 1
+    lines = bad.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert any("pages.yaml: not valid YAML" in line for line in lines)
+    assert any(line.endswith("/tracking.yaml") for line in lines)

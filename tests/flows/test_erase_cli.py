@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flows.parameters import IngestRequest, SweepRequest
-from tasks.demo_data import demo_catalog, demo_orders
+from infra.tooling.demo_data import demo_catalog, demo_orders
 from tasks.messaging.governor import email_hmac
 from tasks.store.db import session_scope
 from tasks.store.models import Base, LoyaltyEntry, Order, Suppression

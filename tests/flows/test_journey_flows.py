@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flows.parameters import OrderJourneyRequest, SweepRequest
-from tasks.demo_data import demo_catalog
+from infra.tooling.demo_data import demo_catalog
 from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.store.db import session_scope
 from tasks.store.models import Artifact, Message, Order, OrderEvent

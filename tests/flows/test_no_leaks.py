@@ -47,7 +47,7 @@ from flows.parameters import (
     SweepRequest,
 )
 from flows.reporting import mask_emails
-from tasks.demo_data import demo_catalog, demo_orders
+from infra.tooling.demo_data import demo_catalog, demo_orders
 from tasks.messaging.governor import email_hmac
 from tasks.store.db import session_scope
 from tasks.store.models import Base, Erasure, Order, OrderEvent, Quarantine

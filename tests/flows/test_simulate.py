@@ -40,7 +40,7 @@ def test_three_weeks_of_a_store_break_no_rule(engine, flow_env, tmp_path, monkey
 
 
 def test_simulated_days_are_reproducible():
-    from tasks.simulation import Outside, _scans
+    from infra.tooling.simulation import Outside, _scans
 
     world = Outside(seed=5)
     shipped = datetime(2026, 11, 2, 17, tzinfo=UTC)

@@ -12,7 +12,15 @@ import pytest
 from sqlalchemy import select
 
 from tasks.links import Purpose, link_url
-from tasks.loyalty import approve, balances, earn, reverse, rolling_spend, update_tiers
+from tasks.loyalty import (
+    Refund,
+    approve,
+    balances,
+    earn,
+    reverse_refunds,
+    rolling_spend,
+    update_tiers,
+)
 from tasks.store.db import session_scope
 from tasks.store.models import Customer, Erasure, Message, Order, PageHit
 from tests.factories import add_customer, add_order
@@ -38,7 +46,7 @@ def customer_with_points(edge, accepts: bool = False) -> dict[str, int]:
         earn(session, [ids["old"]], NOW - timedelta(days=40), edge.rt)
         earn(session, [ids["new"]], NOW - timedelta(days=2), edge.rt)
         approve(session, [ids["old"]], NOW - timedelta(days=1), edge.rt)
-        reverse(session, ids["new"], Decimal("10.00"), "refund-1", NOW, edge.rt)
+        reverse_refunds(session, [Refund(ids["new"], Decimal("10.00"), "refund-1")], NOW, edge.rt)
     return ids
 
 

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from tasks.aftercare.reviews import review_request
 from tasks.links import Purpose, link_url
+from tasks.reporting import report
 from tasks.runtime import Runtime
 from tasks.store.db import session_scope
 from tasks.store.models import Erasure, Message, OrderLine, PageHit, Review
-from tasks.store.queries import report
 from tasks.storefront import reviews
 from tests.factories import add_catalog, add_order
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from flows.bench.latency import measure_latency
+from infra.tooling.bench.latency import measure_latency
 from tasks.store.db import make_engine, session_scope
 from tasks.store.models import Message, Order
 

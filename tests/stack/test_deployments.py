@@ -18,7 +18,7 @@ from sqlalchemy import select
 from flows import parameters as forms
 from flows.moderation import ModerationRequest
 from infra.stack import deploy
-from tasks.demo_data import demo_catalog
+from infra.tooling.demo_data import demo_catalog
 from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.store.db import make_engine, session_scope
 from tasks.store.models import Order

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from flows.bench.realtime import confirmations_sent
-from tasks.demo_data import demo_catalog
+from infra.tooling.bench.realtime import confirmations_sent
+from infra.tooling.demo_data import demo_catalog
 from tasks.intake import ingest_products, read_products
 from tasks.store.db import session_scope
 from tests.conftest import FIXTURES, NOW

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from flows.bench.floor import measure_floor, sqlite_params
-from flows.bench.story import BenchError, Workspace
+from infra.tooling.bench.floor import measure_floor, sqlite_params
+from infra.tooling.bench.story import BenchError, Workspace
 from tasks.confirm import confirm
 from tasks.intake import OrderIn, read_orders
 from tasks.messaging.outbox import dispatch

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from infra.tooling.demo_data import demo_catalog
 from tasks.confirm import confirm
-from tasks.demo_data import demo_catalog
 from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.pack import pack
 from tasks.store.db import session_scope

@@ -8,7 +8,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tasks.demo_data import EDGE_KINDS, INVALID_KINDS, UNKNOWN_SKU, demo_catalog, demo_orders
+from infra.tooling.demo_data import (
+    EDGE_KINDS,
+    INVALID_KINDS,
+    UNKNOWN_SKU,
+    demo_catalog,
+    demo_orders,
+)
 from tasks.intake import OrderIn, ProductIn, Rejected, ingest_orders, ingest_products
 from tasks.intake.formats import order_from_json, products_from_shopify
 from tasks.store.db import session_factory

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tasks.intake import IntakeError, OrderIn, ProductIn, Rejected, read_orders, read_products
-from tasks.intake.formats import detect_order_format, detect_product_format
 from tests.conftest import FIXTURES
 
 
@@ -115,12 +114,17 @@ def test_csv_rows_group_into_orders_even_when_not_adjacent():
     ("orders.csv", "csv")])
 def test_order_format_is_detected_from_content(name, expected, tmp_path):
     copy = _write(tmp_path, "upload.dat", (FIXTURES / name).read_text(encoding="utf-8"))
-    assert detect_order_format(copy) == expected
+    detected = list(read_orders(copy))  # read as what the content says, not the file name
+    assert detected == list(read_orders(copy, fmt=expected))
+    assert detected and not any(isinstance(record, Rejected) for record in detected)
 
 
-def test_product_format_is_detected():
-    assert detect_product_format(FIXTURES / "products_shopify.jsonl") == "shopify"
-    assert detect_product_format(FIXTURES / "products.csv") == "csv"
+@pytest.mark.parametrize(("name", "expected"), [
+    ("products_shopify.jsonl", "shopify"), ("products.csv", "csv")])
+def test_product_format_is_detected(name, expected):
+    detected = list(read_products(FIXTURES / name))
+    assert detected == list(read_products(FIXTURES / name, fmt=expected))
+    assert detected and not any(isinstance(record, Rejected) for record in detected)
 
 
 def test_format_override_is_used(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, update
 
-from tasks.demo_data import demo_orders
+from infra.tooling.demo_data import demo_orders
 from tasks.intake import ingest, read_orders, read_products
 from tasks.intake.formats import order_from_json
 from tasks.intake.ingest import ingest_orders, ingest_products

@@ -22,7 +22,6 @@ from tasks.loyalty import (
     balances,
     earn,
     liability,
-    reverse,
     reverse_refunds,
     update_tiers,
 )
@@ -258,7 +257,7 @@ def test_reversal_uses_the_rule_stored_at_purchase(engine, runtime, now, tmp_pat
         earn(session, [old], now, before)
     with session_scope(engine) as session:
         earn(session, [new], now, after)  # the new rule is in force for the later order
-        reverse(session, old, Decimal("20.00"), "refund-1", now, after)
+        reverse_refunds(session, [Refund(old, Decimal("20.00"), "refund-1")], now, after)
     with session_scope(engine) as session:
         old_entries = entries_of(session, old)
         [new_earn] = entries_of(session, new)
@@ -329,7 +328,8 @@ def test_partial_refunds_are_proportional_and_add_up_exactly(engine, runtime, no
     points = []
     for key, amount in amounts:
         with session_scope(engine) as session:
-            result = reverse(session, order_id, Decimal(amount), key, now, runtime)
+            refund = Refund(order_id, Decimal(amount), key)
+            result = reverse_refunds(session, [refund], now, runtime)
             points.append(result.details["points_reversed"])
     # 46 × 10/46.7 → 9; cumulative 30 → 29 (20 more); r1 again: no-op; 46.70 → all 46 (17 more)
     assert points == [9, 20, 0, 17, 0]
@@ -346,11 +346,13 @@ def test_partial_refunds_are_proportional_and_add_up_exactly(engine, runtime, no
 def test_full_refund_after_approval_reverses_everything_from_approved(engine, runtime, now):
     order_id, customer_id = earned_order(engine, runtime, now, price="80.00")
     with session_scope(engine) as session:
-        reverse(session, order_id, Decimal("30.00"), "partial", now, runtime)  # 30 pending
+        partial = Refund(order_id, Decimal("30.00"), "partial")
+        reverse_refunds(session, [partial], now, runtime)  # 30 pending
     with session_scope(engine) as session:
         approve(session, [order_id], now + WINDOW, runtime)  # moves the remaining 50
     with session_scope(engine) as session:
-        result = reverse(session, order_id, Decimal("85.00"), "rest", now + WINDOW, runtime)
+        rest = Refund(order_id, Decimal("85.00"), "rest")
+        result = reverse_refunds(session, [rest], now + WINDOW, runtime)
     with session_scope(engine) as session:
         entries = entries_of(session, order_id)
         assert balances(session, [customer_id])[customer_id] == {"pending": 0, "approved": 0}
@@ -391,7 +393,7 @@ def test_tiers_follow_rolling_spend_with_a_mail_on_upgrade(engine, runtime, now)
         first = update_tiers(session, [customer_id], now, runtime)
     with session_scope(engine) as session:
         again = update_tiers(session, [customer_id], now, runtime)
-        reverse(session, recent.id, Decimal("200"), "return-1", now, runtime)
+        reverse_refunds(session, [Refund(recent.id, Decimal("200"), "return-1")], now, runtime)
         down = update_tiers(session, [customer_id], now + timedelta(days=1), runtime)
     assert (first.advanced, first.details["tier_mails_enqueued"]) == (1, 1)
     assert again.advanced == 0
@@ -430,7 +432,8 @@ def apply(engine, rt, now, order_id, ev) -> None:
             approve(session, [order_id], now + WINDOW, rt)
         else:
             amount = Decimal(ev[2]) / 100
-            reverse(session, order_id, amount, ev[1], now + timedelta(days=1), rt)
+            refund = Refund(order_id, amount, ev[1])
+            reverse_refunds(session, [refund], now + timedelta(days=1), rt)
 
 
 def ledger_snapshot(engine, order_id, customer_id):

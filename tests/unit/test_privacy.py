@@ -21,6 +21,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select
 
 import tasks.privacy as privacy
+import tasks.privacy_archive as privacy_archive
 from tasks.archive import ArchiveError, FileStore, S3Store, split_member_ref
 from tasks.confirm import confirm
 from tasks.intake.release import release
@@ -29,7 +30,8 @@ from tasks.messaging.governor import email_hmac
 from tasks.messaging.outbox import dispatch, enqueue
 from tasks.messaging.unsubscribe import suppress
 from tasks.pack import pack
-from tasks.privacy import ErasureError, ErasureIncomplete, Redactor, erase_customer
+from tasks.privacy import ErasureError, ErasureIncomplete, erase_customer
+from tasks.privacy_scrub import Redactor
 from tasks.store.db import session_factory, session_scope
 from tasks.store.journal import record_events
 from tasks.store.models import (
@@ -398,7 +400,7 @@ def test_a_rerun_after_a_crash_before_the_refs_moved_writes_the_same_bundle(
     def crash(*args, **kwargs):
         raise ArchiveError("simulated crash after the PUT")
 
-    monkeypatch.setattr(privacy, "repoint_packing", crash)
+    monkeypatch.setattr(privacy_archive, "repoint_packing", crash)
     with pytest.raises(ErasureIncomplete):
         erase(engine, runtime, now)
     written = {p.name for p in Path(runtime.archive.root).rglob("*-r*.zip")}

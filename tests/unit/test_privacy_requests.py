@@ -22,6 +22,7 @@ from sqlalchemy import select
 import tasks.privacy_requests as privacy_requests
 from tasks.archive import ArchiveError, FileStore
 from tasks.inbox import Delivery, drain, store
+from tasks.reporting import report
 from tasks.store.db import session_scope
 from tasks.store.models import (
     Base,
@@ -32,7 +33,6 @@ from tasks.store.models import (
     OrderEvent,
     PrivacyRequest,
 )
-from tasks.store.queries import report
 from tests.unit.test_privacy import EMAIL, seed, traces_in_archive, traces_in_database
 
 SAMPLES = Path(__file__).parents[1] / "fixtures" / "real_privacy"

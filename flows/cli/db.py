@@ -1,0 +1,20 @@
+"""`journeys db`: the database schema."""
+
+from __future__ import annotations
+
+import typer
+
+from flows.cli.common import console, user_errors
+from tasks.settings import get_settings
+from tasks.store.db import engine_for
+from tasks.store.migrate import upgrade
+
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest schema."""
+    upgrade(engine_for(get_settings().database_url))
+    console.print("database is at the newest schema")

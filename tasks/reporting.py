@@ -1,0 +1,45 @@
+"""The store-wide report: the store's counts (tasks/store/queries.py) and the domain's figures.
+
+Composed here, above the store, so the store layer never imports the domain modules.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tasks.aftercare.reviews import review_rates_by_rating
+from tasks.loyalty import liability
+from tasks.manifest import latest_manifests
+from tasks.store.queries import hold_reasons, store_counts
+from tasks.storefront.reviews import approved_by_rating
+from tasks.storefront.survey import survey_page_counts
+from tasks.verify import reason_codes
+
+
+def report(session: Session) -> dict[str, Any]:
+    """Orders by state, holds by reason, messages by status, quarantine by reason, and more."""
+    store = store_counts(session)
+    return {
+        "orders_by_state": store["orders_by_state"],
+        "holds_by_reason": holds_by_reason(session),
+        "messages_by_status": store["messages_by_status"],
+        "quarantine_by_reason": store["quarantine_by_reason"],
+        "points_liability": liability(session),
+        "review_requests_by_rating": {
+            str(rating): rates for rating, rates in review_rates_by_rating(session).items()
+        },
+        "approved_reviews_by_rating": approved_by_rating(session),  # stars -> approved reviews
+        "survey_page": survey_page_counts(session),  # page answers, opens, prefetches
+        "latest_runs": latest_manifests(session),
+        "privacy_requests": store["privacy_requests"],
+    }
+
+
+def holds_by_reason(session: Session) -> dict[str, int]:
+    holds: Counter[str] = Counter()
+    for reason in hold_reasons(session):
+        holds.update(reason_codes(reason))
+    return dict(holds.most_common())
