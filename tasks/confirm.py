@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from tasks.config import Config
 from tasks.delivery import estimate_delivery, resolve_method
+from tasks.journey import StageResult
 from tasks.messaging.compose import (
     customer_context,
     line_context,
@@ -29,7 +30,7 @@ from tasks.messaging.compose import (
 )
 from tasks.messaging.money import address_lines
 from tasks.messaging.outbox import enqueue
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
 from tasks.store.journal import CONFIRMED, PACKED, Transition, apply_transitions, claim_orders
 from tasks.store.models import Order
 from tasks.verify import ships

@@ -63,6 +63,7 @@ from tasks.privacy_scrub import (
     scrub_customer_data,
 )
 from tasks.runtime import Runtime
+from tasks.states import OrderState
 from tasks.store.db import is_postgres
 from tasks.store.journal import insert_ignoring_duplicates, record_events
 from tasks.store.models import Customer, Erasure, Order, Suppression
@@ -199,7 +200,7 @@ def personal_strings(session: Session, customer_id: int, order_ids: Sequence[int
 def count_undelivered(session: Session, order_ids: Sequence[int]) -> int:
     query = select(func.count()).select_from(Order).where(
         Order.id.in_(order_ids), Order.delivered_at.is_(None), Order.cancelled_at.is_(None),
-        Order.state != "cancelled",
+        Order.state != OrderState.CANCELLED,
     )
     return int(session.scalar(query) or 0)
 

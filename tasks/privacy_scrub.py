@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Column, MetaData, Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from tasks.states import MessageStatus
 from tasks.store.db import is_postgres
 from tasks.store.models import Base
 
@@ -34,11 +35,11 @@ ERASURE_NOTE = "[erased: this record held personal data of a customer erased on 
 KEPT_ADDRESS_FIELDS = ("country_code", "province_code")
 KINDS = frozenset({"email", "name", "address", "phone", "birthday", "identifier", "free_text"})
 KEPT = "kept"  # personal, and not erased (see the column's comment for why)
-CANCELLED = "cancelled"
+CANCELLED = MessageStatus.CANCELLED
 CANCEL_REASON = "cancelled: customer erased"
 # Mail not sent yet: pending, or claimed by a dispatcher (`sending`; a dispatcher mid-send
 # finds it cancelled and leaves it so; one whose lease ran out would have sent it again).
-UNSENT = ("pending", "sending")
+UNSENT = (MessageStatus.PENDING, MessageStatus.SENDING)
 
 
 class ErasurePlanError(Exception):

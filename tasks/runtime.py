@@ -1,8 +1,4 @@
-"""What a stage needs besides the session and the clock: config, settings, archive, transport.
-
-`StageResult` lives in tasks/journey.py with the stage contract; it is re-exported here until
-the last stages import it from there.
-"""
+"""What a stage needs besides the session and the clock: config, settings, archive, transport."""
 
 from __future__ import annotations
 
@@ -11,14 +7,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from tasks.config import Config, load_config
-from tasks.journey import StageResult
 from tasks.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from tasks.archive import ArtifactStore
     from tasks.messaging.transports import Transport
-
-__all__ = ["Runtime", "StageResult"]
 
 
 @dataclass

@@ -123,18 +123,78 @@ FIGURES_FILE = ROOT / "test-artifacts" / "reliability-figures.txt"
 
 
 @pytest.fixture
-def figure(capsys):
+def figure(request, capsys):
     """Print a reliability figure as one line even without -s (the figures are the point of
     those tests) and append it to test-artifacts/reliability-figures.txt for the README.
 
-    Call it after the assertions, so a printed figure is one the test also checked.
+    Call it after the assertions, so a printed figure is one the test also checked. Under
+    xdist a worker's own output is not shown, so every figure is also listed again at the end
+    of the run (the test report carries it to the controller).
     """
 
     def emit(line: str) -> None:
         with capsys.disabled():
             print(f"\nFIGURE {line}")
+        request.node.user_properties.append(("figure", line))
         FIGURES_FILE.parent.mkdir(exist_ok=True)
         with FIGURES_FILE.open("a") as out:
             out.write(line + "\n")
 
     return emit
+
+
+_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _figures.extend(value for name, value in report.user_properties if name == "figure")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _figures:
+        terminalreporter.section("reliability figures")
+        for line in _figures:
+            terminalreporter.write_line(f"FIGURE {line}")
+
+
+# --- parallel runs: infra/run_tests.py passes `-n 2 --dist loadfile` (pytest-xdist) -----------
+# Each worker is its own pytest session, with its own session fixtures: its own PostgreSQL
+# database (pg_url), SeaweedFS and free ports, so files run side by side. A file is never split
+# (its module fixtures start once). tests/flows shares one Prefect test server per session and
+# tests/stack one whole stack, so each of those directories goes to one worker as a unit: one
+# server each, as in a serial run, and the crash matrix runs whole. (xdist's own xdist_group
+# mark cannot do this: on pytest 9 it no longer changes the node ids it groups by.)
+SHARED_SERVER_DIRS = {"tests/flows": "flows", "tests/stack": "stack"}
+LONGEST_FIRST = ("flows", "stack", "tests/integration/test_edge.py")  # so no long tail
+
+
+def work_unit_of(nodeid: str) -> str:
+    """What one worker runs as a whole: a test file, or a directory sharing a server."""
+    path = nodeid.split("::", 1)[0]
+    return SHARED_SERVER_DIRS.get(path.rsplit("/", 1)[0], path)
+
+
+def _start_rank(item: pytest.Item) -> int:
+    unit = work_unit_of(item.nodeid)
+    return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker, the longest units first; xdist hands units out in this order."""
+    if hasattr(config, "workerinput"):  # a serial run keeps pytest's order
+        items.sort(key=_start_rank)  # stable: each file keeps its own order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, with each server-sharing directory as one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedServerScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit_of(nodeid)
+
+    return SharedServerScheduling(config, log)

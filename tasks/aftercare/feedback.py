@@ -37,10 +37,11 @@ from tasks.config.aftercare import AftercareConfig, FeedbackRules
 from tasks.intake.formats import IntakeError, validation_reasons
 from tasks.intake.ingest import IntakeResult, quarantine_records
 from tasks.intake.schema import INT_MAX, Rejected, refuse_nul
+from tasks.journey import StageResult
 from tasks.links import Purpose, link_url
 from tasks.messaging.compose import base_context, order_mail
 from tasks.messaging.outbox import enqueue
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
 from tasks.store.journal import finish_steps, insert_ignoring_duplicates, record_events
 from tasks.store.loaders import delivered_orders
 from tasks.store.models import FeedbackResponse, Order, ServiceCase

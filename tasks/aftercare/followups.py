@@ -25,9 +25,10 @@ from sqlalchemy.orm import Session
 from tasks.aftercare import aftercare_config, close_missing
 from tasks.config import Config
 from tasks.config.aftercare import AftercareConfig, CareGuide
+from tasks.journey import StageResult
 from tasks.messaging.compose import base_context, mail_row, order_key, order_mail, store_context
 from tasks.messaging.outbox import enqueue
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
 from tasks.store.journal import finish_steps, reschedule_steps
 from tasks.store.loaders import delivered_orders, products_of
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase

@@ -22,17 +22,19 @@ from sqlalchemy.orm import Session
 from tasks.aftercare import aftercare_config, close_missing
 from tasks.config import ConfigError
 from tasks.config.aftercare import ReviewRules
+from tasks.journey import StageResult
 from tasks.links import Purpose, link_url
 from tasks.messaging.compose import base_context, order_key, order_mail
 from tasks.messaging.outbox import enqueue, store_skipped
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
+from tasks.states import MessageStatus
 from tasks.store.journal import finish_steps, reschedule_steps
 from tasks.store.loaders import delivered_orders, products_by_sku
 from tasks.store.models import FeedbackResponse, Message, Order, OrderLine, Product, ServiceCase
 from tasks.storefront.reviews import product_name, product_slug
 
 STEP = TEMPLATE = "review_request"
-SKIPPED = "skipped"
+SKIPPED = MessageStatus.SKIPPED
 HOLD_REASON = "held: service case open"
 CAP_WINDOW = timedelta(days=30)
 

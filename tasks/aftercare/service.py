@@ -20,11 +20,12 @@ from tasks.aftercare import DECISIONS
 from tasks.messaging.compose import base_context, order_mail, template_version
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime
+from tasks.states import CaseStatus
 from tasks.store.journal import PENDING, record_events
 from tasks.store.models import Order, ServiceCase, Step
 
 TEMPLATE = "service_outcome"
-OPEN, RESOLVED = "open", "resolved"
+OPEN, RESOLVED = CaseStatus.OPEN, CaseStatus.RESOLVED
 REVIEW_STEP = "review_request"
 
 

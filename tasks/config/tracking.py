@@ -5,9 +5,10 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from tasks.config.base import Strict
+from tasks.journey import delivery_delays
 
-DEFAULT_AFTER_DELIVERY = {"feedback_request": 48.0, "review_request": 168.0, "care_guide": 72.0,
-                          "cross_sell": 336.0, "replenishment": 0.0, "loyalty_earn": 0.0}
+# The delays when the file leaves a step out: the registry's (tasks/journey.py), one source.
+DEFAULT_AFTER_DELIVERY = delivery_delays()
 
 
 class TrackingConfig(Strict):
@@ -23,5 +24,9 @@ class TrackingConfig(Strict):
     @field_validator("after_delivery")
     @classmethod
     def _with_defaults(cls, hours: dict[str, float]) -> dict[str, float]:
-        """A step left out of the file keeps its default delay."""
+        """A step left out of the file keeps its default delay; a name no step has is a typo."""
+        unknown = sorted(set(hours) - set(DEFAULT_AFTER_DELIVERY))
+        if unknown:
+            raise ValueError(f"{unknown} are not steps scheduled on delivery; known: "
+                             f"{sorted(DEFAULT_AFTER_DELIVERY)}")
         return DEFAULT_AFTER_DELIVERY | hours

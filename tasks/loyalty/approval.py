@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tasks.journey import StageResult
 from tasks.loyalty.ledger import (
     APPROVE,
     APPROVE_STEP,
@@ -21,7 +22,7 @@ from tasks.loyalty.ledger import (
     lock_ledgers,
     order_entries,
 )
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
 from tasks.store.journal import CLOSED, DONE, set_steps
 
 

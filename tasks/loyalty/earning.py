@@ -11,6 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tasks.config.loyalty import LoyaltyConfig
+from tasks.journey import StageResult
 from tasks.links import Purpose, link_url
 from tasks.loyalty.ledger import (
     APPROVE_STEP,
@@ -26,8 +27,8 @@ from tasks.loyalty.ledger import (
 from tasks.loyalty.rules import InvalidInput, eligible_value, loyalty_config, points_for
 from tasks.messaging.compose import locale_of, mail_row, store_context, template_version
 from tasks.messaging.outbox import enqueue as enqueue_messages
-from tasks.runtime import Runtime, StageResult
-from tasks.store.journal import CLOSED, DONE, HELD, schedule_steps, set_steps
+from tasks.runtime import Runtime
+from tasks.store.journal import CLOSED, DONE, HELD, schedule_step, set_steps
 from tasks.store.loaders import delivered_orders
 from tasks.store.models import Customer, Order
 
@@ -63,8 +64,8 @@ def earn(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
     plan = plan_earn(orders, enrolled, settings, now)
     known = existing_keys(session, [e["source_key"] for e in plan.entries])
     new = append_entries(session, [e for e in plan.entries if e["source_key"] not in known], now)
-    schedule_steps(session, [(e["order_id"], APPROVE_STEP, e["available_at"])
-                             for e in plan.entries], now)
+    schedule_step(session, APPROVE_STEP, [(e["order_id"], e["available_at"])
+                                          for e in plan.entries], now)
     reverse_refunds_before_earning(session, [e["order_id"] for e in new], now, rt)
     quarantine(session, "loyalty_order", "loyalty", plan.problems, now)
     set_steps(session, EARN_STEP, plan.outcomes, now)

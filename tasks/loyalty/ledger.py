@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 from tasks.intake.ingest import quarantine_records
 from tasks.intake.schema import Rejected
 from tasks.loyalty.rules import InvalidInput
+from tasks.states import LedgerStatus
 from tasks.store.db import is_postgres
 from tasks.store.journal import insert_new, record_events
 from tasks.store.models import LoyaltyEntry
 
 EARN_STEP = "loyalty_earn"
 APPROVE_STEP = "loyalty_approve"
-PENDING, APPROVED = "pending", "approved"
+PENDING, APPROVED = LedgerStatus.PENDING, LedgerStatus.APPROVED
 EARN, APPROVE, REVERSE = "earn", "approve", "reverse"
 
 

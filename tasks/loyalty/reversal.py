@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tasks.journey import StageResult
 from tasks.loyalty.ledger import (
     APPROVED,
     EARN,
@@ -25,7 +26,7 @@ from tasks.loyalty.ledger import (
     reverse_key,
 )
 from tasks.loyalty.rules import InvalidInput, money, reversal_points
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
 
 MAX_REFUND_KEY = 100
 

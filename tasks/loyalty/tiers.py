@@ -12,12 +12,13 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tasks.config.loyalty import LoyaltyConfig
+from tasks.journey import StageResult
 from tasks.loyalty.earning import customer_names, loyalty_url
 from tasks.loyalty.ledger import APPROVED, EARN, PENDING, REVERSE, balances
 from tasks.loyalty.rules import loyalty_config
 from tasks.messaging.compose import mail_row, store_context, template_version
 from tasks.messaging.outbox import enqueue as enqueue_messages
-from tasks.runtime import Runtime, StageResult
+from tasks.runtime import Runtime
 from tasks.store.models import Customer, LoyaltyEntry, Order
 
 UPDATE = "loyalty_update"

@@ -35,12 +35,13 @@ from tasks.messaging.render import Rendered, one_line, renderer_for
 from tasks.messaging.transports import OutgoingMail, SendOutcome
 from tasks.messaging.unsubscribe import list_unsubscribe, marketing_links
 from tasks.runtime import Runtime
+from tasks.states import MessageStatus
 from tasks.store.db import is_postgres, session_scope
 from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.models import Message
 
-PENDING, SENDING, SENT, FAILED, UNKNOWN = "pending", "sending", "sent", "failed", "unknown"
-SKIPPED = "skipped"
+PENDING, SENDING, SENT = MessageStatus.PENDING, MessageStatus.SENDING, MessageStatus.SENT
+FAILED, UNKNOWN, SKIPPED = MessageStatus.FAILED, MessageStatus.UNKNOWN, MessageStatus.SKIPPED
 NO_ADDRESS = "no_address: the order has no e-mail address"
 MARKETING = "marketing"
 MAX_ATTEMPTS = 10

@@ -83,3 +83,13 @@ def test_deploy_refuses_a_bad_config_before_touching_the_server(tmp_path, monkey
             deploy(api_url="http://127.0.0.1:9/api")  # nothing listens there: never reached
     finally:
         get_settings.cache_clear()
+
+
+def test_a_delay_for_a_step_the_journey_does_not_have_is_refused(tmp_path):
+    """tracking.yaml after_delivery names registered steps only (tasks/journey.py)."""
+    folder = config_copy(tmp_path)
+    set_key(folder, "tracking", ("after_delivery", "care_guid"), 72)
+    problems = check_config(folder)
+    assert len(problems) == 1
+    assert "configs/tracking.yaml: after_delivery: " in problems[0]
+    assert "care_guid" in problems[0]

@@ -44,10 +44,10 @@ from flows.journey import (
 )
 from infra.tooling.bench.story import Workspace, input_files, measured
 from tasks import intake
+from tasks.journey import StageResult
 from tasks.manifest import intake_manifest
 from tasks.messaging.outbox import dispatch
 from tasks.messaging.render import Rendered, Renderer
-from tasks.runtime import StageResult
 from tasks.store.db import session_scope
 from tasks.store.journal import take_state_changes
 
