@@ -32,6 +32,7 @@ from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from tasks.deliveries import WAIT_LIMIT, Body, Delivery
 from tasks.faults import fault_point
 from tasks.intake.ingest import IntakeResult, chunks, quarantine_records
 from tasks.intake.schema import OrderIn, Rejected, sha256_text
@@ -48,9 +49,6 @@ log = logging.getLogger("journeys.inbox")
 # A delivery's status (tasks/states.py): processing FAILED keeps the error for an engineer.
 PENDING, PROCESSED = InboxStatus.PENDING, InboxStatus.PROCESSED
 QUARANTINED, IGNORED, FAILED = InboxStatus.QUARANTINED, InboxStatus.IGNORED, InboxStatus.FAILED
-# A delivery that refers to something not here yet (a fulfillment before its order is
-# confirmed, a tracking event before its parcel) waits this long, then goes to intake anyway.
-WAIT_LIMIT = timedelta(days=3)
 
 # (provider, topic) → the kind of input it is; the body is that kind's record as files hold it.
 KIND_OF_TOPIC = {
@@ -85,19 +83,6 @@ ACTION_OF_TOPIC: dict[tuple[str, str], str] = {
 FORMAT_OF_PROVIDER = {"shopify": "shopify", "aftership": "aftership"}
 QUARANTINE_KIND = {"orders": "order", "products": "product", "shipments": "shipment",
                    "events": "tracking_event"}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook delivery as the edge received it; `body` is the exact bytes that were signed."""
-
-    provider: str
-    topic: str
-    delivery_id: str
-    body: bytes
-    event_id: str | None = None
-    triggered_at: datetime | None = None
-    shop: str | None = None
 
 
 def inbox_url(settings: Settings) -> str:
@@ -160,20 +145,6 @@ class DrainResult:
         return {"taken": self.taken, **{s: self.outcomes[s] for s in
                                         (PROCESSED, QUARANTINED, IGNORED, FAILED, "waiting")},
                 "intake": {kind: r.as_dict() for kind, r in self.intake.items()}}
-
-
-@dataclass(frozen=True)
-class Body:
-    """A delivery's parsed body, handed to a topic action."""
-
-    row_id: int
-    topic: str
-    data: dict[str, Any]
-    received_at: datetime
-    shop: str | None = None
-
-
-Outcome = tuple[str, str | None]
 
 
 @dataclass

@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.aftercare.followups import DELETED_AT
-from tasks.inbox import IGNORED, PROCESSED, WAIT_LIMIT, Body, Outcome
+from tasks.deliveries import WAIT_LIMIT, Body, Outcome
 from tasks.intake.schema import MONEY_LIMIT
 from tasks.journey import waiting_steps
 from tasks.loyalty.reversal import Refund, reverse_refunds
@@ -46,7 +46,7 @@ from tasks.messaging.governor import email_hash
 from tasks.messaging.outbox import enqueue
 from tasks.messaging.unsubscribe import suppress_many
 from tasks.runtime import Runtime
-from tasks.states import MessageStatus, StepStatus
+from tasks.states import InboxStatus, MessageStatus, StepStatus
 from tasks.store.db import is_postgres
 from tasks.store.journal import (
     CANCELLED,
@@ -63,19 +63,19 @@ from tasks.store.models import (
     Customer,
     Message,
     Order,
-    OrderEvent,
-    OrderLine,
     Product,
     ServiceCase,
     Step,
     Suppression,
 )
-from tasks.verify import demand, move_reserved, reason_codes
+from tasks.store.refunds import REFUND_EVENT, refresh_refunded_quantities, refund_events
+from tasks.store.stock import move_reserved
+from tasks.verify import demand, reason_codes
 
 SOURCE = "shopify"
+PROCESSED, IGNORED = InboxStatus.PROCESSED, InboxStatus.IGNORED  # a body's outcome
 ACTOR = "shopify webhook"
 WAITING = "waiting"  # the drain keeps the row pending and offers it again
-REFUND_EVENT = "refund"
 CANCEL_STEP, CANCEL_TEMPLATE = "cancel", "order_cancelled"
 MESSAGE_CANCELLED = MessageStatus.CANCELLED  # as tasks/privacy.py stops mail
 UNSENT = MessageStatus.PENDING  # mail not sent yet, so still ours to cancel
@@ -372,20 +372,6 @@ def shipping_refunded(body: Fields) -> Decimal:
     return total
 
 
-def refund_events(session: Session, order_ids: Iterable[int]) -> dict[int, dict[str, dict]]:
-    """Each order's recorded refunds: order id → refund id → event detail (first one wins)."""
-    ids = sorted(set(order_ids))
-    found: dict[int, dict[str, dict]] = {oid: {} for oid in ids}
-    if not ids:
-        return found
-    query = (select(OrderEvent.order_id, OrderEvent.detail)
-             .where(OrderEvent.order_id.in_(ids), OrderEvent.kind == REFUND_EVENT)
-             .order_by(OrderEvent.id))
-    for order_id, detail in session.execute(query):
-        found[order_id].setdefault(str(detail.get("refund_id")), detail)
-    return found
-
-
 def refund_event(order: Order, refund: RefundIn, now: datetime) -> dict[str, Any]:
     known = {line.external_id for line in order.lines}
     detail = {"refund_id": refund.refund_id, "lines": refund.lines, "goods": str(refund.goods),
@@ -470,29 +456,6 @@ def refunded_in_full(order: Order, refunded: Mapping[int, int]) -> bool:
     """Every unit of every line refunded (and at least one unit refunded at all)."""
     units = [(refunded.get(line.id, 0), line.quantity) for line in order.lines]
     return sum(r for r, _ in units) > 0 and all(r >= q for r, q in units)
-
-
-def refresh_refunded_quantities(session: Session, order_ids: Sequence[int]) -> dict[int, int]:
-    """Set each line's `refunded_quantity` from the recorded refunds (each refund once, capped
-    at the line's quantity): a recompute, so lines intake re-inserted get theirs back.
-    Returns line id → refunded units for every line of these orders."""
-    by_line: Counter[tuple[int, str]] = Counter()
-    for order_id, refunds in refund_events(session, order_ids).items():
-        for detail in refunds.values():
-            for line_id, quantity in (detail.get("lines") or {}).items():
-                by_line[(order_id, str(line_id))] += int(quantity)
-    table = OrderLine.__table__
-    lines = session.execute(select(table.c.id, table.c.order_id, table.c.external_id,
-                                   table.c.quantity, table.c.refunded_quantity)
-                            .where(table.c.order_id.in_(sorted(set(order_ids))))).all()
-    values = {ln.id: min(by_line[(ln.order_id, ln.external_id)], ln.quantity) for ln in lines}
-    changed = [{"b_id": ln.id, "b_qty": values[ln.id]} for ln in lines
-               if ln.refunded_quantity != values[ln.id]]
-    if changed:
-        session.connection().execute(
-            update(table).where(table.c.id == bindparam("b_id"))
-            .values(refunded_quantity=bindparam("b_qty")), changed)
-    return values
 
 
 def reverse_recorded_refunds(

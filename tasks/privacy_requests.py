@@ -52,7 +52,8 @@ from tasks.archive import (
     bundle_members,
     split_member_ref,
 )
-from tasks.inbox import IGNORED, PROCESSED, Body, Outcome
+from tasks.deliveries import Body, Outcome
+from tasks.inbox import IGNORED, PROCESSED
 from tasks.messaging.governor import email_hmac
 from tasks.messaging.render import one_line
 from tasks.messaging.unsubscribe import normalise

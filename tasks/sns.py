@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tasks.inbox import Delivery
+from tasks.deliveries import Delivery
 
 PROVIDER = "ses"
 NOTIFICATION = "Notification"

@@ -21,7 +21,7 @@ from email.errors import MessageError
 from email.headerregistry import Address
 from functools import lru_cache
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tasks.config import VerificationConfig
@@ -32,6 +32,7 @@ from tasks.states import OrderState
 from tasks.store.db import is_postgres
 from tasks.store.journal import Transition, apply_transitions, claim_orders
 from tasks.store.models import Order, OrderEvent, OrderLine, Product
+from tasks.store.stock import move_reserved
 
 RECEIVED, VERIFIED = OrderState.RECEIVED, OrderState.VERIFIED
 ON_HOLD, CANCELLED = OrderState.ON_HOLD, OrderState.CANCELLED
@@ -272,21 +273,6 @@ def verify(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtim
         reserve_stock(session, {o.id: o for o in orders}, verified, now)
     apply_transitions(session, "verify", RECEIVED, transitions, now)
     return _result("verify", transitions, skipped=len(order_ids) - len(orders))
-
-
-def move_reserved(
-    session: Session, units: Counter[str], sign: int, now: datetime | None = None
-) -> None:
-    """Add (sign 1) or give back (sign -1) reserved units per SKU, one executemany; `now`, when
-    given, stamps the products as updated."""
-    if not units:
-        return
-    table = Product.__table__
-    values = {"reserved": table.c.reserved + bindparam("b_qty")}
-    statement = update(table).where(table.c.sku == bindparam("b_sku")).values(
-        values | ({"updated_at": now} if now is not None else {}))
-    session.connection().execute(statement, [{"b_sku": sku, "b_qty": sign * qty}
-                                             for sku, qty in sorted(units.items())])
 
 
 def reserve_stock(

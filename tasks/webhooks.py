@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from tasks.inbox import Delivery
+from tasks.deliveries import Delivery
 
 
 def signature(body: bytes, secret: str) -> str:

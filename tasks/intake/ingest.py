@@ -33,6 +33,8 @@ from tasks.store.journal import (
     schedule_steps,
 )
 from tasks.store.models import Customer, Order, OrderLine, Product, Quarantine, Step
+from tasks.store.refunds import refresh_refunded_quantities
+from tasks.store.stock import move_reserved
 
 CHUNK = 1000
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -221,8 +223,6 @@ def _restore_refunds(session: Session, order_ids: list[int]) -> None:
     """Changed orders got their lines re-inserted: their refunded quantities come back from the
     refunds recorded on the timeline."""
     if order_ids:
-        from tasks.lifecycle import refresh_refunded_quantities  # lifecycle imports intake
-
         refresh_refunded_quantities(session, order_ids)
 
 
@@ -469,8 +469,6 @@ def _lines_by_order(session: Session, order_ids: list[int]) -> dict[int, list[di
 def _release_stock(session: Session, reserved: list[list[dict[str, Any]]]) -> None:
     """Release what verification reserved for the old lines (the units tasks.verify.demand
     counts: with a SKU, not a gift card, needing shipping, less those refunded)."""
-    from tasks.verify import move_reserved  # verify imports intake
-
     quantities: Counter[str] = Counter()
     for lines in reserved:
         for line in lines:

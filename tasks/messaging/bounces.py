@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from tasks.inbox import IGNORED, PROCESSED, Body, Outcome
+from tasks.deliveries import Body, Outcome
+from tasks.inbox import IGNORED, PROCESSED
 from tasks.messaging.governor import (
     SUPPRESSION_REASONS,
     email_hash,

@@ -13,11 +13,9 @@ entrypoints) are not seen.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("flows", "tasks", "infra")
@@ -27,24 +25,6 @@ TOOLING = "infra.tooling"
 # inside the commands only (the tooling is heavy and no other command needs it).
 TOOLING_DOOR = "flows.cli.tools"
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
-
-# Circles found while issue 15's restructuring was under way, each named by the import that
-# closes it (from a lower layer up into a higher one) and the fix that removes it. They sit in
-# modules other parts of that change are rewriting. The first cycle test ignores only these
-# edges, so a new circle fails at once; the strict xfail turns red when all of them are gone:
-# then delete this table, the `ignored` argument and the xfail.
-KNOWN_BACK_EDGES = {
-    ("tasks.lifecycle", "tasks.inbox"):
-        "lifecycle takes inbox outcome constants and Body: move them to tasks/states.py",
-    ("tasks.webhooks", "tasks.inbox"):
-        "webhooks builds inbox.Delivery: move Delivery into tasks/webhooks.py",
-    ("tasks.intake.ingest", "tasks.verify"):
-        "intake releases stock with verify.move_reserved: move it (SQL on products) to "
-        "tasks/store; verify's INTAKE_FINDING to tasks/states.py",
-    ("tasks.intake.ingest", "tasks.lifecycle"):
-        "intake calls lifecycle.refresh_refunded_quantities: move it (SQL on lines and "
-        "refund events) to tasks/store",
-}
 
 
 def module_name(path: Path) -> str:
@@ -176,10 +156,8 @@ def one_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
     raise AssertionError(f"{component} is not a strongly connected component")
 
 
-def cycles(ignored: Iterable[tuple[str, str]] = ()) -> list[str]:
+def cycles() -> list[str]:
     graph = internal_graph()
-    for importer, imported in ignored:
-        graph[importer].discard(imported)
     return [" -> ".join(one_cycle(graph, c)) for c in strongly_connected(graph)]
 
 
@@ -203,19 +181,6 @@ def test_type_checking_imports_are_not_edges():
     assert [n.names[0].name for n in runtime_imports(tree)] == ["TYPE_CHECKING", "b", "c"]
 
 
-def test_no_import_circles_besides_the_known_ones():
-    found = cycles(ignored=KNOWN_BACK_EDGES)
-    assert not found, "import circles:\n  " + "\n  ".join(found)
-
-
-def test_every_known_circle_is_still_there():
-    """Each ignored edge must still close a circle: a fixed one leaves the table at once."""
-    for edge in KNOWN_BACK_EDGES:
-        others = [known for known in KNOWN_BACK_EDGES if known != edge]
-        assert cycles(ignored=others), f"{edge} closes no circle now: delete it from the table"
-
-
-@pytest.mark.xfail(strict=True, reason="the circles in KNOWN_BACK_EDGES are still there")
 def test_there_are_no_import_circles():
     found = cycles()
     assert not found, "import circles:\n  " + "\n  ".join(found)
@@ -236,3 +201,14 @@ def test_the_cli_reaches_the_tooling_only_inside_its_commands():
     eager = {name for node in runtime_imports(tree, into_functions=False)
              for name in imported_names(node, TOOLING_DOOR, False, frozenset())}
     assert not {name for name in eager if name.split(".")[:2] == TOOLING.split(".")}
+
+
+def test_the_store_imports_nothing_above_it():
+    """tasks/store (SQL, models, the journal) may read the vocabulary and the registry, nothing
+    of the domain: a stage can use any query, and no query reaches up into a stage."""
+    allowed = ("tasks.store", "tasks.states", "tasks.journey", "tasks.settings")
+    above = sorted(f"{name} -> {target}" for name, targets in import_graph().items()
+                   if name == "tasks.store" or name.startswith("tasks.store.")
+                   for target in targets if target.startswith("tasks.")
+                   and not any(target == a or target.startswith(f"{a}.") for a in allowed))
+    assert not above, "the store imports upwards:\n  " + "\n  ".join(above)
