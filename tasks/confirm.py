@@ -38,7 +38,8 @@ from tasks.verify import ships
 STEP = "confirm"
 TEMPLATE = "confirmation"
 PAID = "paid"  # Shopify financial_status: fully captured (authorized or partially paid is not)
-NO_PARCEL_SKIPS = frozenset({"feedback_request"})  # a delivery survey asks about the parcel
+# Nothing was shipped: no delivery survey (it asks about the parcel), no fit survey (no garment).
+NO_PARCEL_SKIPS = frozenset({"feedback_request", "fit_survey"})
 
 
 def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime) -> StageResult:

@@ -84,7 +84,8 @@ class StepSpec:
     `delay`: where its delay is configured ("section.key[name]"), with `default_hours` when the
     config leaves it out. `template`: set for a plain time-based mail step, whose `stage` is
     then MAIL_STAGE (tasks/mail_step.py: the template's mail to each delivered order, only to
-    orders with a product of `categories` when given).
+    orders with a product of `categories` when given). `context`: "module:function" adding the
+    step's own context to that mail (called with the spec, order, products by SKU, rt, now).
     """
 
     name: str
@@ -96,6 +97,7 @@ class StepSpec:
     default_hours: float | None = None
     template: str | None = None
     categories: tuple[str, ...] = ()
+    context: str | None = None
 
     def stage_fn(self) -> Stage:
         return stage_of(self)
@@ -115,12 +117,13 @@ def after_delivery(name: str, stage: str, hours: float) -> StepSpec:
 
 
 def mail_after_delivery(
-    name: str, hours: float, template: str | None = None, categories: tuple[str, ...] = ()
+    name: str, hours: float, template: str | None = None, categories: tuple[str, ...] = (),
+    context: str | None = None,
 ) -> StepSpec:
     """A time-based mail step: `template` (default: the step's name) `hours` after delivery."""
     return StepSpec(name, MAIL_STAGE, DELIVERED, Trigger.DELIVERY,
                     delay=f"{DELIVERY_DELAYS}[{name}]", default_hours=hours,
-                    template=template or name, categories=categories)
+                    template=template or name, categories=categories, context=context)
 
 
 STEPS: tuple[StepSpec, ...] = (
@@ -143,6 +146,10 @@ STEPS: tuple[StepSpec, ...] = (
     after_delivery("feedback_request", "tasks.aftercare.feedback:feedback_request", 48.0),
     after_delivery("review_request", "tasks.aftercare.reviews:review_request", 168.0),
     after_delivery("care_guide", "tasks.aftercare.followups:care_guide", 72.0),
+    # "How does it fit?" for apparel: a plain mail step; answers come back through the survey
+    # page (/f/{token}/fit) into the feedback table, like the delivery survey's.
+    mail_after_delivery("fit_survey", 240.0, categories=("apparel",),
+                        context="tasks.aftercare.fit:fit_context"),
     after_delivery("cross_sell", "tasks.aftercare.followups:cross_sell", 336.0),
     # replenishment computes its own due time when it runs (it reschedules itself)
     after_delivery("replenishment", "tasks.aftercare.followups:replenishment", 0.0),

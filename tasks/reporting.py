@@ -15,7 +15,7 @@ from tasks.loyalty import liability
 from tasks.manifest import latest_manifests
 from tasks.store.queries import hold_reasons, store_counts
 from tasks.storefront.reviews import approved_by_rating
-from tasks.storefront.survey import survey_page_counts
+from tasks.storefront.survey import fit_answers, survey_page_counts
 from tasks.verify import reason_codes
 
 
@@ -33,6 +33,7 @@ def report(session: Session) -> dict[str, Any]:
         },
         "approved_reviews_by_rating": approved_by_rating(session),  # stars -> approved reviews
         "survey_page": survey_page_counts(session),  # page answers, opens, prefetches
+        "fit_survey": fit_answers(session),  # apparel fit answers by choice
         "latest_runs": latest_manifests(session),
         "privacy_requests": store["privacy_requests"],
     }

@@ -6,6 +6,8 @@
                               survey_change_minutes; an unhappy one opens a service case
     GET      /feedback?o=&r=&sig=   links in mails sent before the page existed: the same form,
                               posting to /f/{token}
+    GET/HEAD /f/{token}/fit?a=C    the fit survey (tasks/aftercare/fit.py), choice C selected
+    POST     /f/{token}/fit        its answer: stored once per order like the rating, no case
 
 What is stored and when a case opens: tasks/storefront/survey.py.
 """
@@ -18,9 +20,11 @@ from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, clean_text, from_another_site, read_form
 from tasks.aftercare.feedback import RATING_LABELS, verify_rating_link
+from tasks.aftercare.fit import CHOICES, parse_choice
 from tasks.links import Purpose, make_token
 from tasks.store.models import Order
 from tasks.storefront.survey import (
+    FIT,
     ISSUE_LABELS,
     LOCKED,
     PAGE,
@@ -61,6 +65,31 @@ def register(app: FastAPI, site: Site) -> None:
             return site.friendly()
         token = make_token(site.secret_key, Purpose.FEEDBACK, order_id, site.today())
         return show_survey(site, order_id, token, str(rating))
+
+    @app.api_route("/f/{token}/fit", methods=["GET", "HEAD"])
+    def fit_page(token: str, request: Request) -> Response:
+        if not site.allowed(request, token):
+            return site.too_many()
+        site.hits.count(PAGE, request.method, site.today())
+        link = site.link(token, Purpose.FEEDBACK)
+        if link is None:
+            return site.friendly()
+        return show_fit(site, link.subject, token, parse_choice(request.query_params.get("a")))
+
+    @app.post("/f/{token}/fit")
+    async def fit_answer(token: str, request: Request) -> Response:
+        if not site.allowed(request, token):
+            return site.too_many()
+        site.hits.count(PAGE, "POST", site.today())
+        if cross_site(request, site):
+            return site.friendly(403, "Please answer on our own page",
+                                 "This form was sent from another website, so we did not "
+                                 "record it. Open the link in our e-mail to answer.")
+        link = site.link(token, Purpose.FEEDBACK)
+        if link is None:
+            return site.friendly()
+        form = await read_form(request)
+        return await run_in_threadpool(answer_fit, site, link.subject, token, form)
 
     @app.post("/f/{token}")
     async def survey_answer(token: str, request: Request) -> Response:
@@ -129,6 +158,57 @@ def survey_form(site: Site, order: Order, token: str, selected: int | None, comm
         ratings=RATING_LABELS, selected=selected, issues=ISSUE_LABELS, tags=tags or set(),
         comment=comment, max_comment=f"{site.cfg.pages.max_comment_chars:,}",
         changing=changing, error=error)
+
+
+def show_fit(site: Site, order_id: int, token: str, choice: str | None) -> HTMLResponse:
+    with site.session() as session:
+        order = site.order_of(session, order_id)
+        if order is None:
+            return site.friendly()
+        stored = page_answer(session, order.id, FIT)
+        if stored is not None and not may_change(stored, site.clock(),
+                                                 site.cfg.pages.survey_change_minutes):
+            return already_recorded(site, order)
+        if stored is None:
+            return fit_form(site, order, token, choice)
+        return fit_form(site, order, token, choice or next(iter(stored.tags or []), None),
+                        stored.comment or "", changing=True)
+
+
+def answer_fit(site: Site, order_id: int, token: str, form: dict[str, str]) -> HTMLResponse:
+    """The fit form's POST: the form again with a message, or the thank-you page."""
+    choice = parse_choice(form.get("fit"))
+    limit = site.cfg.pages.max_comment_chars
+    comment = clean_text(form.get("comment"), 10 * limit)
+    with site.session(write=True) as session:
+        order = site.order_of(session, order_id)
+        if order is None:
+            return site.friendly()
+        error = None
+        if choice is None:
+            error = "Please choose how it fits."
+        elif comment is not None and len(comment) > limit:
+            error = (f"Your comment is {len(comment):,} characters long; we can take up to "
+                     f"{limit:,}. Please shorten it and send it again.")
+        if error:
+            return fit_form(site, order, token, choice, comment or "", error=error, status=422)
+        answer = Answer(None, comment, [choice], topic=FIT)
+        if record_answer(session, order.id, answer, site.clock(), site.cfg).status == LOCKED:
+            return already_recorded(site, order)
+        return site.render(
+            "message.html", title="Thank you",
+            text=f"Thank you: we have your answer about the fit of order {order.name}. If it "
+                 "is not the right size, reply to our e-mail and we will help you find one.")
+
+
+def fit_form(site: Site, order: Order, token: str, selected: str | None, comment: str = "",
+             changing: bool = False, error: str | None = None, status: int = 200
+             ) -> HTMLResponse:
+    return site.render(
+        "fit.html", status, title="How does it fit?", order_name=order.name,
+        items=[line.title for line in order.lines], action=f"/f/{token}/fit", choices=CHOICES,
+        selected=selected, comment=comment,
+        max_comment=f"{site.cfg.pages.max_comment_chars:,}", changing=changing, error=error)
 
 
 def thanks(site: Site, order: Order, case: bool) -> HTMLResponse:

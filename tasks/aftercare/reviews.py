@@ -175,8 +175,9 @@ def review_rates_by_rating(session: Session) -> dict[int | None, dict[str, float
     """
     latest: dict[int, int] = {}
     for order_id, rating in session.execute(
-        select(FeedbackResponse.order_id, FeedbackResponse.rating).order_by(FeedbackResponse.id)
-    ):
+        select(FeedbackResponse.order_id, FeedbackResponse.rating)
+        .where(FeedbackResponse.rating.is_not(None)).order_by(FeedbackResponse.id)
+    ):  # the delivery survey's ratings (a fit answer has none)
         latest[order_id] = rating
     delivered = session.scalars(select(Order.id).where(Order.delivered_at.is_not(None)))
     requested = set(session.scalars(

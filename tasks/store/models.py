@@ -474,14 +474,16 @@ class Suppression(Base):
 
 
 class FeedbackResponse(Base):
-    """A customer's delivery survey answer."""
+    """A customer's survey answer: the delivery survey (a rating 1-5 and issue tags) or, with
+    topic "fit", the apparel fit survey (no rating; the choice is the one tag)."""
 
     __tablename__ = "feedback"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     source_key: Mapped[str] = mapped_column(String(200), unique=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
-    rating: Mapped[int] = mapped_column(Integer)
+    topic: Mapped[str] = mapped_column(String(20), default="delivery", server_default="delivery")
+    rating: Mapped[int | None] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(
         Text, info={"personal": "free_text", "erase": "placeholder"}
     )

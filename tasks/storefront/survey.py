@@ -14,6 +14,7 @@ No FastAPI, no clock here: the page passes `now` in.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from tasks.store.models import FeedbackResponse, PageHit, ServiceCase
 
 PAGE = "feedback"  # the page_hits name of /f/ (and of the old /feedback links)
 KEY_PREFIX = "page:feedback:"
+DELIVERY, FIT = "delivery", "fit"  # the surveys (the fit survey: tasks/aftercare/fit.py)
 ISSUE_LABELS = {
     "damaged": "Something arrived damaged",
     "wrong_item": "I received a wrong item",
@@ -44,11 +46,15 @@ RECORDED, CHANGED, UNCHANGED, LOCKED = "recorded", "changed", "unchanged", "lock
 
 @dataclass(frozen=True)
 class Answer:
-    """A survey answer as the form sent it (already validated by `read_answer`)."""
+    """A survey answer as the form sent it (already validated by the page).
 
-    rating: int
+    The delivery survey sends a rating and issue tags; the fit survey (topic "fit",
+    tasks/aftercare/fit.py) no rating and its choice as the one tag."""
+
+    rating: int | None
     comment: str | None = None
     tags: list[str] = field(default_factory=list)
+    topic: str = DELIVERY
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,15 @@ def chosen_tags(form: Mapping[str, str]) -> list[str]:
     return [tag for tag in ISSUE_TAGS if form.get(f"issue_{tag}")]
 
 
-def answer_key(order_id: int) -> str:
-    return f"{KEY_PREFIX}{order_id}"
+def answer_key(order_id: int, topic: str = DELIVERY) -> str:
+    """One page answer per order and survey (the delivery survey's key predates topics)."""
+    return f"{KEY_PREFIX}{order_id}" if topic == DELIVERY else f"page:{topic}:{order_id}"
 
 
-def page_answer(session: Session, order_id: int) -> FeedbackResponse | None:
+def page_answer(session: Session, order_id: int, topic: str = DELIVERY
+                ) -> FeedbackResponse | None:
     return session.scalar(select(FeedbackResponse).where(
-        FeedbackResponse.source_key == answer_key(order_id)))
+        FeedbackResponse.source_key == answer_key(order_id, topic)))
 
 
 def may_change(answer: FeedbackResponse, now: datetime, change_minutes: int) -> bool:
@@ -95,21 +103,23 @@ def record_answer(session: Session, order_id: int, answer: Answer, now: datetime
     request's row is then treated as the first answer. The case path is the feedback file's
     (`open_feedback_cases`): its effect key keeps it to one case per order.
     """
-    row = {"source_key": answer_key(order_id), "order_id": order_id, "rating": answer.rating,
-           "comment": answer.comment, "tags": sorted(set(answer.tags)), "received_at": now}
+    row = {"source_key": answer_key(order_id, answer.topic), "order_id": order_id,
+           "topic": answer.topic, "rating": answer.rating, "comment": answer.comment,
+           "tags": sorted(set(answer.tags)), "received_at": now}
     if insert_new(session, FeedbackResponse, [row], "source_key"):
         status = RECORDED
     else:
         status = _replace(session, order_id, row, now, cfg.pages.survey_change_minutes)
         if status == LOCKED:
             return Outcome(LOCKED, False)
-    open_feedback_cases(session, [row], now, aftercare_config(cfg))
+    if answer.topic == DELIVERY:  # a size that does not fit is no failure of ours: no case
+        open_feedback_cases(session, [row], now, aftercare_config(cfg))
     return Outcome(status, has_case(session, order_id))
 
 
 def _replace(session: Session, order_id: int, row: dict[str, Any], now: datetime,
              change_minutes: int) -> str:
-    stored = page_answer(session, order_id)
+    stored = page_answer(session, order_id, row["topic"])
     if stored is None or not may_change(stored, now, change_minutes):
         return LOCKED
     new = (row["rating"], row["comment"], row["tags"])
@@ -139,3 +149,10 @@ def survey_page_counts(session: Session) -> dict[str, int]:
     get, head, post = (int(hits.get(method) or 0) for method in ("GET", "HEAD", "POST"))
     return {"answers via page": int(answers), "opened (GET)": get, "HEAD": head,
             "submitted (POST)": post, "prefetches": max(0, get + head - post)}
+
+
+def fit_answers(session: Session) -> dict[str, int]:
+    """The fit survey's answers by choice ("just_right": 12, ...), most frequent first."""
+    rows = session.execute(select(FeedbackResponse.tags).where(FeedbackResponse.topic == FIT))
+    counts: Counter[str] = Counter(tag for (tags,) in rows for tag in tags or [])
+    return dict(counts.most_common())

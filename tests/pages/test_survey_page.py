@@ -199,3 +199,55 @@ def test_links_from_earlier_mails_open_the_same_form(pages_edge):
     assert post(pages_edge.url + action, {"rating": "2"}).status_code == 200
     [answer], [case] = stored(pages_edge, order_id)
     assert (answer.rating, case.proposed) == (2, "refund")
+
+
+def fit_survey_links(edge) -> tuple[int, list[str], str]:
+    """An apparel order delivered 10 days ago through the registry's fit_survey step: its
+    order id, the mail's three links and the rendered text part."""
+    from tasks import journey
+    from tasks.messaging.render import renderer_for
+    from tasks.store.models import Product
+    from tests.factories import add_catalog
+
+    with session_scope(edge.engine) as session:
+        if session.get(Product, "TEE-1") is None:
+            add_catalog(session, now())
+        order = add_order(session, now(), lines=[("TEE-1", 1, "25.00"), ("MUG-1", 1, "18.00")],
+                          state="delivered", step="fit_survey",
+                          delivered_at=now() - timedelta(days=10))
+        order.lines[0].title, order.lines[0].variant_title = "Cotton tee - M", "M"
+        order_id = order.id
+    stage = journey.step("fit_survey").stage_fn()
+    with session_scope(edge.engine) as session:
+        stage(session, [order_id], now(), edge.rt)
+    with session_scope(edge.engine) as session:
+        message = session.scalars(select(Message).where(
+            Message.order_id == order_id, Message.template == "fit_survey")).one()
+        fit = message.context["fit"]
+        text = renderer_for(edge.rt.config).render("fit_survey", message.context).text
+    assert fit["products"] == ["Cotton tee"]  # the product, not its size
+    return order_id, [link["url"] for link in fit["links"]], text
+
+
+def test_the_fit_survey_answer_comes_back_through_the_survey_page(pages_edge):
+    """A new time-based mail step (tasks/journey.py fit_survey): the mail's buttons open the
+    survey page's fit form; only its POST stores a `fit` answer, and it opens no case."""
+    from tasks.storefront.survey import fit_answers
+
+    order_id, links, text = fit_survey_links(pages_edge)
+    assert [link.rpartition("=")[2] for link in links] == ["too_small", "just_right", "too_big"]
+    assert "Cotton tee" in text and links[0] in text
+    opened = httpx.get(links[0], timeout=10)
+    assert opened.status_code == 200 and "How does it fit?" in opened.text
+    assert 'value="too_small" required checked' in opened.text
+    assert stored(pages_edge, order_id) == ([], [])  # opening records nothing
+    refused = post(links[0], {"fit": "tiny"})
+    assert refused.status_code == 422 and "Please choose how it fits." in refused.text
+    thanks = post(links[0], {"fit": "too_small", "comment": "Runs small"})
+    assert thanks.status_code == 200 and "Thank you" in thanks.text
+    answers, cases = stored(pages_edge, order_id)
+    assert [(a.topic, a.rating, a.tags, a.comment) for a in answers] == [
+        ("fit", None, ["too_small"], "Runs small")]
+    assert cases == []
+    with session_scope(pages_edge.engine) as session:
+        assert fit_answers(session) == {"too_small": 1}
