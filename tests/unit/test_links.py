@@ -60,3 +60,11 @@ def test_migration_0007_matches_the_models(engine):
         diff = compare_metadata(context, Base.metadata)
     tables = ("reviews", "mail_preferences", "page_hits")
     assert [d for d in diff if any(t in str(d) for t in tables)] == []
+
+
+def test_migration_0008_matches_the_models(engine):
+    """The survey topic column and the optional rating (the fit survey's answers)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+    assert [d for d in diff if "feedback" in str(d)] == []
