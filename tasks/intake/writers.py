@@ -1,7 +1,7 @@
 """One entry per kind of input: read a file of it, or store a batch of its records.
 
 Files and webhooks share these: a line of an ingest file and a webhook body become the same
-records, gated and quarantined with the same reasons (DESIGN.md §12).
+records, gated and quarantined with the same reasons (README: Webhooks in).
 """
 
 from __future__ import annotations
