@@ -14,6 +14,8 @@ What is stored and when a case opens: tasks/storefront/survey.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -44,13 +46,8 @@ def register(app: FastAPI, site: Site) -> None:
 
     @app.api_route("/f/{token}", methods=["GET", "HEAD"])
     def survey_page(token: str, request: Request) -> Response:
-        if not site.allowed(request, token):
-            return site.too_many()
-        site.hits.count(PAGE, request.method, site.today())
-        link = site.link(token, Purpose.FEEDBACK)
-        if link is None:
-            return site.friendly()
-        return show_survey(site, link.subject, token, request.query_params.get("r"))
+        return opened(site, request, token, lambda order_id: show_survey(
+            site, order_id, token, request.query_params.get("r")))
 
     @app.api_route("/feedback", methods=["GET", "HEAD"])
     def old_survey_link(request: Request) -> Response:
@@ -68,43 +65,43 @@ def register(app: FastAPI, site: Site) -> None:
 
     @app.api_route("/f/{token}/fit", methods=["GET", "HEAD"])
     def fit_page(token: str, request: Request) -> Response:
-        if not site.allowed(request, token):
-            return site.too_many()
-        site.hits.count(PAGE, request.method, site.today())
-        link = site.link(token, Purpose.FEEDBACK)
-        if link is None:
-            return site.friendly()
-        return show_fit(site, link.subject, token, parse_choice(request.query_params.get("a")))
+        return opened(site, request, token, lambda order_id: show_fit(
+            site, order_id, token, parse_choice(request.query_params.get("a"))))
 
     @app.post("/f/{token}/fit")
     async def fit_answer(token: str, request: Request) -> Response:
-        if not site.allowed(request, token):
-            return site.too_many()
-        site.hits.count(PAGE, "POST", site.today())
-        if cross_site(request, site):
-            return site.friendly(403, "Please answer on our own page",
-                                 "This form was sent from another website, so we did not "
-                                 "record it. Open the link in our e-mail to answer.")
-        link = site.link(token, Purpose.FEEDBACK)
-        if link is None:
-            return site.friendly()
-        form = await read_form(request)
-        return await run_in_threadpool(answer_fit, site, link.subject, token, form)
+        return await answered(site, request, token, answer_fit)
 
     @app.post("/f/{token}")
     async def survey_answer(token: str, request: Request) -> Response:
-        if not site.allowed(request, token):
-            return site.too_many()
-        site.hits.count(PAGE, "POST", site.today())
-        if cross_site(request, site):
-            return site.friendly(403, "Please answer on our own page",
-                                 "This form was sent from another website, so we did not "
-                                 "record it. Open the link in our e-mail to answer.")
-        link = site.link(token, Purpose.FEEDBACK)
-        if link is None:
-            return site.friendly()
-        form = await read_form(request)
-        return await run_in_threadpool(answer_survey, site, link.subject, token, form)
+        return await answered(site, request, token, answer_survey)
+
+
+def opened(site: Site, request: Request, token: str,
+           show: Callable[[int], Response]) -> Response:
+    """A GET/HEAD of a survey link: limited and counted; `show` the order's form."""
+    if not site.allowed(request, token):
+        return site.too_many()
+    site.hits.count(PAGE, request.method, site.today())
+    link = site.link(token, Purpose.FEEDBACK)
+    return site.friendly() if link is None else show(link.subject)
+
+
+async def answered(site: Site, request: Request, token: str,
+                   answer: Callable[[Site, int, str, dict[str, str]], Response]) -> Response:
+    """A survey form's POST: limited, counted, refused from another site; then `answer`."""
+    if not site.allowed(request, token):
+        return site.too_many()
+    site.hits.count(PAGE, "POST", site.today())
+    if cross_site(request, site):
+        return site.friendly(403, "Please answer on our own page",
+                             "This form was sent from another website, so we did not "
+                             "record it. Open the link in our e-mail to answer.")
+    link = site.link(token, Purpose.FEEDBACK)
+    if link is None:
+        return site.friendly()
+    form = await read_form(request)
+    return await run_in_threadpool(answer, site, link.subject, token, form)
 
 
 def show_survey(site: Site, order_id: int, token: str, rating: str | None) -> HTMLResponse:
