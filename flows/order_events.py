@@ -16,6 +16,7 @@ from prefect.settings import PREFECT_API_URL
 from sqlalchemy import select
 
 from flows.common import app_engine, in_flow_run, knob
+from tasks.states import OrderState
 from tasks.store.db import session_scope
 from tasks.store.models import Order
 from tasks.verify import reason_codes
@@ -23,9 +24,9 @@ from tasks.verify import reason_codes
 # What an operator must react to; `journeys_prefect_events = exceptions` (the default) sends
 # only these. `all` is about eight events per order: at 100k orders a day that is 800k events,
 # more than a SQLite Prefect server persists without stalling its API.
-EXCEPTIONS = {"on_hold", "cancelled"}
+EXCEPTIONS = {OrderState.ON_HOLD, OrderState.CANCELLED}
 DEFAULT_MODE = "exceptions"
-EVENT_NAMES = {"on_hold": "held"}
+EVENT_NAMES = {OrderState.ON_HOLD: "held"}
 NAMESPACE = uuid.UUID("6f0e3d1c-5b7a-4c51-9a43-3c2f4b1e8d10")
 
 

@@ -29,6 +29,7 @@ from tasks.journey import StageResult
 from tasks.messaging.compose import base_context, mail_row, order_key, order_mail, store_context
 from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime
+from tasks.states import OrderState
 from tasks.store.journal import finish_steps, reschedule_steps
 from tasks.store.loaders import delivered_orders, products_of
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase
@@ -331,7 +332,7 @@ def reordered_skus(session: Session, orders: Sequence[Order]) -> set[tuple[int, 
         select(Order.id, Order.customer_id, Order.placed_at, OrderLine.sku)
         .join(OrderLine, OrderLine.order_id == Order.id)
         .where(Order.customer_id.in_({o.customer_id for o in orders}),
-               OrderLine.sku.is_not(None), Order.state != "cancelled")
+               OrderLine.sku.is_not(None), Order.state != OrderState.CANCELLED)
     )
     later: dict[tuple[int, str], list[tuple[int, datetime]]] = defaultdict(list)
     for order_id, customer_id, placed_at, sku in session.execute(query):

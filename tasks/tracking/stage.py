@@ -28,10 +28,10 @@ from tasks.store.journal import (
     Transition,
     apply_transitions,
     claim_orders,
+    finish_steps,
     insert_ignoring_duplicates,
     record_events,
     schedule_steps,
-    set_steps,
 )
 from tasks.store.models import Message, Order, ServiceCase, Shipment, Step
 from tasks.tracking.ingest import (
@@ -270,7 +270,7 @@ def late_cases(
         {"order_id": o.id, "at": now, "kind": "case", "from_state": None, "to_state": None,
          "actor": "journeys", "detail": {"case": "late", "proposed": settings.late_case_proposal}}
         for o in new])
-    _finish_steps(session, LATE_CASE_STEP, [o.id for o in orders], now)
+    finish_steps(session, LATE_CASE_STEP, dict.fromkeys(o.id for o in orders), now)
     _close_finished(session, LATE_CASE_STEP, set(order_ids) - {o.id for o in orders}, now)
     return StageResult(stage=LATE_CASE_STEP, advanced=len(new),
                        skipped=len(set(order_ids)) - len(orders),
@@ -282,11 +282,6 @@ def late_reason(order: Order, now: datetime, cfg: Config) -> str:
     promised = order.promised_delivery
     days = (now - promise_deadline(promised, cfg.store.timezone)).days if promised else 0
     return f"late: promised {promised}, not delivered {days} days later"[:200]
-
-
-def _finish_steps(session: Session, step: str, order_ids: list[int], now: datetime) -> None:
-    """Mark `step` done for these orders, counting the attempt."""
-    set_steps(session, step, {order_id: (DONE, None) for order_id in order_ids}, now)
 
 
 # ---------------------------------------------------------------- messages
