@@ -81,8 +81,13 @@ def test_a_prefect_api_that_is_not_there_never_fails_a_done_decision(held, monke
 
 
 def test_without_a_server_the_cli_emits_nothing_and_starts_none(monkeypatch, now):
+    """No PREFECT_API_URL, in the environment or in the settings a stack test in the same
+    worker process may still hold (tests/stack points them at its server for the session)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setattr(order_events, "emit_event", lambda **_: pytest.fail("emitted"))
     change = {"order_id": 1, "to_state": "cancelled", "from_state": "on_hold", "at": now,
               "actor": "ana", "detail": {}}
-    assert order_events.emit_state_changes([change], outside_runs=True) == 0
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert order_events.emit_state_changes([change], outside_runs=True) == 0
