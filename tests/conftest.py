@@ -166,13 +166,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
 # server each, as in a serial run, and the crash matrix runs whole. (xdist's own xdist_group
 # mark cannot do this: on pytest 9 it no longer changes the node ids it groups by.)
 SHARED_SERVER_DIRS = {"tests/flows": "flows", "tests/stack": "stack"}
-LONGEST_FIRST = ("flows", "stack", "tests/integration/test_edge.py")  # so no long tail
+# The crash matrix (about 14 minutes) is a unit of its own, with its own Prefect test server, so
+# the rest of tests/flows runs beside it. Both flows units are handed out before the stack: a
+# flows test must never run after tests/stack in one worker (the stack points PREFECT_API_URL at
+# itself for the rest of that worker's session); the stack after flows is what a serial run does.
+OWN_UNIT = {"tests/flows/test_crash_matrix.py": "flows-crash"}
+LONGEST_FIRST = ("flows-crash", "flows", "stack", "tests/integration/test_edge.py")
 
 
 def work_unit_of(nodeid: str) -> str:
     """What one worker runs as a whole: a test file, or a directory sharing a server."""
     path = nodeid.split("::", 1)[0]
-    return SHARED_SERVER_DIRS.get(path.rsplit("/", 1)[0], path)
+    return OWN_UNIT.get(path) or SHARED_SERVER_DIRS.get(path.rsplit("/", 1)[0], path)
 
 
 def _start_rank(item: pytest.Item) -> int:
