@@ -76,7 +76,8 @@ def test_an_order_without_email_ships_and_its_mail_is_skipped_with_a_reason(engi
 def test_a_missing_address_holds_only_when_configured(cfg):
     rules = cfg.verification
     assert email_findings(Order(email=None), rules) == []
-    # EmailRules has no `required` field yet (tasks/config.py); an updated copy stands for it.
+    # EmailRules has no `required` field yet (tasks/config/verification.py); an updated copy
+    # stands for it.
     strict = rules.model_copy(update={"email": rules.email.model_copy(update={"required": True})})
     assert [f.code for f in email_findings(Order(email=None), strict)] == ["email_missing"]
 
