@@ -298,7 +298,8 @@ def _more(connection: dict[str, Any] | None) -> bool:
 def rest_order(node: dict[str, Any]) -> dict[str, Any]:
     """A GraphQL Order node → the REST order dict an `orders/updated` webhook carries, as far as
     tasks/intake/formats/shopify.py `shopify_order` and tasks/tracking/formats.py
-    `shopify_fulfillment` read it. Money is the shop currency (`shopMoney`), as REST's unsuffixed fields are.
+    `shopify_fulfillment` read it. Money is the shop currency (`shopMoney`), as REST's unsuffixed
+    fields are.
 
     Mapped: id (the numeric id of the gid), admin_graphql_api_id, name, email, created_at,
     updated_at, cancelled_at, currency, financial_status (displayFinancialStatus, lower case),
