@@ -149,16 +149,19 @@ def ledger_duplicates(engine, ids) -> int:
 # --- the control: a naive read-modify-write balance ---------------------------------------
 
 
-def naive_accrue(engine, customer_id: int, points: int) -> None:
+def naive_accrue(engine, customer_id: int, points: int, between: threading.Barrier) -> None:
     """Read the balance, add, write it back: what a stored balance column invites.
 
     Read and write are separate transactions, as in `balance = get(); ...; save(balance + n)`.
     (On SQLite each transaction takes the write lock at BEGIN, so a read and write inside one
-    transaction could not interleave at all.)
+    transaction could not interleave at all.) Every thread reads before any writes (the
+    barrier): left to the scheduler, SQLite's threads sometimes ran one after another and the
+    control saw nothing to lose.
     """
     with engine.begin() as conn:
         balance = conn.execute(text("SELECT points FROM naive_balance WHERE customer_id = :c"),
                                {"c": customer_id}).scalar_one()
+    between.wait()
     with engine.begin() as conn:
         conn.execute(text("UPDATE naive_balance SET points = :p WHERE customer_id = :c"),
                      {"p": balance + points, "c": customer_id})
@@ -171,8 +174,9 @@ def naive_lost_updates(engine, customer_id, ids) -> int:
                           "points INTEGER NOT NULL)"))
         conn.execute(text("INSERT INTO naive_balance VALUES (:c, 0)"), {"c": customer_id})
     points = {oid: int(QUANTITY * price_of(i)) for i, oid in enumerate(ids)}
-    work = [[lambda oid=oid: naive_accrue(engine, customer_id, points[oid]) for oid in part]
-            for part in slices(ids)]
+    between = threading.Barrier(THREADS)
+    work = [[lambda oid=oid: naive_accrue(engine, customer_id, points[oid], between)
+             for oid in part] for part in slices(ids)]
     assert race(work) == []
     with engine.begin() as conn:
         final = conn.execute(text("SELECT points FROM naive_balance")).scalar_one()
