@@ -41,10 +41,12 @@ class Purpose(IntEnum):
     REVIEW = 3  # /r/{token}: a review of one line (order id, extra: order line id)
     PREFERENCES = 4  # /u/{token}: unsubscribe and topics (customer id)
     LOYALTY = 5  # /l/{token}: points and tier (customer id)
+    RETURNS = 6  # /returns/{token}: start or follow a return (order id)
 
 
 PATHS = {Purpose.ORDER: "o", Purpose.FEEDBACK: "f", Purpose.REVIEW: "r",
-         Purpose.PREFERENCES: "u", Purpose.LOYALTY: "l"}
+         Purpose.PREFERENCES: "u", Purpose.LOYALTY: "l",
+         Purpose.RETURNS: "returns"}
 
 
 class LinkError(ValueError):

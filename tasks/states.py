@@ -92,3 +92,22 @@ class ParcelStatus(StrEnum):
     DELIVERED = "Delivered"
     # Cancelled or failed fulfillment: not an AfterShip tag, so no tracking event moves it again.
     CANCELLED = "Cancelled"
+
+
+class ReturnStatus(StrEnum):
+    """Return.status (tasks/returns/): a return's life from the customer's request to its end.
+
+    requested → approved (auto or operator) → received → refunded | exchanged; or
+    requested → rejected | kept_with_credit (the customer keeps the goods, gets a credit).
+    `label_url` may be set on an approved return at any time (operator or carrier webhook)."""
+
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    KEPT_WITH_CREDIT = "kept_with_credit"
+    RECEIVED = "received"
+    REFUNDED = "refunded"
+    EXCHANGED = "exchanged"
+
+
+OPEN_RETURN_STATUSES = (ReturnStatus.REQUESTED, ReturnStatus.APPROVED, ReturnStatus.RECEIVED)

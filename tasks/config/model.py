@@ -14,6 +14,7 @@ from tasks.config.messaging import MessagingConfig
 from tasks.config.packing import PackingConfig
 from tasks.config.pages import PagesConfig
 from tasks.config.quality import QualityConfig
+from tasks.config.returns import ReturnsConfig
 from tasks.config.shipping import ShippingConfig
 from tasks.config.store import StoreConfig
 from tasks.config.tracking import TrackingConfig
@@ -39,6 +40,7 @@ class Config(Strict):
     aftercare: AftercareConfig
     tracking: TrackingConfig
     governor: GovernorConfig
+    returns: ReturnsConfig
 
     @model_validator(mode="after")
     def _money_rules_agree(self) -> Config:

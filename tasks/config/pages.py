@@ -15,6 +15,7 @@ class LinkLifetimes(Strict):
     review: int = Field(default=365, ge=0)
     preferences: int = Field(default=0, ge=0)  # an unsubscribe link must always work
     loyalty: int = Field(default=400, ge=0)
+    returns: int = Field(default=400, ge=0)
 
 
 class ReviewRules(Strict):

@@ -213,6 +213,11 @@ class Order(Base):
     updated_at: Mapped[datetime]
     # The source's own `updated_at` of the version stored: an older version arriving late loses.
     source_updated_at: Mapped[datetime | None]
+    # A replacement (an exchange or a service case's replacement) names the order it replaces;
+    # it is never charged (total 0) and runs verification, packing and confirmation like any.
+    replaces_order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="SET NULL"), index=True
+    )
 
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", order_by="OrderLine.position", cascade="all, delete-orphan"
@@ -642,3 +647,103 @@ class PageHit(Base):
     page: Mapped[str] = mapped_column(String(20))  # order | feedback | review | preferences ...
     method: Mapped[str] = mapped_column(String(10))  # GET | HEAD | POST
     hits: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Return(Base):
+    """One return (RMA) of an order: what comes back, why, and what the customer gets.
+
+    `rma` is shown to the customer and printed on the parcel: random, never sequential.
+    `effect_key` makes the request idempotent (page, operator, Shopify's return id).
+    Status vocabulary: tasks/states.ReturnStatus. Money is in the order's currency.
+    """
+
+    __tablename__ = "returns"
+    __table_args__ = (Index(None, "status"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    rma: Mapped[str] = mapped_column(String(20), unique=True)
+    effect_key: Mapped[str] = mapped_column(String(200), unique=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    source: Mapped[str] = mapped_column(String(30))  # page | operator | shopify | cancellation
+    external_id: Mapped[str | None] = mapped_column(String(64))  # Shopify's return id
+    status: Mapped[str] = mapped_column(String(20))
+    resolution: Mapped[str] = mapped_column(String(20))  # refund | exchange
+    reason: Mapped[str] = mapped_column(String(40))  # a key of returns.yaml reasons
+    comment: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "redact"}
+    )
+    requested_at: Mapped[datetime]
+    return_by: Mapped[date | None] = mapped_column(Date)  # the parcel must be sent by then
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(100))  # "policy" when auto-approved
+    decision_note: Mapped[str | None] = mapped_column(
+        Text, info={"personal": "free_text", "erase": "redact"}
+    )
+    label_url: Mapped[str | None] = mapped_column(String(1000))  # from an operator or carrier
+    label_ref: Mapped[str | None] = mapped_column(String(500))  # an archived label PDF
+    received_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    goods_value: Mapped[Decimal]  # what the returned units cost the customer (after discounts)
+    restocking_fee: Mapped[Decimal]
+    shipping_fee: Mapped[Decimal]  # charged when the customer pays the return shipping
+    refund_amount: Mapped[Decimal | None]  # set when refunded (goods − fees)
+    credit_amount: Mapped[Decimal | None]  # keep-with-credit
+    replacement_order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="SET NULL")
+    )
+    updated_at: Mapped[datetime]
+
+    lines: Mapped[list[ReturnLine]] = relationship(
+        back_populates="ret", order_by="ReturnLine.id", cascade="all, delete-orphan"
+    )
+
+
+class ReturnLine(Base):
+    """Units of one order line in a return; an exchange names the variant wanted instead."""
+
+    __tablename__ = "return_lines"
+    __table_args__ = (UniqueConstraint("return_id", "order_line_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    return_id: Mapped[int] = mapped_column(ForeignKey("returns.id", ondelete="CASCADE"))
+    order_line_id: Mapped[int] = mapped_column(
+        ForeignKey("order_lines.id", ondelete="CASCADE"), index=True
+    )
+    quantity: Mapped[int] = mapped_column(Integer)
+    exchange_sku: Mapped[str | None] = mapped_column(String(100))
+
+    ret: Mapped[Return] = relationship(back_populates="lines")
+
+
+class CreditNote(Base):
+    """A credit note: the correction of an invoice by a refund, with its own gapless number
+    series (`number`, from `document_counters`). The invoice itself is never rewritten."""
+
+    __tablename__ = "credit_notes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    effect_key: Mapped[str] = mapped_column(String(200), unique=True)  # the refund's own key
+    number: Mapped[str] = mapped_column(String(40), unique=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    return_id: Mapped[int | None] = mapped_column(ForeignKey("returns.id", ondelete="SET NULL"))
+    invoice_number: Mapped[str] = mapped_column(String(64))  # the invoice it corrects
+    currency: Mapped[str] = mapped_column(String(3))
+    goods: Mapped[Decimal]
+    shipping: Mapped[Decimal]
+    fees: Mapped[Decimal]  # restocking and return shipping kept back
+    total: Mapped[Decimal]  # refunded to the customer
+    reason: Mapped[str] = mapped_column(String(200))
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(default=list)  # [{sku,title,qty,amount}]
+    issued_at: Mapped[datetime]
+    document_ref: Mapped[str | None] = mapped_column(String(500))  # archived HTML
+
+
+class DocumentCounter(Base):
+    """How many numbers a series (credit notes) has issued: incremented in the issuing
+    transaction, so numbers are gapless and never reused (PostgreSQL: row lock)."""
+
+    __tablename__ = "document_counters"
+
+    series: Mapped[str] = mapped_column(String(40), primary_key=True)
+    issued: Mapped[int] = mapped_column(Integer, default=0)  # numbers given out so far

@@ -45,6 +45,7 @@ from tasks.store.models import (
     Order,
     OrderEvent,
     Quarantine,
+    Return,
     ServiceCase,
     Shipment,
     Step,
@@ -110,6 +111,13 @@ def add_records_around(session, now, order_id: int) -> None:
                               occurred_at=now, received_at=now, applied=True))
     record_events(session, [{"order_id": order_id, "at": now, "kind": "note", "actor": "ops",
                              "detail": {"note": "Grace asked to leave it at the door"}}])
+    customer_id = session.get(Order, order_id).customer_id
+    session.add(Return(rma="R-TESTRMA1", effect_key="return:1", order_id=order_id,
+                       customer_id=customer_id, source="page", status="requested",
+                       resolution="refund", reason="too_small",
+                       comment="Grace Hopper: too small", decision_note="called Grace Hopper",
+                       requested_at=now, goods_value=Decimal("10"), restocking_fee=Decimal(0),
+                       shipping_fee=Decimal(0), updated_at=now))
 
 
 def add_ledger(session, now, customer_id: int, order_id: int, other: tuple[int, int]) -> None:
