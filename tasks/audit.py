@@ -15,8 +15,18 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tasks.states import MessageStatus
-from tasks.store.models import Customer, LoyaltyEntry, Message, Order, ServiceCase
+from tasks.states import MessageStatus, ReturnStatus
+from tasks.store.models import (
+    CreditNote,
+    Customer,
+    LoyaltyEntry,
+    Message,
+    Order,
+    OrderLine,
+    Return,
+    ReturnLine,
+    ServiceCase,
+)
 
 SENT = (MessageStatus.SENT, MessageStatus.UNKNOWN)  # unknown outcome: may have reached them
 
@@ -32,6 +42,7 @@ class AuditRules:
     quiet_start: int = 21  # hour, recipient's local time
     quiet_end: int = 8
     default_timezone: str = "UTC"
+    winback_every_days: int = 180  # aftercare.yaml winback.every_days
 
 
 def _sent_marketing(session: Session) -> list[dict[str, Any]]:
@@ -116,12 +127,77 @@ def double_points(session: Session) -> list[str]:
     return findings
 
 
+def reviews_of_returned_items(session: Session) -> list[str]:
+    """A review request about a SKU sent after the customer asked to return every unit of it
+    (the customer no longer has it; this is not a sentiment filter)."""
+    bought = (select(OrderLine.order_id, OrderLine.sku,
+                     func.sum(OrderLine.quantity).label("units"))
+              .group_by(OrderLine.order_id, OrderLine.sku)).subquery()
+    returned = (select(Return.order_id, OrderLine.sku,
+                       func.max(Return.requested_at).label("at"),
+                       func.sum(ReturnLine.quantity).label("units"))
+                .join(ReturnLine, ReturnLine.return_id == Return.id)
+                .join(OrderLine, OrderLine.id == ReturnLine.order_line_id)
+                .where(Return.status.not_in((ReturnStatus.REJECTED,
+                                             ReturnStatus.KEPT_WITH_CREDIT)))
+                .group_by(Return.order_id, OrderLine.sku)).subquery()
+    query = (select(Message.id, returned.c.sku)
+             .join(returned, (returned.c.order_id == Message.order_id)
+                   & (returned.c.sku == Message.topic))
+             .join(bought, (bought.c.order_id == returned.c.order_id)
+                   & (bought.c.sku == returned.c.sku))
+             .where(Message.template == "review_request", Message.status.in_(SENT),
+                    Message.sent_at > returned.c.at, returned.c.units >= bought.c.units))
+    return [f"message {mid}: review request for {sku}, returned before it was sent"
+            for mid, sku in session.execute(query)]
+
+
+def refunds_beyond_payment(session: Session) -> list[str]:
+    """Credit notes of an order adding up to more than it cost, or a return refunded twice."""
+    per_order = (select(CreditNote.order_id, Order.total, func.sum(CreditNote.total))
+                 .join(Order, Order.id == CreditNote.order_id)
+                 .group_by(CreditNote.order_id, Order.total))
+    findings = [f"order {oid}: credit notes total {credited} of {total} paid"
+                for oid, total, credited in session.execute(per_order) if credited > total]
+    per_return = (select(CreditNote.return_id, func.count()).where(
+        CreditNote.return_id.is_not(None)).group_by(CreditNote.return_id)
+        .having(func.count() > 1))
+    findings += [f"return {rid}: refunded {n} times" for rid, n in session.execute(per_return)]
+    return findings
+
+
+def winbacks_too_often(session: Session, every_days: int) -> list[str]:
+    """Win-back mail is marketing (the consent check covers it) and goes at most once per
+    customer in `every_days`."""
+    query = (select(Message.customer_id, Message.sent_at)
+             .where(Message.template == "winback", Message.status.in_(SENT))
+             .order_by(Message.customer_id, Message.sent_at))
+    last: dict[int, datetime] = {}
+    findings = []
+    for customer_id, sent_at in session.execute(query):
+        before = last.get(customer_id)
+        if before is not None and sent_at - before < timedelta(days=every_days):
+            findings.append(f"customer {customer_id}: two win-back mails within {every_days} days")
+        last[customer_id] = sent_at
+    return findings
+
+
+def negative_balances(session: Session) -> list[str]:
+    """The ledger balances: no customer's points (pending + approved) below zero."""
+    query = (select(LoyaltyEntry.customer_id, func.sum(LoyaltyEntry.points))
+             .group_by(LoyaltyEntry.customer_id).having(func.sum(LoyaltyEntry.points) < 0))
+    return [f"customer {cid}: points balance {points}" for cid, points in session.execute(query)]
+
+
 def audit(session: Session, rules: AuditRules) -> list[str]:
     """Every rule violation found in the outbox and the ledger (empty means compliant)."""
     marketing = _sent_marketing(session)
     return (without_consent(marketing) + cap_breaches(marketing, rules)
             + quiet_hour_breaches(marketing, rules) + early_or_held_reviews(session)
-            + double_points(session))
+            + double_points(session) + reviews_of_returned_items(session)
+            + refunds_beyond_payment(session)
+            + winbacks_too_often(session, rules.winback_every_days)
+            + negative_balances(session))
 
 
 def message_calendar(session: Session, since: datetime | None = None) -> dict[str, list[str]]:
