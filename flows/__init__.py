@@ -17,6 +17,7 @@ _EXPORTS = {
     "reconcile_shopify": "flows.reconcile",
     "release_quarantine": "flows.operations", "erase_customer": "flows.operations",
     "review_holds": "flows.decisions", "review_cases": "flows.decisions",
+    "review_returns": "flows.decisions", "ReturnReviewRequest": "flows.parameters",
     "moderate_reviews": "flows.moderation", "ModerationRequest": "flows.moderation",
     "SweepRequest": "flows.parameters", "DailyRequest": "flows.parameters",
     "OrderJourneyRequest": "flows.parameters", "IngestRequest": "flows.parameters",

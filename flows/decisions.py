@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, create_model
 
 from flows.common import app_engine, knob, runtime
 from flows.order_events import emit_state_changes
-from flows.parameters import CaseReviewRequest, HoldReviewRequest
+from flows.parameters import CaseReviewRequest, HoldReviewRequest, ReturnReviewRequest
 from flows.reporting import mask_emails, md_cell
 from tasks import operations
 from tasks.aftercare.service import ServiceError
@@ -152,7 +152,7 @@ def apply_hold_decisions(items: list[Item], answer: RunInput, now: datetime) -> 
                 counts[KEEP] += 1
                 continue
             applied = operations.decide_holds(session, [item.id], choice.decision, now,
-                                              operator_name(answer), choice.note)
+                                              operator_name(answer), choice.note, rt=runtime())
             counts[choice.decision] += len(applied.outcome["orders"])
             changes += applied.changes
     emit_state_changes(changes)
@@ -245,3 +245,97 @@ def review_cases(request: CaseReviewRequest = CaseReviewRequest()) -> dict[str, 
     if outcome["refused"]:
         get_run_logger().warning("decisions refused: %s", outcome["refused"])
     return {"cases": len(items), **outcome}
+
+
+# --- returns -----------------------------------------------------------------------------------
+
+
+class ReturnDecision(BaseModel):
+    decision: Literal["keep", "approve", "reject", "credit"] = Field(
+        KEEP, title="Decision", description=(
+            "approve: the customer gets the instructions; reject: refused, with the reason below; "
+            "credit: the customer keeps the goods with store credit; keep: decide later."))
+    message: str = Field("", max_length=500, title="Reason for the customer", description=(
+        "Reject only (required then): what the customer reads."))
+    note: str = Field("", max_length=500, title="Note", description="Internal: the timeline.")
+
+
+def return_items(request: ReturnReviewRequest) -> list[Item]:
+    """The requested returns asked for, or the oldest: order, customer (masked), items, value,
+    reason and why the policy left each to an operator."""
+    from tasks.store.queries import return_review_reasons, return_rows, returns_by_rma
+
+    with session_scope(app_engine()) as session:
+        rows = return_rows(session, "requested")
+        if request.rmas:
+            wanted = {r.id for r in returns_by_rma(session, request.rmas)}
+            rows = [(ret, order) for ret, order in rows if ret.id in wanted]
+        rows = rows[:request.limit]
+        why = return_review_reasons(session, [order.id for _, order in rows])
+        return [Item(ret.id, f"Return {ret.rma}, order {order.name or order.external_id} "
+                     f"({ret.goods_value} {order.currency})",
+                     mask_emails(return_detail(ret, order, why.get(ret.id))), f"return_{n}")
+                for n, (ret, order) in enumerate(rows, start=1)]
+
+
+def return_detail(ret, order, why: str | None) -> str:
+    titles = {line.id: line.title for line in order.lines}
+    items = ", ".join(f"{rl.quantity} × {titles.get(rl.order_line_id, 'item')}"
+                      + (f" for {rl.exchange_sku}" if rl.exchange_sku else "")
+                      for rl in ret.lines)
+    return (f"customer {order.email or 'unknown'}; {items}; {ret.resolution}, reason "
+            f"{ret.reason}; operator needed: {why or 'policy'}")
+
+
+def apply_return_decisions(items: list[Item], answer: RunInput, now: datetime
+                           ) -> dict[str, Any]:
+    """Each decided return in its own transaction; a refused one (no reason) is reported."""
+    counts: dict[str, Any] = {KEEP: 0, "decided": 0, "refused": []}
+    for item in items:
+        choice: ReturnDecision = getattr(answer, item.field)
+        if choice.decision == KEEP:
+            counts[KEEP] += 1
+            continue
+        try:
+            with session_scope(app_engine()) as session:
+                applied = operations.decide_returns(
+                    session, [item.id], choice.decision, now, runtime(), operator_name(answer),
+                    choice.note, choice.message)
+            emit_state_changes(applied.changes)
+            counts["decided"] += len(applied.outcome["returns"])
+        except operations.OperationRefused as refused:
+            counts["refused"].append(f"{item.label}: {refused}")
+    return counts
+
+
+def return_order_ids(items: list[Item]) -> list[int]:
+    from sqlalchemy import select
+
+    from tasks.store.models import Return
+
+    with session_scope(app_engine()) as session:
+        return sorted(set(session.scalars(select(Return.order_id).where(
+            Return.id.in_([item.id for item in items])))))
+
+
+@flow(name="returns-review", log_prints=True)
+def review_returns(request: ReturnReviewRequest = ReturnReviewRequest()) -> dict[str, Any]:  # noqa: B008
+    """Show requested returns in one form; approve, reject or credit what the operator decides."""
+    items, minutes = return_items(request), timeout_minutes(request.timeout_minutes)
+    if not items:
+        return {"returns": 0}
+    create_markdown_artifact(items_markdown("Returns to decide", items, minutes),
+                             key="returns-review", description="What the form below asks")
+    intro = ("Decide each return: **approve** (the customer gets the instructions), **reject** "
+             "(give the reason the customer reads) or **credit** (they keep the goods with "
+             "store credit); **keep** leaves it requested.")
+    answer = wait_for_decisions(decision_form("ReturnsReview", items, ReturnDecision, intro),
+                                minutes)
+    now = datetime.now(UTC)
+    if answer is None:
+        record_expired(return_order_ids(items), "the return stays requested", minutes, now)
+        return {"returns": len(items), "expired": True}
+    outcome = apply_return_decisions(items, answer, now)
+    if outcome["refused"]:
+        get_run_logger().warning("decisions refused: %s", outcome["refused"])
+    return {"returns": len(items), **outcome}

@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None,
     limiter, refusals = MovingWindowRateLimiter(MemoryStorage()), REFUSED_LIMIT
     app = FastAPI(title="journeys edge", docs_url=None, redoc_url=None, openapi_url=None)
     pages.mount(app, load_config(settings.config_dir), settings.secret_key, settings.database_url,
-                clock)
+                clock, settings)
 
     def refused(request: Request, provider: str) -> PlainTextResponse:
         client = request.client.host if request.client else "unknown"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -34,6 +34,8 @@ from flows.parameters import DailyRequest, OrderJourneyRequest, SweepRequest
 from flows.reporting import publish_order_timeline, publish_store_picture
 from tasks import inbox, loyalty
 from tasks.aftercare.followups import birthday_offers
+from tasks.aftercare.winback import winback, winback_customer_ids
+from tasks.cancellation import do_not_ship
 from tasks.faults import fault_point
 from tasks.journey import Stage, StageResult, stages
 from tasks.manifest import Manifest
@@ -44,6 +46,7 @@ from tasks.store.db import session_scope
 from tasks.store.journal import due_order_ids, take_state_changes
 from tasks.store.queries import find_order
 from tasks.tracking.stage import delay_watch_ids
+from tasks.tracking.unshipped import overdue_watch_ids
 
 # A sweep sends a few mails per order: one dispatch task run takes up to 5 transactions of a
 # batch each, so task runs follow batches of orders, while a crash still loses at most one
@@ -253,7 +256,43 @@ def summary_markdown(now: datetime, report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {s['advanced']} | {s['held']} | {s['closed']} | {s['skipped']} |")
     lines += ["", "| messages | count |", "|---|---|"]
     lines += [f"| {status} | {count} |" for status, count in report["messages"].items()]
+    lines += do_not_ship_markdown(report.get("do_not_ship", []))
     return "\n".join(lines)
+
+
+DO_NOT_SHIP_WINDOW = timedelta(hours=24)
+
+
+def do_not_ship_list(now: datetime) -> list[dict[str, Any]]:
+    """Orders cancelled after packing in the last 24 hours: the packer must pull them."""
+    with session_scope(app_engine()) as session:
+        return do_not_ship(session, now - DO_NOT_SHIP_WINDOW, now)
+
+
+def do_not_ship_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Do not ship", "", "Cancelled after packing (last 24 hours): take these "
+             "parcels off the outgoing shelf.", "", "| order | packing slip | cancelled at |",
+             "|---|---|---|"]
+    return lines + [f"| {r['order']} | {r['packing_slip'] or '-'} | {r['cancelled_at'][:16]} |"
+                    for r in rows]
+
+
+def notify_not_shipped(result: StageResult) -> None:
+    """The operator alert for orders past their ship date (automation "journeys: orders not
+    shipped" watches the event). Best effort: the cases and the timeline are the record."""
+    from prefect.events import emit_event
+
+    if not result.advanced or not in_flow_run():
+        return
+    try:
+        emit_event("journeys.orders.not_shipped", resource={
+            "prefect.resource.id": "journeys.orders.not_shipped"},
+            payload={"orders": result.advanced, "cases_opened": result.details.get(
+                "cases_opened", 0)})
+    except Exception:  # noqa: BLE001 - the service cases stay the record
+        get_run_logger().warning("could not emit the not-shipped alert", exc_info=True)
 
 
 @flow(name="journey-sweep", log_prints=True)
@@ -270,6 +309,8 @@ def sweep(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B0
         drained = drain_inbox(now, size, 2)
     report = summary(results, dispatch_all(now, size, rounds=MAIL_ROUNDS))
     report["inbox"] = drained
+    report["do_not_ship"] = do_not_ship_list(now)
+    notify_not_shipped(results["ship_overdue"])
     create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
     manifest = sweep_manifest(results, now)
     report["manifest"] = manifest.counts()
@@ -302,9 +343,10 @@ def paged(query, size: int):
 @task(task_run_name="{name}-batch-{batch_no}", cache_policy=NONE, retries=2, retry_delay_seconds=2)
 def run_customer_batch(name: str, batch_no: int, customer_ids: list[int], now: datetime
                        ) -> StageResult:
-    """Customer-level daily work (tiers) over one batch, in one transaction."""
+    """Customer-level daily work (tiers, win-back) over one batch, in one transaction."""
+    work = {"tiers": loyalty.update_tiers, "winback": winback}[name]
     with session_scope(app_engine()) as session:
-        result = loyalty.update_tiers(session, customer_ids, now, runtime())
+        result = work(session, customer_ids, now, runtime())
     result.received = len(customer_ids)
     return result
 
@@ -315,8 +357,20 @@ def send_birthday_offers(now: datetime) -> StageResult:
         return birthday_offers(session, now, runtime())
 
 
+def winback_customers(now: datetime, size: int) -> StageResult:
+    """Win-back over customers whose last order is old (or whose win-back is pending)."""
+    result, rules = StageResult("winback"), runtime().config.aftercare.winback
+
+    def quiet(session, limit, after_id):
+        return winback_customer_ids(session, limit, after_id, now, rules)
+
+    for batch_no, ids in enumerate(paged(quiet, size) if rules.enabled else (), start=1):
+        result.add(run_customer_batch("winback", batch_no, ids, now))
+    return result
+
+
 def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
-    """What only a daily run needs: late parcels without news, birthdays, tiers."""
+    """What only a daily run needs: late parcels without news, birthdays, tiers, win-back."""
     timezone = runtime().config.store.timezone
     results = {"delay_watch": StageResult("track"), "tiers": StageResult("tiers")}
 
@@ -325,9 +379,13 @@ def daily_work(now: datetime, size: int) -> dict[str, StageResult]:
 
     for batch_no, ids in enumerate(paged(delayed, size), start=1):
         results["delay_watch"].add(run_stage_batch("track", batch_no, ids, now))
+    results["ship_watch"] = StageResult("ship_overdue")  # confirmed before the step existed
+    for batch_no, ids in enumerate(paged(overdue_watch_ids, size), start=1):
+        results["ship_watch"].add(run_stage_batch("ship_overdue", batch_no, ids, now))
     results["birthday"] = send_birthday_offers(now)
     for batch_no, ids in enumerate(paged(loyalty.customers_with_points, size), start=1):
         results["tiers"].add(run_customer_batch("tiers", batch_no, ids, now))
+    results["winback"] = winback_customers(now, size)
     results["archive"] = reconcile_archive()
     results["privacy"] = privacy_housekeeping(now)
     return results

@@ -1,4 +1,5 @@
-"""Operator jobs as flows: release corrected quarantine entries, erase a customer on request."""
+"""Operator jobs as flows: release corrected quarantine entries, erase a customer on request,
+cancel an order."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.common import app_engine, business_now, runtime
 from flows.order_events import emit_state_changes
-from flows.parameters import ErasureRequest, QuarantineReleaseRequest
+from flows.parameters import CancelOrderRequest, ErasureRequest, QuarantineReleaseRequest
 from tasks import operations
 from tasks.store.db import session_factory, session_scope
 from tasks.store.queries import find_order
@@ -52,3 +53,19 @@ def erase_customer(request: ErasureRequest) -> dict[str, Any]:
     create_table_artifact([{"what": k, "count": v} for k, v in counts.items()],
                           key="customer-erasure", description="Erasure (no personal data here)")
     return counts
+
+
+@flow(name="cancel-order", log_prints=True)
+def cancel_order(request: CancelOrderRequest) -> dict[str, Any]:
+    """Cancel an order not shipped yet, as `journeys order cancel` does: stock released, steps
+    and unsent mail stopped, points reversed, the customer told, the packer told (Do not ship)
+    if it was packed. The payment is NOT touched: void or refund it in Shopify."""
+    with session_scope(app_engine()) as session:
+        applied = operations.cancel_order(session, request.order_id, business_now(None),
+                                          runtime(), request.cancelled_by, request.reason)
+    emit_state_changes(applied.changes)
+    outcome = applied.outcome
+    create_table_artifact([{"what": k, "value": str(v)} for k, v in outcome.items()],
+                          key="cancel-order", description=outcome["outcome"])
+    get_run_logger().info("order %s: %s", outcome["order"], outcome["outcome"])
+    return outcome

@@ -135,3 +135,25 @@ class ReconcileRequest(Request):
         "Orders per GraphQL request. Shopify refuses a query priced above 1,000 points and "
         "each order with its lines, fulfillments and refunds is priced at about 270, so keep "
         "this at 3 unless Shopify's cost extension shows room."))
+
+
+class ReturnReviewRequest(Request):
+    """Ask an operator to decide requested returns through a form (approve, reject, credit)."""
+
+    rmas: list[str] = Field(default_factory=list, max_length=100, title="Returns", description=(
+        "RMA numbers to review. Empty: the oldest requested returns, up to the limit."))
+    limit: int = Field(20, ge=1, le=100, title="At most this many returns in the form")
+    timeout_minutes: int | None = Field(None, ge=1, le=10_080, title="Wait at most (minutes)",
+                                        description="Then every return stays requested. Empty: "
+                                        "the Variable journeys_decision_timeout_minutes, else 240.")
+
+
+class CancelOrderRequest(Request):
+    """Cancel one order not shipped yet (a shipped one becomes a return to sender)."""
+
+    order_id: str = Field(min_length=1, max_length=100, title="Order",
+                          description="Its number (#1001) or source id.")
+    reason: str = Field(min_length=1, max_length=300, title="Why",
+                        description="Kept in the order's timeline.")
+    cancelled_by: str = Field(min_length=1, max_length=100, title="Cancelled by",
+                              description="Who decided; kept in the timeline.")

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from flows.common import app_engine
 from tasks.reporting import report
+from tasks.returns.report import returns_markdown
 from tasks.store.db import session_scope
 from tasks.store.models import Message
 from tasks.store.queries import find_order, order_view
@@ -53,6 +54,9 @@ def publish_store_picture(title: str, manifest: dict[str, int], manifest_ref: st
                           key="journey-quarantine", description="Open quarantine, by reason")
     create_markdown_artifact(store_markdown(title, picture, manifest, manifest_ref),
                              key="journey-store", description=title)
+    create_markdown_artifact(returns_markdown(picture["returns"]), key="journey-returns",
+                             description="Returns: by status, rate by reason and product, "
+                             "refunds, exchanges, credit notes")
     create_link_artifact(manifest_ref, link_text="this run's manifest in the archive",
                          key="journey-archive", description="Where this run's books are kept")
 
@@ -120,6 +124,11 @@ def order_markdown(view: dict[str, Any]) -> str:
     lines += ["", "## Messages", "", "| template | status | sent at |", "|---|---|---|"]
     lines += [f"| {m['template']} | {m['status']} | {m['sent_at'] or ''} |"
               for m in view["messages"]]
+    lines += ["", "## Returns", "", "| RMA | status | resolution | reason | items |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['rma']} | {r['status']} | {r['resolution']} | {md_cell(r['reason'])} | "
+              + md_cell(", ".join(f"{ln['quantity']} × {ln['title']}" for ln in r["lines"]))
+              + " |" for r in view.get("returns", [])] or ["| none | | | | |"]
     lines += ["", "## Archived documents", ""]
     lines += [f"- {a['kind']}: `{a['ref']}`" for a in view["artifacts"]] or ["- none yet"]
     return "\n".join(lines)

@@ -52,6 +52,7 @@ RUN_FAILED_AUTOMATION = "journeys: flow run failed"
 ORDER_HELD_AUTOMATION = "journeys: orders on hold"
 WEBHOOKS_STOPPED_AUTOMATION = "journeys: webhooks stopped"
 WEBHOOKS_REFUSED_AUTOMATION = "journeys: webhooks refused"
+ORDERS_NOT_SHIPPED_AUTOMATION = "journeys: orders not shipped"
 WEBHOOKS_QUIET = timedelta(hours=12)  # a small store can be quiet overnight
 LOST_RUNS_AUTOMATION = "journeys: lost runs"
 # A flow run's process sends a heartbeat event every HEARTBEAT_SECONDS (Prefect's minimum; its
@@ -220,7 +221,30 @@ def lost_runs_automation(within: timedelta = LOST_AFTER) -> AutomationCore:
 
 def alert_automations(block_id: Any) -> list[AutomationCore]:
     return [run_failed_automation(block_id), order_held_automation(block_id),
-            webhooks_stopped_automation(block_id), webhooks_refused_automation(block_id)]
+            webhooks_stopped_automation(block_id), webhooks_refused_automation(block_id),
+            orders_not_shipped_automation(block_id)]
+
+
+def orders_not_shipped_automation(block_id: Any) -> AutomationCore:
+    """Orders past their ship date without a parcel (each sweep that flags some emits one
+    journeys.orders.not_shipped): one alert per event, the customers got an apology."""
+    return AutomationCore(
+        name=ORDERS_NOT_SHIPPED_AUTOMATION,
+        description="Alerts journeys-alerts when confirmed orders pass their ship date unshipped.",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "journeys.orders.not_shipped"},
+            expect={"journeys.orders.not_shipped"},
+            posture=Posture.Reactive, threshold=1, within=timedelta(0),
+        ),
+        actions=[SendNotification(
+            block_document_id=block_id,
+            subject="journeys: orders past their ship date",
+            body="Orders confirmed and not shipped by their ship date: {{ event.payload }}. "
+                 "Each customer got an apology with a new estimate and each order a service "
+                 "case: see journeys case list and the sweep summary.",
+        )],
+    )
 
 
 def webhooks_stopped_automation(block_id: Any, quiet: timedelta = WEBHOOKS_QUIET

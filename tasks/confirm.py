@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from tasks.config import Config
 from tasks.delivery import estimate_delivery, resolve_method
+from tasks.documents import replaced_order_name
 from tasks.journey import StageResult
 from tasks.messaging.compose import (
     customer_context,
@@ -33,6 +34,7 @@ from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime
 from tasks.store.journal import CONFIRMED, PACKED, Transition, apply_transitions, claim_orders
 from tasks.store.models import Order
+from tasks.tracking.unshipped import watch_shipping
 from tasks.verify import ships
 
 STEP = "confirm"
@@ -54,6 +56,8 @@ def confirm(session: Session, order_ids: Sequence[int], now: datetime, rt: Runti
         for oid, day in promised.items()
     ]
     apply_transitions(session, STEP, PACKED, transitions, now)
+    # flagged if no parcel by the ship date (an order with nothing to ship is delivered below)
+    watch_shipping(session, [o for o in orders if ships(o)], promised, now, cfg)
     completed = complete_unshipped(session, orders, now, rt)
     return StageResult(
         stage=STEP,
@@ -137,6 +141,8 @@ def confirmation_context(order: Order, promised: date | None, cfg: Config) -> di
             "shipping_address": dict(order.shipping_address or {}),
             "address_lines": address_lines(order.shipping_address or {}, locale),
             "promised_delivery": promised.isoformat() if promised else None,  # None: no parcel
+            # A replacement (no charge) names the order it replaces; other orders lack the key.
+            **({"replaces": name} if (name := replaced_order_name(order)) else {}),
         },
     }
 

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date, get_day_names
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy.orm import object_session
 
 from tasks.config import Config, StoreConfig
 from tasks.messaging.money import address_lines, format_money, order_locale
@@ -79,6 +80,8 @@ def document_context(order: Order, packing: dict[str, Any], store: StoreConfig) 
         "packing": _packing_summary(packing, locale, money),
         "gift_note": (order.gift_note or "").strip() or None,
         "customer_note": (order.customer_note or "").strip() or None,
+        # Made at packing (tasks/pack.py packing_plan); plans stored before it have none.
+        "returns_url": packing.get("returns_url"),
     }
 
 
@@ -90,7 +93,18 @@ def _order_summary(order: Order, store: StoreConfig, locale: str) -> dict[str, A
         "date": format_date(placed.date(), format="long", locale=locale),
         "email": order.email,
         "shipping_method": order.shipping_title,
+        "replaces": replaced_order_name(order),  # None, or the order a replacement replaces
     }
+
+
+def replaced_order_name(order: Order) -> str | None:
+    """The display number of the order a replacement (tasks/replacements.py) replaces. One
+    lookup per replacement (rare; usually already in the session), none for other orders."""
+    if order.replaces_order_id is None:
+        return None
+    session = object_session(order)
+    original = session.get(Order, order.replaces_order_id) if session is not None else None
+    return (original.name or original.external_id) if original is not None else None
 
 
 def _item(line: OrderLine, money: Any, quantity: int | None = None) -> dict[str, Any]:

@@ -79,6 +79,10 @@ ACTION_OF_TOPIC: dict[tuple[str, str], str] = {
     ("shopify", "customers/create"): "tasks.lifecycle:on_customers",
     ("shopify", "customers/update"): "tasks.lifecycle:on_customers",
     ("shopify", "products/delete"): "tasks.lifecycle:on_products_deleted",
+    ("shopify", "returns/request"): "tasks.returns.shopify:on_return_requests",
+    ("shopify", "returns/approve"): "tasks.returns.shopify:on_return_approvals",
+    ("shopify", "returns/decline"): "tasks.returns.shopify:on_return_declines",
+    ("shopify", "returns/close"): "tasks.returns.shopify:on_return_closes",
 }
 FORMAT_OF_PROVIDER = {"shopify": "shopify", "aftership": "aftership"}
 QUARANTINE_KIND = {"orders": "order", "products": "product", "shipments": "shipment",

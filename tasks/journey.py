@@ -72,6 +72,8 @@ class Trigger(StrEnum):
     DELIVERY = "on delivery"  # tasks/tracking/stage.mark_delivered, with its delay
     LATE = "on a missed promise"  # tasks/tracking/stage.track, late_case_after_days later
     LOYALTY_EARN = "after loyalty earn"  # tasks/loyalty.earn, at delivered_at + return window
+    # tasks/confirm.py (tasks/tracking/unshipped.watch_shipping): due when the ship-by day ends
+    SHIP_BY = "on confirmation, when the promised ship date has passed"
 
 
 CLOSED_ORDER_STATES = (OrderState.ON_HOLD, OrderState.CANCELLED)
@@ -136,6 +138,9 @@ STEPS: tuple[StepSpec, ...] = (
              moves_to=(OrderState.CONFIRMED, OrderState.DELIVERED)),
     StepSpec("ship", "tasks.tracking.ship:ship", (OrderState.CONFIRMED,), Trigger.SHIPMENT,
              moves_to=(OrderState.SHIPPED,)),
+    # A confirmed order still without a parcel once its ship-by day is over: apology, case.
+    StepSpec("ship_overdue", "tasks.tracking.unshipped:ship_overdue", (OrderState.CONFIRMED,),
+             Trigger.SHIP_BY, delay="tracking.ship_overdue_grace_hours"),
     StepSpec("track", "tasks.tracking.stage:track", (OrderState.SHIPPED,), Trigger.TRACKING,
              moves_to=(OrderState.DELIVERED,)),
     StepSpec("open_late_case", "tasks.tracking.stage:late_cases", (OrderState.SHIPPED,),

@@ -12,8 +12,8 @@ ledger entries have effect keys, and the rest are updates to the value they alre
   loyalty points for the goods (before tax, shipping earns nothing), cancel pending marketing
   about products the customer no longer has, and cancel an unshipped order refunded in full.
   A refund of an order not here yet waits (inbox WAIT_LIMIT), then is ignored.
-- orders/cancelled: cancel an unshipped order (and tell the customer); a shipped one gets a
-  service case instead, for an operator to decide.
+- orders/cancelled: cancel an unshipped order (and tell the customer); a shipped one becomes
+  a return to sender (tasks/cancellation.py: an approved return of the shipped units).
 - order_transactions/create: a successful capture or sale records the payment; an order held
   only for `payment_not_captured` goes back to verification (which checks stock again).
 - customers/create, customers/update: e-mail, names and marketing consent; an explicit
@@ -37,16 +37,17 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.aftercare.followups import DELETED_AT
+from tasks.cancellation import cancel_messages, cancel_orders, return_to_sender, shipped
+from tasks.credit_notes import CreditIn, issue_credit_notes
 from tasks.deliveries import WAIT_LIMIT, Body, Outcome
 from tasks.intake.schema import MONEY_LIMIT
-from tasks.journey import waiting_steps
 from tasks.loyalty.reversal import Refund, reverse_refunds
-from tasks.messaging.compose import base_context, order_mail
 from tasks.messaging.governor import email_hash
-from tasks.messaging.outbox import enqueue
 from tasks.messaging.unsubscribe import suppress_many
+from tasks.pack import minor_unit
+from tasks.returns.overlap import shopify_refunds_left
 from tasks.runtime import Runtime
-from tasks.states import InboxStatus, MessageStatus, StepStatus
+from tasks.states import InboxStatus, MessageStatus
 from tasks.store.db import is_postgres
 from tasks.store.journal import (
     CANCELLED,
@@ -55,7 +56,6 @@ from tasks.store.journal import (
     Transition,
     apply_transitions,
     insert_ignoring_duplicates,
-    insert_new,
     record_events,
     reopen_step,
 )
@@ -64,25 +64,18 @@ from tasks.store.models import (
     Message,
     Order,
     Product,
-    ServiceCase,
-    Step,
+    Return,
     Suppression,
 )
 from tasks.store.refunds import REFUND_EVENT, refresh_refunded_quantities, refund_events
-from tasks.store.stock import move_reserved
-from tasks.verify import demand, reason_codes
+from tasks.verify import reason_codes
 
 SOURCE = "shopify"
 PROCESSED, IGNORED = InboxStatus.PROCESSED, InboxStatus.IGNORED  # a body's outcome
 ACTOR = "shopify webhook"
 WAITING = "waiting"  # the drain keeps the row pending and offers it again
-CANCEL_STEP, CANCEL_TEMPLATE = "cancel", "order_cancelled"
-MESSAGE_CANCELLED = MessageStatus.CANCELLED  # as tasks/privacy.py stops mail
 UNSENT = MessageStatus.PENDING  # mail not sent yet, so still ours to cancel
-OPEN_STEPS = (StepStatus.PENDING, StepStatus.HELD)  # steps a cancellation closes
 MARKETING = "marketing"
-# Not shipped yet, so still ours to cancel; with the step each state waits on.
-WAITING_STEP = waiting_steps()
 PAYMENT_HOLD = "payment_not_captured"
 CAPTURE_KINDS = frozenset({"capture", "sale"})
 UNSETTLED = frozenset({"pending", "authorized", "partially_paid", "unpaid"})
@@ -221,11 +214,6 @@ def load_orders(session: Session, external_ids: Iterable[str | None]) -> dict[st
     return {order.external_id: order for order in session.scalars(query)}
 
 
-def shipped(order: Order) -> bool:
-    """Gone to the carrier: a state past confirmation (not cancelled), or a shipping date."""
-    return order.shipped_at is not None or order.state not in (*WAITING_STEP, CANCELLED)
-
-
 def unknown_order(body: Body, external_id: str, now: datetime, wait: bool) -> Outcome:
     if wait and now - body.received_at < WAIT_LIMIT:
         return WAITING, f"waiting for order {external_id}"
@@ -243,76 +231,8 @@ def in_order(bodies: Sequence[Body], outcomes: Mapping[int, Outcome]) -> dict[in
     return {body.row_id: outcomes[body.row_id] for body in bodies}
 
 
-def cancel_messages(session: Session, message_ids: Sequence[int], reason: str) -> None:
-    """Stop mail not claimed for sending yet (a claimed row may be on its way already)."""
-    if message_ids:
-        session.execute(
-            update(Message).where(Message.id.in_(sorted(set(message_ids))),
-                                  Message.status == UNSENT)
-            .values(status=MESSAGE_CANCELLED, reason=reason)
-            .execution_options(synchronize_session=False))
-
-
 # ---------------------------------------------------------------- cancelling orders
-
-
-def cancel_orders(
-    session: Session, orders: Sequence[Order], reason: str, now: datetime, rt: Runtime,
-    details: Mapping[int, dict[str, Any]] | None = None,
-) -> list[int]:
-    """Cancel unshipped orders: compare-and-set per state, steps closed, reserved stock
-    released, pending marketing stopped, and the customer told. Returns the ids cancelled."""
-    movable = list({o.id: o for o in orders if o.state in WAITING_STEP and not shipped(o)}
-                   .values())
-    by_state: dict[str, list[Order]] = defaultdict(list)
-    for order in movable:
-        by_state[order.state].append(order)
-    for state, group in by_state.items():
-        transitions = [Transition(o.id, CANCELLED, reason=reason,
-                                  detail=dict((details or {}).get(o.id, {}))) for o in group]
-        apply_transitions(session, WAITING_STEP[state], state, transitions, now, actor=ACTOR)
-    ids = [o.id for o in movable]
-    close_open_steps(session, ids, reason, now)
-    release_stock(session, [o for o in movable if o.stock_reserved], now)
-    cancel_messages(session, pending_marketing(session, ids), "order cancelled")
-    enqueue(session, [cancellation_message(o, rt, now) for o in movable], now)
-    return ids
-
-
-def close_open_steps(session: Session, order_ids: Sequence[int], reason: str, now: datetime
-                     ) -> None:
-    """Nothing further happens to a cancelled order: its pending or held steps close."""
-    if order_ids:
-        session.execute(
-            update(Step).where(Step.order_id.in_(order_ids), Step.status.in_(OPEN_STEPS))
-            .values(status=StepStatus.CLOSED, reason=reason[:500], updated_at=now)
-            .execution_options(synchronize_session=False))
-
-
-def release_stock(session: Session, orders: Sequence[Order], now: datetime) -> None:
-    """Give back what verification reserved (tasks.verify.demand: the same lines it counted)."""
-    units: Counter[str] = Counter()
-    for order in orders:
-        units.update(demand(order))
-    move_reserved(session, units, -1, now)
-    if orders:
-        session.execute(update(Order).where(Order.id.in_([o.id for o in orders]))
-                        .values(stock_reserved=False)
-                        .execution_options(synchronize_session=False))
-
-
-def pending_marketing(session: Session, order_ids: Sequence[int]) -> list[int]:
-    if not order_ids:
-        return []
-    query = select(Message.id).where(Message.order_id.in_(order_ids), Message.status == UNSENT,
-                                     Message.msg_class == MARKETING)
-    return list(session.scalars(query))
-
-
-def cancellation_message(order: Order, rt: Runtime, now: datetime) -> dict[str, Any]:
-    """The `order_cancelled` mail, one per order ever (an order without address: skipped)."""
-    cfg = rt.config
-    return order_mail(cfg, order, CANCEL_STEP, CANCEL_TEMPLATE, base_context(order, cfg), now)
+# One cancellation for every path: tasks/cancellation.py (cancel_orders, return_to_sender).
 
 
 # ---------------------------------------------------------------- refunds
@@ -328,6 +248,7 @@ class RefundIn:
     goods: Decimal  # refund_line_items subtotal: before tax
     shipping: Decimal
     restock: bool
+    return_id: str | None = None  # Shopify's return this refund settles (`return.id`)
 
     @property
     def ledger_key(self) -> str:
@@ -355,7 +276,9 @@ def refund_from_body(data: Mapping[str, Any], order_external_id: str | None = No
         restock |= item.text("restock_type") not in (None, "no_restock")
     if goods >= MONEY_LIMIT:
         raise BadBody("refund_line_items.subtotal: more than the store holds")
-    return RefundIn(refund_id, order_id, dict(lines), goods, shipping_refunded(body), restock)
+    returned = body.object("return")  # null unless the refund settles a Shopify return
+    return RefundIn(refund_id, order_id, dict(lines), goods, shipping_refunded(body), restock,
+                    returned.id("id") if returned else None)
 
 
 def shipping_refunded(body: Fields) -> Decimal:
@@ -376,6 +299,8 @@ def refund_event(order: Order, refund: RefundIn, now: datetime) -> dict[str, Any
     known = {line.external_id for line in order.lines}
     detail = {"refund_id": refund.refund_id, "lines": refund.lines, "goods": str(refund.goods),
               "shipping": str(refund.shipping), "restock": refund.restock}
+    if refund.return_id:
+        detail["return_id"] = refund.return_id
     unknown = sorted(set(refund.lines) - known)
     if unknown:
         detail["unknown_lines"] = unknown
@@ -444,6 +369,8 @@ def refund_effects(
         return set()
     refunded = refresh_refunded_quantities(session, [o.id for o in orders])
     reverse_recorded_refunds(session, [o.id for o in orders], now, rt, recorded)
+    issue_credit_notes(session, refund_credits(orders, not_refunded_here(session, recorded)),
+                       now, rt)
     cancel_refunded_marketing(session, orders, refunded)
     whole = [o for o in orders if refunded_in_full(o, refunded)]
     mark_refunded(session, whole)
@@ -466,11 +393,57 @@ def reverse_recorded_refunds(
     reversed before is a no-op). Also the catch-up for refunds recorded before the order
     earned: call it after loyalty's earn with the same orders."""
     recorded = recorded if recorded is not None else refund_events(session, order_ids)
+    recorded = not_refunded_here(session, recorded)
     refunds = [Refund(oid, goods_of(detail), f"shopify-refund-{refund_id}")
                for oid in order_ids for refund_id, detail in recorded.get(oid, {}).items()
                if goods_of(detail) > 0]
     if refunds:
         reverse_refunds(session, refunds, now, rt)
+
+
+def not_refunded_here(session: Session, recorded: Mapping[int, dict[str, dict]]
+                      ) -> dict[int, dict[str, dict]]:
+    """The recorded refunds less those settling a Shopify return journeys refunded itself
+    (tasks/returns/receipt.py reversed its points and issued its credit note already), and
+    less the units of returns from our page journeys refunded before the store refunded the
+    payment at Shopify (tasks/returns/overlap.py)."""
+    named = sorted({str(d["return_id"]) for refunds in recorded.values()
+                    for d in refunds.values() if d.get("return_id")})
+    done = set(session.execute(select(Return.order_id, Return.external_id).where(
+        Return.source == SOURCE, Return.external_id.in_(named),
+        Return.status == "refunded")).tuples()) if named else set()
+    left = {oid: {rid: d for rid, d in refunds.items()
+                  if (oid, str(d.get("return_id"))) not in done}
+            for oid, refunds in recorded.items()}
+    return shopify_refunds_left(session, left)
+
+
+def refund_credits(orders: Sequence[Order], recorded: Mapping[int, dict[str, dict]]
+                   ) -> list[CreditIn]:
+    """A credit note per recorded refund that gave money back (key: the refund's id, so a
+    refund seen again, or recomputed after intake, is the note already issued)."""
+    credits = []
+    for order in orders:
+        for refund_id, detail in recorded.get(order.id, {}).items():
+            goods, shipping = goods_of(detail), Decimal(str(detail.get("shipping") or 0))
+            if goods + shipping > 0:
+                credits.append(CreditIn(
+                    f"shopify-refund:{refund_id}", order.id, goods, shipping, Decimal(0),
+                    f"Shopify refund {refund_id}", refund_lines(order, detail)))
+    return credits
+
+
+def refund_lines(order: Order, detail: Mapping[str, Any]) -> list[dict]:
+    """The refunded units of known lines, each at its price after its own discount."""
+    lines = {line.external_id: line for line in order.lines if line.external_id}
+    cent, found = minor_unit(order.currency), []
+    for line_id, units in (detail.get("lines") or {}).items():
+        line = lines.get(str(line_id))
+        if line is not None and int(units) > 0:
+            net = line.unit_price - line.total_discount / max(line.quantity, 1)
+            found.append({"sku": line.sku, "title": line.title, "quantity": int(units),
+                          "amount": (net * int(units)).quantize(cent)})
+    return found
 
 
 def goods_of(detail: Mapping[str, Any]) -> Decimal:
@@ -608,7 +581,7 @@ def on_orders_cancelled(session: Session, bodies: Sequence[Body], now: datetime,
             (after_shipping if shipped(order) else to_cancel).setdefault(order.id,
                                                                          (order, cancel))
     cancel_at_source(session, list(to_cancel.values()), now, rt)
-    open_cases(session, list(after_shipping.values()), now)
+    send_back(session, list(after_shipping.values()), now, rt)
     return in_order(bodies, outcomes)
 
 
@@ -619,7 +592,7 @@ def cancellation_outcome(order: Order | None, cancel: CancelIn, body: Body, now:
     if order.state == CANCELLED:
         return PROCESSED, "already cancelled"
     if shipped(order):
-        return PROCESSED, f"already {order.state}: not cancelled, service case for an operator"
+        return PROCESSED, f"already {order.state}: not cancelled, returned to sender"
     return PROCESSED, f"cancelled ({cancel.cancel_reason or 'no reason given'})"
 
 
@@ -641,17 +614,11 @@ def cancel_detail(cancel: CancelIn) -> dict[str, Any]:
             "cancelled_at": cancel.cancelled_at_text}
 
 
-def open_cases(session: Session, found: Sequence[tuple[Order, CancelIn]], now: datetime
-               ) -> None:
-    """One case per order cancelled at source after shipping; a note when it is opened."""
-    rows = [{"effect_key": f"order:{order.id}:case:cancelled_at_source", "order_id": order.id,
-             "reason": CANCELLED_AFTER_SHIPPING, "proposed": "refund", "status": "open",
-             "opened_at": now} for order, _ in found]
-    opened = insert_new(session, ServiceCase, rows, "effect_key")
-    record_events(session, [
-        note(order.id, {**cancel_detail(cancel), "note": CANCELLED_AFTER_SHIPPING,
-                        "case": "cancelled_at_source", "proposed": "refund"}, now)
-        for order, cancel in found if f"order:{order.id}:case:cancelled_at_source" in opened])
+def send_back(session: Session, found: Sequence[tuple[Order, CancelIn]], now: datetime,
+              rt: Runtime) -> None:
+    """Cancelled at source after shipping: a return to sender (tasks/cancellation.py), once."""
+    return_to_sender(session, [order for order, _ in found], now, rt, ACTOR,
+                     comment=CANCELLED_AFTER_SHIPPING)
 
 
 # ---------------------------------------------------------------- order_transactions/create

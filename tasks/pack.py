@@ -34,6 +34,7 @@ from tasks.config import (
 )
 from tasks.documents import DOCUMENT_KINDS, render_order_documents
 from tasks.journey import StageResult
+from tasks.returns.notices import returns_url
 from tasks.runtime import Runtime
 from tasks.states import OrderState
 from tasks.store.journal import (
@@ -214,6 +215,9 @@ def packing_plan(
         "carrier": combine_carrier(rule.carrier for rule, _ in matches),
         **insurance(order, lines, config.insurance),
         "inserts": inserts(order, lines, config.inserts, rt.settings.secret_key, now),
+        # The slip's "Start a return" link, made now so a re-render prints the same one.
+        "returns_url": (returns_url(rt.config, rt.settings.secret_key, order.id, now)
+                        if rt.config.returns.enabled else None),
         "documents": {},
     }
 

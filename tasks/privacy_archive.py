@@ -26,7 +26,7 @@ from tasks.archive import (
 )
 from tasks.privacy_scrub import pseudonym_for, update_rows
 from tasks.store.db import is_postgres
-from tasks.store.models import Artifact, Erasure, Message, Order
+from tasks.store.models import Artifact, CreditNote, Erasure, Message, Order, Return
 
 if TYPE_CHECKING:
     from tasks.privacy import ErasureOutcome
@@ -44,13 +44,32 @@ def finish_archive(
     session: Session, erasure_id: int, customer_id: int, store: ArtifactStore,
     outcome: ErasureOutcome,
 ) -> None:
-    """Delete what a crash left stale, then replace bundles until none holds the customer."""
+    """Delete what a crash left stale and the customer's return labels, then replace bundles
+    until none holds the customer."""
+    drop_return_labels(session, erasure_id, customer_id)
     delete_stale(session, erasure_id, store, outcome)
     clean: set[str] = set()
     while (found := next_unredacted_bundle(session, customer_id, store, clean)) is not None:
         replace_bundle(session, erasure_id, *found, store)
         outcome.archive_rewritten += 1
         delete_stale(session, erasure_id, store, outcome)
+    session.commit()
+
+
+def drop_return_labels(session: Session, erasure_id: int, customer_id: int) -> None:
+    """A return label carries the customer's address: its archived PDF joins the objects to
+    delete (in the same transaction that forgets it), and a carrier's label URL is forgotten."""
+    labelled = session.execute(select(Return.id, Return.label_ref).where(
+        Return.customer_id == customer_id,
+        or_(Return.label_ref.is_not(None), Return.label_url.is_not(None)))).all()
+    if not labelled:
+        return
+    refs = [ref for _, ref in labelled if ref]
+    stale = session.scalar(select(Erasure.stale_objects).where(Erasure.id == erasure_id)) or []
+    session.execute(update(Erasure).where(Erasure.id == erasure_id)
+                    .values(stale_objects=sorted(set(stale) | set(refs))))
+    session.execute(update(Return).where(Return.id.in_([rid for rid, _ in labelled]))
+                    .values(label_ref=None, label_url=None))
     session.commit()
 
 
@@ -109,6 +128,7 @@ def replace_bundle(
     repoint_packing(session, object_ref + "#", new_ref + "#")
     repoint(session, Artifact.__table__, "ref", object_ref + "#", new_ref + "#")
     repoint(session, Message.__table__, "artifact_ref", object_ref + "#", new_ref + "#")
+    repoint(session, CreditNote.__table__, "document_ref", object_ref + "#", new_ref + "#")
     record_redacted_artifacts(session, new_ref + "#", names)
     stale = session.scalar(select(Erasure.stale_objects).where(Erasure.id == erasure_id)) or []
     session.execute(update(Erasure).where(Erasure.id == erasure_id)

@@ -11,11 +11,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from tasks.aftercare.reviews import review_rates_by_rating
+from tasks.aftercare.winback import winback_counts
 from tasks.loyalty import liability
 from tasks.manifest import latest_manifests
+from tasks.returns.report import returns_report
 from tasks.store.queries import hold_reasons, store_counts
 from tasks.storefront.reviews import approved_by_rating
 from tasks.storefront.survey import fit_answers, survey_page_counts
+from tasks.tracking.unshipped import past_ship_date
 from tasks.verify import reason_codes
 
 
@@ -34,8 +37,12 @@ def report(session: Session) -> dict[str, Any]:
         "approved_reviews_by_rating": approved_by_rating(session),  # stars -> approved reviews
         "survey_page": survey_page_counts(session),  # page answers, opens, prefetches
         "fit_survey": fit_answers(session),  # apparel fit answers by choice
+        "winback": winback_counts(session),  # win-back mail: sent, pending, skipped by reason
         "latest_runs": latest_manifests(session),
         "privacy_requests": store["privacy_requests"],
+        # confirmed orders flagged past their ship date, no parcel yet (apology and case sent)
+        "not_shipped": {"past_ship_date": past_ship_date(session)},
+        "returns": returns_report(session),  # by status, rate by reason/product, refunds
     }
 
 

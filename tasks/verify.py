@@ -322,13 +322,4 @@ def release_holds(
     return released
 
 
-def cancel_holds(
-    session: Session, order_ids: Sequence[int], now: datetime, actor: str, note: str = ""
-) -> list[int]:
-    """Cancel held orders; nothing further happens to them."""
-    orders = claim_orders(session, order_ids, ON_HOLD)
-    detail = {"decision": "cancel", "note": note}
-    reason = f"cancelled by operator: {note}" if note else "cancelled by operator"
-    transitions = [Transition(o.id, CANCELLED, reason=reason, detail=detail) for o in orders]
-    apply_transitions(session, "verify", ON_HOLD, transitions, now, actor=actor)
-    return [o.id for o in orders]
+# Cancelling a held order is a cancellation like any other: tasks/cancellation.cancel_holds.

@@ -14,7 +14,8 @@ from flows.cli.common import app
 TOP_LEVEL = ("run", "archive", "privacy", "stack", "tools")  # modules adding to `app` itself
 GROUPS = (("db", "db", "db_app"), ("ingest", "ingest", "ingest_app"),  # name, module, sub-app
           ("hold", "operations", "hold_app"), ("quarantine", "operations", "quarantine_app"),
-          ("case", "operations", "case_app"), ("inbox", "inbox", "inbox_app"),
+          ("case", "operations", "case_app"), ("returns", "returns", "returns_app"),
+          ("inbox", "inbox", "inbox_app"),
           ("reconcile", "reconcile", "reconcile_app"), ("archive", "archive", "archive_app"),
           ("reviews", "reviews", "reviews_app"), ("config", "config", "config_app"))
 

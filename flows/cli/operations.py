@@ -59,9 +59,26 @@ def decide_hold(external_id: str, decision: str, note: str, actor: str) -> None:
 
     with session_scope(app_engine()) as session:
         applied = operations.decide_hold(session, external_id, decision, datetime.now(UTC),
-                                         actor, note)
+                                         actor, note, rt=runtime())
     notify(applied.changes)
     console.print(f"order {external_id}: {decision}d")
+
+
+def cancel_order(external_id: str, by: str, reason: str, as_json: bool = False) -> None:
+    """`journeys order cancel`: as the cancel-order form does, then the same order events."""
+    from tasks import operations
+
+    with session_scope(app_engine()) as session:
+        applied = operations.cancel_order(session, external_id, datetime.now(UTC), runtime(),
+                                          operator(by), reason)
+    notify(applied.changes)
+    if as_json:
+        print_json(applied.outcome)
+        return
+    console.print(f"order {applied.outcome['order']}: {applied.outcome['outcome']}")
+    if applied.outcome.get("do_not_ship"):
+        console.print("It was packed: the packer must not ship it (the sweep summary's "
+                      "Do not ship list has it).")
 
 
 @hold_app.command("release")

@@ -11,6 +11,7 @@ from rich.table import Table
 from flows.cli.common import (
     AsOfOpt,
     JsonFlag,
+    UserError,
     app,
     app_engine,
     console,
@@ -47,10 +48,28 @@ def run_cmd(
 
 @app.command("order")
 @user_errors
-def order_cmd(external_id: str, as_json: JsonFlag = False) -> None:
-    """Show one order's journey: state, hold reason, packing, messages, timeline, artifacts."""
+def order_cmd(
+    external_id: str,
+    target: Annotated[str | None, typer.Argument(
+        help="With `cancel` first: the order to cancel.", show_default=False)] = None,
+    by: Annotated[str, typer.Option("--by", help="Who cancels (default: $USER).")] = "",
+    reason: Annotated[str, typer.Option("--reason", help="Why it is cancelled.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one order's journey: state, hold reason, packing, messages, timeline, artifacts.
+
+    `journeys order cancel ORDER --by NAME --reason TEXT` cancels an order not shipped yet
+    (a shipped one becomes a return to sender); void or refund its payment in Shopify.
+    """
     from tasks.store.queries import find_order, order_view
 
+    if target is not None:
+        from flows.cli.operations import cancel_order
+
+        if external_id != "cancel":
+            raise UserError(f"unknown order action {external_id!r}: expected cancel")
+        cancel_order(target, by, reason, as_json)
+        return
     with session_scope(app_engine()) as session:
         view = without_addresses(order_view(session, find_order(session, external_id)))
     if as_json:
@@ -103,6 +122,12 @@ def show_order(view: dict[str, Any]) -> None:
     for e in view["loyalty"]:
         console.print(f"  points {e['points']:+d} {e['kind']} ({e['status']}, rule "
                       f"{e['rule_version']})")
+    for r in view.get("returns", []):
+        lines = ", ".join(f"{ln['quantity']} × {ln['title']}"
+                          + (f" → {ln['exchange_sku']}" if ln["exchange_sku"] else "")
+                          for ln in r["lines"])
+        console.print(f"  return {r['rma']} ({r['resolution']}, {r['reason']}): {r['status']}"
+                      f" — {lines}")
 
 
 @app.command("report")

@@ -5,6 +5,9 @@
     GET  /r/{token}, POST      a product review (reviews.py)
     GET  /u/{token}, POST      preferences; RFC 8058 one-click unsubscribe (preferences.py)
     GET  /l/{token}, POST      loyalty points, tier and joining (loyalty.py)
+    GET  /returns/{token}, POST  start a return or exchange, follow one; its label PDF
+                               at /returns/{token}/label/{rma} (returns.py)
+    GET  /s/{token}, POST      subscribe to reorder: records the click, 303 to the store
 
 Tokens: tasks/links.py. Templates: configs/templates/pages. Shared parts: site.py.
 """
@@ -20,18 +23,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
-from flows.pages import loyalty, order, preferences, reviews, survey
+from flows.pages import loyalty, order, preferences, returns, reviews, subscribe, survey
 from flows.pages.site import FormTooLarge, MaskTokens, SecurityHeaders, Site
 from tasks.config import Config
+from tasks.settings import Settings
 from tasks.store.db import engine_for, reader_for
 
-PAGE_MODULES = (order, survey, reviews, preferences, loyalty)
+PAGE_MODULES = (order, survey, reviews, preferences, loyalty, returns, subscribe)
 
 
 def mount(app: FastAPI, cfg: Config, secret_key: str, database_url: str,
-          clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Site:
+          clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+          settings: Settings | None = None) -> Site:
     """Add the customer pages, their stylesheet and their headers to the edge app."""
-    site = Site(cfg, secret_key, engine_for(database_url), reader_for(database_url), clock)
+    site = Site(cfg, secret_key, engine_for(database_url), reader_for(database_url), clock,
+                settings)
     logging.getLogger("uvicorn.access").addFilter(MaskTokens())
 
     app.add_middleware(SecurityHeaders)

@@ -39,6 +39,7 @@ TOPIC_TEXT = {
     "care": "Care guides that help your purchases last",
     "birthday": "A birthday greeting, sometimes with a gift",
     "loyalty": "News about your points, rewards and tier",
+    "winback": "A note with what is new when we have not seen you in a while",
 }
 SAVED = {
     "unsubscribe": "Done: you are unsubscribed from all our marketing e-mails.",

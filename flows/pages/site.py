@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 from tasks.config import Config
 from tasks.links import Link, LinkError, Purpose, mask, read_token
 from tasks.messaging.money import format_day, format_money
+from tasks.settings import Settings
 from tasks.store.db import session_scope
 from tasks.store.journal import insert_ignoring_duplicates
 from tasks.store.models import Customer, Erasure, Order, PageHit
@@ -56,9 +57,11 @@ class Site:
     """Shared by the page modules (flows/pages/*.py) of one edge process."""
 
     def __init__(self, cfg: Config, secret_key: str, engine: Engine, reader: Engine,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 settings: Settings | None = None):
         self.cfg, self.secret_key, self.engine, self.clock = cfg, secret_key, engine, clock
         self.reader = reader
+        self.settings = settings  # the edge's (the archive a return label is read from)
         self.templates = Environment(
             loader=FileSystemLoader(cfg.dir / "templates" / "pages"),
             autoescape=select_autoescape(default=True, default_for_string=True),

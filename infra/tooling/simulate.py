@@ -1,14 +1,17 @@
 """`journeys simulate`: a seeded store run day by day on a frozen clock through the real flows.
 
 Each simulated day the outside world (infra/tooling/simulation.py) writes that day's shipments,
-carrier scans and survey answers as files; the ingest flow takes them in, the simulated
-operator decides open service cases, and the daily flow runs as of that day. At the end the
-rule audit reads the outbox and the ledger: every violation found is reported.
+carrier scans and survey answers as files; the ingest flow takes them in; some customers start
+a return or an exchange (through the same `open_returns` the returns page calls); the
+simulated operator decides open service cases and returns waiting for a look, and receives the
+parcels that came back; the daily flow runs as of that day. At the end the rule audit reads
+the outbox and the ledger: every violation found is reported.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from infra.tooling.demo_data import demo_catalog, demo_orders
 from tasks.aftercare.service import open_cases, settle_case
 from tasks.audit import AuditRules, audit, message_calendar
 from tasks.messaging.governor import governor_config
+from tasks.returns.decisions import approve_returns, receive_returns
+from tasks.returns.requests import open_returns
 from tasks.store.db import session_scope
 
 SIM_DIR = Path("var/sim")
@@ -59,6 +64,26 @@ def operator_decides(day: datetime) -> int:
     return len(cases)
 
 
+def customers_return(day: datetime, world: simulation.Outside) -> int:
+    """Customers start returns and exchanges on their order's returns page."""
+    rt = runtime()
+    with session_scope(app_engine()) as session:
+        requests = simulation.returns_for(session, day, world, rt.config)
+        return sum(o.created for o in open_returns(session, requests, day, rt))
+
+
+def operator_handles_returns(day: datetime, world: simulation.Outside) -> dict[str, int]:
+    """The operator approves what waits for a look and receives the parcels that arrived."""
+    rt = runtime()
+    with session_scope(app_engine()) as session:
+        approved = approve_returns(session, simulation.returns_waiting(session),
+                                   "simulated-operator", "", day, rt)
+    with session_scope(app_engine()) as session:
+        arrived = simulation.returns_arriving(session, day, world)
+        received = receive_returns(session, arrived, day, rt, "simulated-warehouse")
+    return {"approved": len(approved), **received}
+
+
 def audit_rules() -> AuditRules:
     cfg = governor_config(runtime())
     short, long = sorted(cfg.caps, key=lambda cap: cap.hours)[:2]
@@ -68,6 +93,7 @@ def audit_rules() -> AuditRules:
         quiet_start=cfg.quiet_hours.start.hour,
         quiet_end=cfg.quiet_hours.end.hour,
         default_timezone=runtime().config.store.timezone,
+        winback_every_days=runtime().config.aftercare.winback.every_days,
     )
 
 
@@ -81,14 +107,17 @@ def simulate(days: int, orders: int, seed: int, start: datetime | None = None) -
                          as_of=start))
     ingest(IngestRequest(kind="orders", as_of=start,
                          source=str(write("orders", 0, demo_orders(orders, seed, start)))))
-    decisions = 0
+    decisions, returns = 0, Counter()
     for day_no in range(days):
         day = start + timedelta(days=day_no)
         outside_world(day_no, day, world)
+        returns["opened"] += customers_return(day, world)
         decisions += operator_decides(day)
+        returns.update(operator_handles_returns(day, world))
         daily(DailyRequest(as_of=day))
     with session_scope(app_engine()) as session:
         violations = audit(session, audit_rules())
         calendar = message_calendar(session)
     return {"days": days, "orders": orders, "seed": seed, "start": start.isoformat(),
-            "operator_decisions": decisions, "violations": violations, "calendar": calendar}
+            "operator_decisions": decisions, "returns": dict(returns),
+            "violations": violations, "calendar": calendar}

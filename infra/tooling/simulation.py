@@ -12,9 +12,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from tasks.store.models import Order, Shipment
+from tasks.config import Config
+from tasks.returns.policy import exchange_options, returnable_lines
+from tasks.returns.requests import ReturnRequest
+from tasks.states import ReturnStatus
+from tasks.store.models import Order, Product, Return, Shipment
+from tasks.store.returns import returned_units
+
+SIZE_REASONS = ("too_small", "too_big")
+OTHER_REASONS = ("changed_mind", "quality", "not_as_described", "damaged")
 
 ISSUES = ("damaged", "wrong_item", "missing_item", "late", "other")
 
@@ -28,6 +36,10 @@ class Outside:
     late_share: float = 0.08  # parcels that arrive days after the promise
     exception_share: float = 0.05  # parcels with a failed delivery attempt on the way
     answer_share: float = 0.6  # customers who answer the delivery survey
+    return_share: float = 0.15  # delivered orders a customer starts a return for
+    exchange_share: float = 0.4  # of those, an exchange when another variant is in stock
+    return_after_days: int = 4  # days after delivery the customer starts it
+    return_transit_days: tuple[int, int] = (3, 7)  # approval to the parcel arriving back
 
     def rng(self, *parts: Any) -> random.Random:
         """A generator per (thing, day): the same seed always tells the same story."""
@@ -103,3 +115,55 @@ def feedback_for(session: Session, day: datetime, world: Outside) -> list[dict[s
         answers.append({"source": source, "order_external_id": external_id, "rating": rating,
                         "tags": tags, "submitted_at": day.replace(hour=12).isoformat()})
     return answers
+
+
+def returns_for(session: Session, day: datetime, world: Outside, cfg: Config
+                ) -> list[ReturnRequest]:
+    """Customers who start a return on `day` (return_after_days after delivery): one
+    returnable line each, a seeded reason, and an exchange for another in-stock variant when
+    the seed says so and the product has one. Only requests the policy takes are made."""
+    start = day.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+        days=world.return_after_days)
+    orders = session.scalars(
+        select(Order).where(Order.delivered_at >= start,
+                            Order.delivered_at < start + timedelta(days=1))
+        .options(selectinload(Order.lines))).all()
+    picked = [o for o in orders if world.rng("return", o.external_id).random()
+              < world.return_share]
+    skus = {line.sku for o in picked for line in o.lines if line.sku}
+    products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+    in_returns = returned_units(session, [o.id for o in picked])
+    options = exchange_options(session, skus)
+    requests = []
+    for order in picked:
+        lines = [line for line in returnable_lines(order, products, in_returns.get(order.id, {}),
+                                                   day, cfg) if line.why_not is None]
+        if lines:
+            requests.append(_request(order, lines[0], options, world))
+    return requests
+
+
+def _request(order: Order, line: Any, options: dict[str, list[Any]], world: Outside
+             ) -> ReturnRequest:
+    rng = world.rng("return-kind", order.external_id)
+    other = [p.sku for p in options.get(line.sku or "", []) if p.sku != line.sku]
+    if other and rng.random() < world.exchange_share:
+        return ReturnRequest(order.id, {line.line_id: 1}, rng.choice(SIZE_REASONS), "exchange",
+                             {line.line_id: rng.choice(other)}, key=f"sim:{order.id}:return")
+    return ReturnRequest(order.id, {line.line_id: 1}, rng.choice(SIZE_REASONS + OTHER_REASONS),
+                         key=f"sim:{order.id}:return")
+
+
+def returns_arriving(session: Session, day: datetime, world: Outside) -> list[int]:
+    """Approved returns whose parcel reaches the warehouse by `day` (seeded transit)."""
+    rows = session.execute(select(Return.id, Return.rma, Return.decided_at).where(
+        Return.status == ReturnStatus.APPROVED)).all()
+    return [rid for rid, rma, decided in rows
+            if decided + timedelta(days=world.rng("return-transit", rma).randint(
+                *world.return_transit_days)) <= day]
+
+
+def returns_waiting(session: Session) -> list[int]:
+    """Requested returns an operator must look at."""
+    return list(session.scalars(select(Return.id).where(
+        Return.status == ReturnStatus.REQUESTED).order_by(Return.id)))

@@ -3,6 +3,8 @@
 Every stage here consumes a step the tracking module schedules at delivery (feedback_request,
 review_request, care_guide, cross_sell, replenishment) and writes outbox rows; consent,
 suppression, frequency caps and quiet hours are the governor's job at send time.
+Customer-level, from the daily run: birthday offers (followups.py) and win-back (winback.py);
+the replenishment reminder's optional subscription offer and its click: subscription.py.
 This package holds what only its stages share: the config accessor and closing the step of
 orders no longer delivered. Mail context and the outbox row are tasks/messaging/compose.py's,
 batch loaders tasks/store/loaders.py's, step updates tasks/store/journal.py's.

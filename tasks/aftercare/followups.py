@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from itertools import chain, zip_longest
@@ -23,6 +23,7 @@ from sqlalchemy import extract, select
 from sqlalchemy.orm import Session
 
 from tasks.aftercare import aftercare_config, close_missing
+from tasks.aftercare.subscription import offer_context as subscription_offer
 from tasks.config import Config
 from tasks.config.aftercare import AftercareConfig, CareGuide
 from tasks.journey import StageResult
@@ -33,6 +34,7 @@ from tasks.states import OrderState
 from tasks.store.journal import finish_steps, reschedule_steps
 from tasks.store.loaders import delivered_orders, products_of
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase
+from tasks.store.returns import returned_skus
 
 CARE, CROSS, REPLENISH, BIRTHDAY = "care_guide", "cross_sell", "replenishment", "birthday"
 # Product attribute set when the source deleted the product (tasks/lifecycle.py): never offered.
@@ -64,6 +66,21 @@ def sent_topics(
 def per_key(cfg: Config, order: Order, step: str, topic: str) -> str:
     """One message per order and topic (a category, a SKU); the step is the template."""
     return order_key(cfg, order, step, topic, step)
+
+
+def gone_skus(session: Session, orders: Sequence[Order]) -> dict[int, set[str]]:
+    """order id → SKUs the customer no longer has: every unit sent back in a return
+    (tasks/store/returns.py) or refunded. Nothing is offered or reminded on top of them."""
+    gone: dict[int, set[str]] = defaultdict(set)
+    for order_id, skus in returned_skus(session, [o.id for o in orders]).items():
+        gone[order_id] |= skus
+    for order in orders:
+        kept: Counter[str] = Counter()
+        for line in order.lines:
+            if line.sku:
+                kept[line.sku] += line.kept_quantity
+        gone[order.id] |= {sku for sku, units in kept.items() if units == 0}
+    return gone
 
 
 def product_url(cfg: Config, product: Product | None, sku: str) -> str:
@@ -162,9 +179,9 @@ def cross_sell(
     cfg = aftercare_config(rt.config)
     orders = delivered_orders(session, order_ids)
     refunded = refunded_orders(session, [o.id for o in orders])
-    products = products_of(session, orders)
+    products, gone = products_of(session, orders), gone_skus(session, orders)
     anchors = {o.id: a for o in orders if o.id not in refunded
-               if (a := anchor_line(o, products, cfg)) is not None}
+               if (a := anchor_line(o, products, cfg, gone[o.id])) is not None}
     categories = {c for _, p in anchors.values() for c in cfg.cross_sell.affinity[p.category]}
     stock = in_stock_by_category(session, categories)
     owned = owned_skus(session, {o.customer_id for o in orders})
@@ -174,7 +191,9 @@ def cross_sell(
             continue
         row = cross_sell_message(order, anchors.get(order.id), stock, owned, cfg, rt.config, now)
         rows += [row] if row else []
-        reasons[order.id] = None if row else "no suitable products to suggest"
+        reasons[order.id] = None if row else (
+            "items returned" if gone[order.id] and order.id not in anchors
+            else "no suitable products to suggest")
     enqueue(session, rows, now)
     closed = _finish(session, CROSS, order_ids, orders, reasons, now)
     return StageResult(stage=CROSS, advanced=len(orders), closed=closed,
@@ -192,11 +211,14 @@ def refunded_orders(session: Session, order_ids: Sequence[int]) -> set[int]:
 
 
 def anchor_line(
-    order: Order, products: dict[str, Product], cfg: AftercareConfig
+    order: Order, products: dict[str, Product], cfg: AftercareConfig,
+    gone: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[OrderLine, Product] | None:
-    """The order's most valuable line whose category has affinities."""
+    """The order's most valuable line whose category has affinities, of a product the
+    customer still has (not returned or refunded)."""
     lines = [(line, products[line.sku]) for line in order.lines
-             if line.sku in products and products[line.sku].category in cfg.cross_sell.affinity]
+             if line.sku in products and line.sku not in gone
+             and products[line.sku].category in cfg.cross_sell.affinity]
     return max(lines, key=lambda lp: (lp[0].unit_price, lp[1].sku), default=None)
 
 
@@ -287,18 +309,20 @@ def replenishment(
     """Remind when a consumable runs low; not yet due → the step is due again at that time."""
     cfg = aftercare_config(rt.config)
     orders = delivered_orders(session, order_ids)
-    products = products_of(session, orders)
+    products, gone = products_of(session, orders), gone_skus(session, orders)
     reordered = reordered_skus(session, orders)
     rows, later, reasons = [], {}, {}
     for order in orders:
-        due = consumable_lines(order, products, cfg, reordered)
+        due = consumable_lines(order, products, cfg, reordered, gone[order.id])
         for line, _ in (d for d in due if d[1] <= now):
-            rows.append(replenish_message(order, line, products, rt.config, now))
+            rows.append(replenish_message(order, line, products, rt, now))
         upcoming = [when for _, when in due if when > now]
         if upcoming:
             later[order.id] = min(upcoming)
         elif not due:
-            reasons[order.id] = "no consumables to replenish"
+            returned = any(consumable_days(products.get(sku)) for sku in gone[order.id])
+            reasons[order.id] = ("consumable returned" if returned
+                                 else "no consumables to replenish")
     enqueue(session, rows, now)
     reschedule_steps(session, REPLENISH, later, "waiting until a consumable runs low", now)
     done = [o for o in orders if o.id not in later]
@@ -310,15 +334,17 @@ def replenishment(
 
 def consumable_lines(
     order: Order, products: dict[str, Product], cfg: AftercareConfig,
-    reordered: set[tuple[int, str]],
+    reordered: set[tuple[int, str]], gone: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> list[tuple[OrderLine, datetime]]:
-    """(line, due) for the order's consumables the customer has not re-ordered since."""
+    """(line, due) for the order's consumables the customer kept (not returned or refunded)
+    and has not re-ordered since; the units kept set when they run out."""
     due = []
     for line in order.lines:
         days = consumable_days(products.get(line.sku or ""))
-        if days is None or (order.id, line.sku) in reordered:
+        if days is None or (order.id, line.sku) in reordered or line.sku in gone:
             continue
-        when = replenishment_due(order.delivered_at, days, line.quantity,  # type: ignore[arg-type]
+        when = replenishment_due(order.delivered_at, days,  # type: ignore[arg-type]
+                                 line.kept_quantity or line.quantity,
                                  cfg.replenishment.lead_days)
         due.append((line, when))
     return due
@@ -344,11 +370,14 @@ def reordered_skus(session: Session, orders: Sequence[Order]) -> set[tuple[int, 
 
 
 def replenish_message(
-    order: Order, line: OrderLine, products: dict[str, Product], cfg: Config, now: datetime
+    order: Order, line: OrderLine, products: dict[str, Product], rt: Runtime, now: datetime
 ) -> dict[str, Any]:
-    sku = line.sku or ""
+    """The reminder; with the store's "deliver every N weeks" offer when it has one."""
+    sku, cfg = line.sku or "", rt.config
     context = base_context(order, cfg)
     context["product"] = product_context(products.get(sku), line, cfg)
+    context["subscription"] = subscription_offer(order, line, products.get(sku), cfg,
+                                                 rt.settings.secret_key, now)
     return order_mail(cfg, order, REPLENISH, REPLENISH, context, now,
                       key=per_key(cfg, order, REPLENISH, sku), topic=sku)
 

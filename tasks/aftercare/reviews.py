@@ -5,7 +5,9 @@ said in the delivery survey: nothing here reads ratings or sentiment. The only h
 service case on the order (the step is due again later and goes out once the case is resolved).
 Limits that do apply to everyone alike: one request per customer and product per 12 months, and
 at most N requests per customer per 30 days; a request dropped by a limit is kept as a message
-row with status "skipped" and its reason, so it stays visible.
+row with status "skipped" and its reason, so it stays visible. A product whose every unit the
+customer sent back in a return is not asked about (reason "returned"): that is not filtering by
+sentiment, the customer no longer has it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from tasks.states import MessageStatus
 from tasks.store.journal import finish_steps, reschedule_steps
 from tasks.store.loaders import delivered_orders, products_by_sku
 from tasks.store.models import FeedbackResponse, Message, Order, OrderLine, Product, ServiceCase
+from tasks.store.returns import returned_skus
 from tasks.storefront.reviews import product_name, product_slug
 
 STEP = TEMPLATE = "review_request"
 SKIPPED = MessageStatus.SKIPPED
 HOLD_REASON = "held: service case open"
+RETURNED = "returned"
 CAP_WINDOW = timedelta(days=30)
 
 
@@ -56,8 +60,10 @@ def review_request(
     store_skipped(session, skipped, now)
     finish_steps(session, STEP, {o.id: None for o in ready}, now)
     closed = close_missing(session, STEP, order_ids, [o.id for o in orders], now)
+    returned = sum(why == RETURNED for _, _, why in skips)
     return StageResult(stage=STEP, advanced=len(ready), held=len(held), closed=closed,
-                       details={"messages_enqueued": len(asks), "requests_skipped": len(skips)})
+                       details={"messages_enqueued": len(asks), "requests_skipped": len(skips),
+                                **({"requests_skipped_returned": returned} if returned else {})})
 
 
 def orders_with_open_case(session: Session, order_ids: Sequence[int]) -> set[int]:
@@ -99,6 +105,7 @@ def plan_requests(
 ) -> tuple[list[tuple[Order, OrderLine]], list[tuple[Order, OrderLine, str]]]:
     """Which (order, line) to ask about and which to skip with a reason, customer by customer."""
     repeat_since = now - timedelta(days=rules.product_repeat_days)
+    returned = returned_skus(session, [o.id for o in orders])
     asked: dict[int, set[str]] = defaultdict(set)
     recent: dict[int, int] = defaultdict(int)
     for customer_id, sku, at in previous_requests(session, orders, now, rules):
@@ -110,7 +117,8 @@ def plan_requests(
     skips: list[tuple[Order, OrderLine, str]] = []
     for order in sorted(orders, key=lambda o: (o.customer_id, o.id)):
         for line in reviewable_lines(order):
-            why = _skip_reason(order.customer_id, line.sku, asked, recent, rules)
+            why = RETURNED if line.sku in returned.get(order.id, ()) else _skip_reason(
+                order.customer_id, line.sku, asked, recent, rules)
             if why:
                 skips.append((order, line, why))
                 continue

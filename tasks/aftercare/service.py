@@ -2,13 +2,15 @@
 
 The decision resolves the case (compare-and-set), goes into the order's timeline with who
 decided and why, queues the "service_outcome" e-mail (one per case) and releases a review
-request that was held while the case was open. A refund is returned as `RefundInfo` for the
-caller to pass on to the loyalty ledger's reversal; this module does not touch the ledger.
+request that was held while the case was open. A `replacement` creates the replacement order
+(tasks/replacements.py, key `case:{id}:replacement`: the lines the customer should have
+received) and the e-mail links its order page. A refund is returned as `RefundInfo`;
+`settle_case` passes it to the loyalty ledger's reversal and issues its credit note.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -17,8 +19,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.aftercare import DECISIONS
+from tasks.credit_notes import CreditIn, issue_credit_notes
+from tasks.links import Purpose, link_url
 from tasks.messaging.compose import base_context, order_mail, template_version
 from tasks.messaging.outbox import enqueue
+from tasks.replacements import (
+    ReplacementRequest,
+    create_replacements,
+    replacement_ids,
+    shipped_lines,
+)
 from tasks.runtime import Runtime
 from tasks.states import CaseStatus
 from tasks.store.journal import PENDING, record_events
@@ -52,6 +62,7 @@ class CaseOutcome:
     decision: str
     changed: bool  # False: the case had been decided already, nothing was done again
     refund: RefundInfo | None = None
+    replacement_order_id: int | None = None  # the order a `replacement` decision created
 
 
 def decide_case(
@@ -65,14 +76,33 @@ def decide_case(
     if case.status != OPEN:
         return _outcome(case, order, changed=False)
     amount = _refund_amount(order, decision, refund_amount)
+    replacement = _replacement_request(case, order) if decision == "replacement" else None
     if not _resolve(session, case_id, decision, actor, note, amount, now):
         session.refresh(case)
         return _outcome(case, order, changed=False)
     session.refresh(case)
     record_events(session, [_decision_event(case, actor, note, now)])
-    enqueue(session, [outcome_message(case, order, rt, now)], now)
+    replacement_id = None
+    if replacement is not None:
+        replacement_id = create_replacements(session, [replacement], now, rt, actor)[
+            replacement.key]
+    enqueue(session, [outcome_message(case, order, rt, now, replacement_id)], now)
     release_held_reviews(session, order.id, now)
-    return _outcome(case, order, changed=True)
+    return _outcome(case, order, changed=True, replacement_id=replacement_id)
+
+
+def replacement_key(case_id: int) -> str:
+    return f"case:{case_id}:replacement"
+
+
+def _replacement_request(case: ServiceCase, order: Order) -> ReplacementRequest:
+    """What the customer should have received: the kept units of the lines that ship."""
+    lines = shipped_lines(order)
+    if not lines:
+        raise ServiceError(f"order {order.name or order.id} has nothing to ship again; "
+                           "decide refund or keep_with_credit")
+    return ReplacementRequest(order.id, replacement_key(case.id), lines,
+                              f"service case {case.id}: {case.reason}"[:200])
 
 
 def _load_case(session: Session, case_id: int) -> tuple[ServiceCase, Order]:
@@ -129,14 +159,22 @@ def outcome_key(case: ServiceCase) -> str:
     return f"order:{case.order_id}:case:{case.id}:{TEMPLATE}"
 
 
-def outcome_message(case: ServiceCase, order: Order, rt: Runtime, now: datetime) -> dict[str, Any]:
-    """The customer's e-mail: what we decided (the operator's note stays internal)."""
+def outcome_message(
+    case: ServiceCase, order: Order, rt: Runtime, now: datetime,
+    replacement_id: int | None = None,
+) -> dict[str, Any]:
+    """The customer's e-mail: what we decided (the operator's note stays internal) and, for a
+    replacement, the link to the replacement's order page."""
     cfg = rt.config
     context = base_context(order, cfg)
     context["case"] = {
         "decision": case.decision, "reason": case.reason,
         "refund_amount": str(case.refund_amount) if case.refund_amount is not None else None,
     }
+    context["replacement"] = None if replacement_id is None else {
+        "order_id": replacement_id,
+        "url": link_url(cfg.store.links_base_url, rt.settings.secret_key, Purpose.ORDER,
+                        replacement_id, now)}
     key = f"{outcome_key(case)}:v{template_version(cfg, TEMPLATE)}"  # one per case
     return order_mail(cfg, order, "service", TEMPLATE, context, now, key=key, topic=None)
 
@@ -162,7 +200,8 @@ def settle_case(
     session: Session, case_id: int, decision: str, actor: str, note: str | None,
     now: datetime, rt: Runtime, refund_amount: Decimal | None = None,
 ) -> CaseOutcome:
-    """Decide a case and, for a refund, reverse the order's points exactly (one transaction)."""
+    """Decide a case and, for a refund, reverse the order's points exactly and issue its
+    credit note (one transaction; both keyed by the case, so deciding again is a no-op)."""
     from tasks import loyalty
 
     outcome = decide_case(session, case_id, decision, actor, note, now, rt, refund_amount)
@@ -170,15 +209,22 @@ def settle_case(
         refund = outcome.refund
         loyalty.reverse_refunds(
             session, [loyalty.Refund(refund.order_id, refund.amount, refund.source_key)], now, rt)
+        issue_credit_notes(session, [CreditIn(
+            refund.source_key, refund.order_id, refund.amount, Decimal(0), Decimal(0),
+            f"service case {refund.case_id}", [])], now, rt)
+    if outcome.decision == "replacement" and outcome.replacement_order_id is None:
+        found = replacement_ids(session, [replacement_key(case_id)])
+        outcome = replace(outcome, replacement_order_id=found.get(replacement_key(case_id)))
     return outcome
 
 
-def _outcome(case: ServiceCase, order: Order, changed: bool) -> CaseOutcome:
+def _outcome(case: ServiceCase, order: Order, changed: bool,
+             replacement_id: int | None = None) -> CaseOutcome:
     refund = None
     if case.decision == "refund" and case.refund_amount is not None:
         refund = RefundInfo(order.id, order.customer_id, case.id, case.refund_amount,
                             order.currency, f"case:{case.id}:refund")
-    return CaseOutcome(case.id, case.order_id, case.decision, changed, refund)
+    return CaseOutcome(case.id, case.order_id, case.decision, changed, refund, replacement_id)
 
 
 def open_cases(session: Session) -> list[dict[str, Any]]:

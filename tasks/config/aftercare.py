@@ -1,8 +1,12 @@
-"""configs/aftercare.yaml: feedback, review requests, care guides, cross-sell, birthdays."""
+"""configs/aftercare.yaml: feedback, review requests, care guides, cross-sell, birthdays,
+win-back."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Iterable
+from typing import Annotated
+
+from pydantic import Field, field_validator
 
 from tasks.config.base import Strict
 
@@ -36,6 +40,23 @@ class CrossSellRules(Strict):
 
 class ReplenishmentRules(Strict):
     lead_days: int = Field(default=5, ge=0)
+    # "Deliver every N weeks": the store's subscription product, {sku} and {weeks} filled in;
+    # unset, the reminder offers no subscription. journeys records the click, bills nothing.
+    subscription_url: str | None = None
+    subscription_weeks: int | None = Field(default=None, ge=1)  # None: from consumable_days
+
+    @field_validator("subscription_url")
+    @classmethod
+    def _url_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("https://") or "{sku}" not in value:
+            raise ValueError("subscription_url must be an https:// URL template with {sku}")
+        try:
+            value.format(sku="x", weeks=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"subscription_url: only {{sku}} and {{weeks}} ({exc})") from exc
+        return value
 
 
 class BirthdayRules(Strict):
@@ -45,6 +66,30 @@ class BirthdayRules(Strict):
     code_prefix: str = "BDAY"
 
 
+class WinbackRules(Strict):
+    """One mail to a customer who went quiet (tasks/aftercare/winback.py)."""
+
+    enabled: bool = True
+    after_days: int = Field(default=120, ge=1)  # since the last order, unless its category says
+    # Category → days (the product's natural repurchase cycle, case-insensitive); the shortest
+    # among the last order's categories wins.
+    by_category: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    every_days: int = Field(default=180, ge=1)  # at most one win-back per customer this often
+    new_products: int = Field(default=3, ge=0, le=12)  # "what's new" in their categories
+    percent_off: int | None = Field(default=None, ge=1, le=100)  # None: no code
+    valid_days: int = Field(default=30, ge=1)
+    code_prefix: str = Field(default="BACK", pattern=r"^[A-Z0-9]{1,12}$")
+
+    def days_for(self, categories: Iterable[str | None]) -> int:
+        by_lower = {name.lower(): days for name, days in self.by_category.items()}
+        found = [by_lower[c.lower()] for c in categories if c and c.lower() in by_lower]
+        return min(found, default=self.after_days)
+
+    @property
+    def shortest_days(self) -> int:
+        return min([self.after_days, *self.by_category.values()])
+
+
 class AftercareConfig(Strict):
     feedback: FeedbackRules = FeedbackRules()
     reviews: ReviewRules = ReviewRules()
@@ -52,3 +97,4 @@ class AftercareConfig(Strict):
     cross_sell: CrossSellRules = CrossSellRules()
     replenishment: ReplenishmentRules = ReplenishmentRules()
     birthday: BirthdayRules = BirthdayRules()
+    winback: WinbackRules = WinbackRules()

@@ -76,6 +76,9 @@ class ReturnsConfig(Strict):
     # Keep-with-credit (an operator's offer): the customer keeps the goods and gets this
     # share of their value as store credit.
     keep_with_credit_percent: Decimal = Field(default=Decimal(20), ge=0, le=100)
+    # A cancelled order's mail: "voided or refunded to the original payment method within N
+    # business days" (tasks/cancellation.py; journeys moves no money, Shopify does).
+    cancel_refund_business_days: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
     def _reasons_present(self) -> ReturnsConfig:

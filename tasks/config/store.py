@@ -32,3 +32,9 @@ class StoreConfig(Strict):
     links_base_url: str  # JOURNEYS_LINKS_BASE_URL overrides it (a test or staging edge)
     colors: BrandColors = BrandColors()
     unsubscribe_email: str | None = None  # the mailto: in List-Unsubscribe, beside the URL
+    # Credit notes' number prefix; "{year}" is the issuing year (store time). The number series
+    # (document_counters) is per formatted prefix: CN-2026-000001, CN-2026-000002, ...
+    credit_note_prefix: str = Field(
+        default="CN-{year}-", max_length=24,
+        pattern=r"^[A-Za-z0-9_./-]*(\{year\}[A-Za-z0-9_./-]*)?$",
+    )

@@ -20,6 +20,9 @@ class TrackingConfig(Strict):
     delay_extra_days: int = Field(default=3, ge=1)
     late_case_after_days: int = Field(default=5, ge=0)
     late_case_proposal: str = "refund"
+    # A confirmed order without a parcel this many hours after its ship-by day ended is
+    # flagged (tasks/tracking/unshipped.py): apology, service case, operator alert.
+    ship_overdue_grace_hours: float = Field(default=24, ge=0)
 
     @field_validator("after_delivery")
     @classmethod

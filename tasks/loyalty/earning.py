@@ -147,6 +147,8 @@ def not_earning_reason(
 ) -> str | None:
     if order.cancelled_at is not None:
         return "no points: order cancelled"
+    if order.replaces_order_id is not None:  # tasks/replacements.py: nothing was paid
+        return "no points: a replacement, at no charge"
     if order.financial_status in NOT_EARNING_STATUSES:
         return f"no points: order {order.financial_status}"
     if settings.rule_at(order.placed_at) is None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from tasks.states import CaseStatus, OrderState, QuarantineStatus
 from tasks.store.models import (
@@ -17,8 +17,10 @@ from tasks.store.models import (
     Message,
     Order,
     OrderEvent,
+    OrderLine,
     PrivacyRequest,
     Quarantine,
+    Return,
     ServiceCase,
     Shipment,
 )
@@ -63,6 +65,7 @@ def order_view(session: Session, order: Order) -> dict[str, Any]:
         "messages": _messages(session, order.id),
         "events": _events(session, order.id),
         "artifacts": _artifacts(session, order.id),
+        "returns": order_returns(session, [order.id]).get(order.id, []),
     }
 
 
@@ -227,3 +230,68 @@ def _quarantine_label(reason: dict[str, Any]) -> str:
 def _count_by(session: Session, column: Any) -> dict[str, int]:
     rows = session.execute(select(column, func.count()).group_by(column).order_by(column))
     return {str(value): count for value, count in rows}
+
+
+# --- returns (tasks/returns/) ----------------------------------------------------------------
+
+
+class ReturnNotFound(LookupError):
+    """No return has that RMA; the message says so in plain words."""
+
+
+def returns_by_rma(session: Session, rmas: Sequence[str]) -> list[Return]:
+    """Returns by RMA (case-insensitive, as read over the phone), in the order given."""
+    wanted = [rma.strip().upper() for rma in rmas]
+    found = {r.rma: r for r in session.scalars(select(Return).where(Return.rma.in_(wanted)))}
+    if missing := [rma for rma in wanted if rma not in found]:
+        raise ReturnNotFound(f"no return with RMA {', '.join(missing)}")
+    return [found[rma] for rma in dict.fromkeys(wanted)]
+
+
+def order_returns(session: Session, order_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each order's returns, oldest first: RMA, status, resolution, reason, value, lines."""
+    query = (select(Return).where(Return.order_id.in_(sorted(set(order_ids))))
+             .order_by(Return.id).options(selectinload(Return.lines)))
+    returns = list(session.scalars(query))
+    line_ids = sorted({rl.order_line_id for ret in returns for rl in ret.lines})
+    titles = {lid: (sku, title) for lid, sku, title in session.execute(
+        select(OrderLine.id, OrderLine.sku, OrderLine.title).where(OrderLine.id.in_(line_ids)))}
+    found: dict[int, list[dict[str, Any]]] = {}
+    for ret in returns:
+        found.setdefault(ret.order_id, []).append(return_view(ret, titles))
+    return found
+
+
+def return_view(ret: Return, titles: dict[int, tuple[str | None, str]]) -> dict[str, Any]:
+    return {"rma": ret.rma, "status": ret.status, "resolution": ret.resolution,
+            "reason": ret.reason, "source": ret.source, "goods_value": str(ret.goods_value),
+            "refund_amount": None if ret.refund_amount is None else str(ret.refund_amount),
+            "credit_amount": None if ret.credit_amount is None else str(ret.credit_amount),
+            "label": ret.label_url or ret.label_ref,
+            "replacement_order_id": ret.replacement_order_id,
+            "requested_at": ret.requested_at.isoformat(),
+            "lines": [{"sku": titles.get(rl.order_line_id, (None, ""))[0],
+                       "title": titles.get(rl.order_line_id, (None, ""))[1],
+                       "quantity": rl.quantity, "exchange_sku": rl.exchange_sku}
+                      for rl in ret.lines]}
+
+
+def return_rows(session: Session, status: str | None = None, limit: int | None = None
+                ) -> list[tuple[Return, Order]]:
+    """Returns (with their orders and lines), oldest first; only `status` when given."""
+    query = (select(Return, Order).join(Order, Order.id == Return.order_id)
+             .options(selectinload(Return.lines), selectinload(Order.lines)))
+    if status:
+        query = query.where(Return.status == status)
+    query = query.order_by(Return.requested_at, Return.id).limit(limit)
+    return [(ret, order) for ret, order in session.execute(query)]
+
+
+def return_review_reasons(session: Session, order_ids: Sequence[int]) -> dict[int, str]:
+    """return id → why the policy left it to an operator (the "return" event that opened it)."""
+    query = (select(OrderEvent.detail).where(OrderEvent.order_id.in_(sorted(set(order_ids))),
+                                             OrderEvent.kind == "return")
+             .order_by(OrderEvent.id))
+    return {int(detail["return_id"]): str(detail["needs_operator"])
+            for detail in session.scalars(query)
+            if detail.get("return_id") and detail.get("needs_operator")}

@@ -28,9 +28,12 @@ from tasks.config import Config
 from tasks.links import Purpose, link_url
 from tasks.messaging.compose import locale_of
 from tasks.messaging.money import address_lines, format_day, resolve_locale
+from tasks.returns.notices import STATUS_LABELS
+from tasks.returns.policy import returnable_lines
 from tasks.store.journal import CANCELLED, CONFIRMED, ON_HOLD, PACKED
 from tasks.store.loaders import products_by_sku
-from tasks.store.models import Order, OrderLine, Product, Shipment, TrackingEvent
+from tasks.store.models import Order, OrderLine, Product, Return, Shipment, TrackingEvent
+from tasks.store.returns import returned_units
 from tasks.tracking.ingest import DELIVERED, DELIVERED_TAG, SHIPPED
 from tasks.tracking.stage import (
     exception_kind,
@@ -97,6 +100,7 @@ def order_page(session: Session, order: Order, cfg: Config, secret_key: str,
         "related": related_products(session, order, catalog, owned, cfg),
         "survey_url": survey_url(order, cfg, secret_key, now),
         "return_policy": cfg.store.return_policy if delivered else None,
+        "returns": returns_section(session, order, catalog, cfg, secret_key, now),
     }
 
 
@@ -261,6 +265,21 @@ def survey_url(order: Order, cfg: Config, secret_key: str, now: datetime) -> str
     if lifetime and (now - order.delivered_at).days > lifetime:
         return None
     return link_url("", secret_key, Purpose.FEEDBACK, order.id, order.delivered_at)
+
+
+def returns_section(session: Session, order: Order, catalog: dict[str, Product], cfg: Config,
+                    secret_key: str, now: datetime) -> dict[str, Any]:
+    """The order's returns (RMA, status in words) and the returns page's link when something
+    can still be returned or a return is under way (tasks/returns/policy.py decides)."""
+    rows = list(session.scalars(select(Return).where(Return.order_id == order.id)
+                                .order_by(Return.id)))
+    units = returned_units(session, [order.id]).get(order.id, {})
+    can_start = cfg.returns.enabled and any(
+        line.units for line in returnable_lines(order, catalog, units, now, cfg))
+    url = link_url("", secret_key, Purpose.RETURNS, order.id, now) if can_start or rows else None
+    return {"url": url, "can_start": can_start,
+            "list": [{"rma": r.rma, "status": STATUS_LABELS.get(r.status, r.status)}
+                     for r in rows]}
 
 
 # ---------------------------------------------------------------- you might also like

@@ -20,6 +20,7 @@ from tasks.config import Config, TrackingConfig
 from tasks.journey import StageResult, Trigger, step, steps_on
 from tasks.messaging.compose import customer_context, locale_of, order_mail, store_context
 from tasks.messaging.outbox import enqueue
+from tasks.returns.notices import returns_url
 from tasks.runtime import Runtime
 from tasks.store.journal import (
     CLOSED,
@@ -326,6 +327,8 @@ def delivered_message(
     local_day = last.astimezone(ZoneInfo(cfg.store.timezone)).date()
     context["order"]["delivered_on"] = local_day.isoformat()
     context["shipments"] = [parcel_context(s) for s in parcels]
+    if cfg.returns.enabled:  # "Start a return": the returns page (tasks/returns/)
+        context["returns_url"] = returns_url(cfg, secret_key, order.id, now)
     return _message(order, "deliver", "delivered", context, cfg, now)
 
 

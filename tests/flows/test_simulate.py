@@ -28,6 +28,10 @@ def test_three_weeks_of_a_store_break_no_rule(engine, flow_env, tmp_path, monkey
         approved = session.scalar(select(func.coalesce(func.sum(LoyaltyEntry.points), 0))
                                   .where(LoyaltyEntry.status == "approved"))
     assert states.get("delivered", 0) > 20
+    # Customers returned and exchanged through the page's own function; parcels came back.
+    returns = report["returns"]
+    assert returns["opened"] >= 3 and returns["refunded"] + returns["exchanged"] >= 1
+    assert "return_update" in templates
     assert {"confirmation", "shipped", "delivered", "feedback_request",
             "review_request"} <= templates
     assert approved == 0  # the 30-day return window has not closed after 21 days

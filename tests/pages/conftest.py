@@ -48,6 +48,7 @@ def pages_edge(tmp_path_factory) -> Iterator[PagesEdge]:
         update={"links_base_url": edge.url})})
     settings = Settings(database_url=database_url, artifacts_url=f"file://{folder / 'archive'}",
                         mail_transport="file", config_dir=ROOT / "configs", secret_key=SECRET)
+    edge.env["JOURNEYS_ARTIFACTS_URL"] = settings.artifacts_url  # a return label is read here
     edge.start()
     try:
         yield PagesEdge(edge.url, engine, cfg, Runtime(settings=settings, config=cfg), SECRET,

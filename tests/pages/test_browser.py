@@ -138,6 +138,8 @@ def test_every_page_reads_well_on_a_phone_and_a_desktop_and_passes_axe(
                                 shop["customer"], NOW),
         "rewards": link_url(pages_edge.url, pages_edge.secret, Purpose.LOYALTY, shop["customer"],
                             NOW),
+        "returns": link_url(pages_edge.url, pages_edge.secret, Purpose.RETURNS, shop["order"],
+                            NOW),
         "friendly": f"{pages_edge.url}/o/{'A' * 48}",
     }
     violations = []
@@ -159,3 +161,22 @@ def test_a_button_pressed_in_the_browser_is_taken_as_our_own_form(pages_edge, br
     context.close()
     with session_scope(pages_edge.engine) as session:
         assert session.scalar(select(func.count()).select_from(Suppression)) == 1
+
+
+def test_a_return_started_in_the_browser_shows_its_rma_and_steps(pages_edge, browser, shop):
+    """No script: pick a unit, a reason, send; the RMA and the steps at once, then the page
+    with the return on it passes axe at both widths."""
+    url = link_url(pages_edge.url, pages_edge.secret, Purpose.RETURNS, shop["order"], NOW)
+    context = browser.new_context(viewport=WIDTHS["phone"], java_script_enabled=False)
+    page = context.new_page()
+    page.goto(url)
+    page.locator("main select[name^=qty_]").first.select_option("1")
+    page.get_by_label("Why are you returning it?").select_option("too_big")
+    page.get_by_role("button", name="Start my return").click()
+    page.wait_for_load_state()
+    screenshot(page, "page-returns-done-phone")
+    text = page.locator("main").inner_text()
+    context.close()
+    assert re.search(r"Your return number is R-[2-9A-Z]{8}", text), text
+    assert "Send it by" in text and "another website" not in text
+    assert look(browser, url, "returns-followed") == []

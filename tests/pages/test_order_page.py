@@ -156,7 +156,7 @@ def test_delivered_order_links_the_survey_and_shows_the_return_policy(edge):
     [survey] = re.findall(r'href="(/f/[A-Za-z0-9_-]{48})"', answer.text)
     assert survey == link_url("", edge.secret, Purpose.FEEDBACK, order_id,
                               NOW - timedelta(hours=5))
-    assert "Returns are free within 30 days of delivery" in page
+    assert "Most items can be returned or exchanged within 30 days" in page
     assert "Delivered on" in page and "Revised estimate" not in page
 
 

@@ -27,6 +27,7 @@ from infra.bootstrap import (
     LOST_RUNS_AUTOMATION,
     MAIL_LIMIT,
     ORDER_HELD_AUTOMATION,
+    ORDERS_NOT_SHIPPED_AUTOMATION,
     RUN_FAILED_AUTOMATION,
     VARIABLES,
     WEBHOOKS_REFUSED_AUTOMATION,
@@ -76,7 +77,8 @@ def bootstrapped_objects() -> dict[str, int]:
         counts = {name: int(client.read_variable_by_name(name) is not None) for name in VARIABLES}
         counts[MAIL_LIMIT] = int(client.read_global_concurrency_limit_by_name(MAIL_LIMIT).limit)
         for name in (RUN_FAILED_AUTOMATION, ORDER_HELD_AUTOMATION, LOST_RUNS_AUTOMATION,
-                     WEBHOOKS_STOPPED_AUTOMATION, WEBHOOKS_REFUSED_AUTOMATION):
+                     WEBHOOKS_STOPPED_AUTOMATION, WEBHOOKS_REFUSED_AUTOMATION,
+                     ORDERS_NOT_SHIPPED_AUTOMATION):
             counts[name] = len(client.read_automations_by_name(name))
     return counts
 
@@ -94,7 +96,8 @@ def test_a_second_bootstrap_changes_nothing_and_keeps_an_operators_value(stack, 
     assert bootstrapped_objects() == {**dict.fromkeys(VARIABLES, 1), MAIL_LIMIT: 1,
                                       RUN_FAILED_AUTOMATION: 1, ORDER_HELD_AUTOMATION: 1,
                                       LOST_RUNS_AUTOMATION: 1, WEBHOOKS_STOPPED_AUTOMATION: 1,
-                                      WEBHOOKS_REFUSED_AUTOMATION: 1}
+                                      WEBHOOKS_REFUSED_AUTOMATION: 1,
+                                      ORDERS_NOT_SHIPPED_AUTOMATION: 1}
     printed = "\n".join(first + second)
     assert not [value for value in SECRET_VALUES.values() if value in printed]
     assert Secret.load("journeys-smtp-password").get() == "s3cret-smtp"
@@ -177,6 +180,11 @@ def test_held_orders_and_failed_runs_alert_the_webhook(stack, alert_env):
         event="journeys.order.held", resource={"prefect.resource.id": "journeys.order.HOLD-1"},
         payload={"reason": "address_unverified"})))
     assert "went on hold" in alert_about(alert_env, "journeys.order.HOLD-1")
+    asyncio.run(emit(stack.api_url, Event(
+        event="journeys.orders.not_shipped",
+        resource={"prefect.resource.id": "journeys.orders.not_shipped"},
+        payload={"orders": 3, "cases_opened": 3})))
+    assert "apology" in alert_about(alert_env, "not shipped by their ship date")
 
     run = run_deployment("order-journey/on-demand", timeout=240,
                          parameters={"request": {"order_id": "no-such-order"}})

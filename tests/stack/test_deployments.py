@@ -38,6 +38,7 @@ DEPLOYMENTS = {  # name → (entrypoint, request model)
     "erase-customer/on-demand": ("flows.operations.erase_customer", forms.ErasureRequest),
     "review-holds/on-demand": ("flows.decisions.review_holds", forms.HoldReviewRequest),
     "review-cases/on-demand": ("flows.decisions.review_cases", forms.CaseReviewRequest),
+    "returns-review/on-demand": ("flows.decisions.review_returns", forms.ReturnReviewRequest),
     "review-moderation/on-demand": ("flows.moderation.moderate_reviews", ModerationRequest),
 }
 

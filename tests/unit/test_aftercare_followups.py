@@ -15,7 +15,7 @@ from tasks.aftercare.followups import (
 )
 from tasks.messaging.render import renderer_for
 from tasks.store.db import session_scope
-from tasks.store.models import Message, Product, ServiceCase, Step
+from tasks.store.models import Message, Product, Return, ReturnLine, ServiceCase, Step
 from tests.factories import add_catalog, add_customer, add_order
 
 
@@ -160,3 +160,30 @@ def test_birthday_once_a_year_in_local_time_and_not_when_told_late(engine, runti
     assert f"customer:{ids['told_late']}:birthday:2027" in keys  # next year it counts
     assert len(keys) == 7
     assert rendered(all_rows, runtime)[0] == "Happy birthday, Ada!"
+
+
+def test_returned_items_get_no_cross_sell_and_no_replenishment(engine, runtime, now):
+    """A consumable sent back in a return: nothing suggested on top of it, no reminder."""
+    with session_scope(engine) as session:
+        add_catalog(session, now)  # coffee → glassware (MUG-1 in stock)
+        session.scalars(select(Product).where(Product.sku == "COF-1")).one().attributes = {
+            "consumable_days": 30}
+        order = delivered(session, now, [("COF-1", 2, "14.00")], "cross_sell")
+        back = Return(rma="R-1", effect_key="return:1", order_id=order.id,
+                      customer_id=order.customer_id, source="page", status="approved",
+                      resolution="refund", reason="changed_mind", requested_at=now,
+                      goods_value=Decimal("28"), restocking_fee=Decimal(0),
+                      shipping_fee=Decimal(0), updated_at=now)
+        back.lines = [ReturnLine(order_line_id=order.lines[0].id, quantity=2)]
+        session.add(back)
+        order_id = order.id
+    with session_scope(engine) as session:
+        sold = cross_sell(session, [order_id], now, runtime)
+        step = session.scalars(select(Step).where(Step.name == "cross_sell")).one()
+        step.name, step.status = "replenishment", "pending"  # the same order's next step
+    with session_scope(engine) as session:
+        reminded = replenishment(session, [order_id], now + timedelta(days=90), runtime)
+        reason = session.scalars(select(Step.reason)).one()
+        assert messages(session, "cross_sell") == messages(session, "replenishment") == []
+    assert (sold.details["messages_enqueued"], step.reason) == (0, "items returned")
+    assert (reminded.details["messages_enqueued"], reason) == (0, "consumable returned")

@@ -11,7 +11,15 @@ from tasks.aftercare.reviews import review_rates_by_rating, review_request
 from tasks.aftercare.service import decide_case
 from tasks.messaging.render import renderer_for
 from tasks.store.db import session_scope
-from tasks.store.models import FeedbackResponse, Message, Product, ServiceCase, Step
+from tasks.store.models import (
+    FeedbackResponse,
+    Message,
+    Product,
+    Return,
+    ReturnLine,
+    ServiceCase,
+    Step,
+)
 from tests.factories import add_catalog, add_customer, add_order
 
 TWO = [("TEE-1", 1, "25.00"), ("MUG-1", 2, "18.00")]
@@ -130,3 +138,27 @@ def test_per_customer_cap_in_thirty_days_records_skipped_reasons(engine, runtime
                     ("SOCK-3", "pending", None), ("SOCK-4", "skipped", cap),
                     ("SOCK-5", "skipped", cap)]
     assert result.details == {"messages_enqueued": 3, "requests_skipped": 2}
+
+
+def test_no_request_for_a_product_sent_back(engine, runtime, now):
+    """Every unit returned: skipped as "returned" (the customer no longer has it); a partial
+    return still gets its request."""
+    with session_scope(engine) as session:
+        add_catalog(session, now)
+        order = delivered(session, now, lines=[*TWO, ("COF-1", 2, "14.00")])
+        tee, mug, coffee = order.lines
+        back = Return(rma="R-2", effect_key="return:2", order_id=order.id,
+                      customer_id=order.customer_id, source="page", status="received",
+                      resolution="refund", reason="too_small", requested_at=now,
+                      goods_value=Decimal("43"), restocking_fee=Decimal(0),
+                      shipping_fee=Decimal(0), updated_at=now)
+        back.lines = [ReturnLine(order_line_id=tee.id, quantity=1),
+                      ReturnLine(order_line_id=coffee.id, quantity=1)]  # one bag of two
+        session.add(back)
+        order_id = order.id
+    with session_scope(engine) as session:
+        result = review_request(session, [order_id], now, runtime)
+        found = [(m.topic, m.status, m.reason) for m in requests(session, order_id)]
+    assert sorted(found) == [("COF-1", "pending", None), ("MUG-1", "pending", None),
+                             ("TEE-1", "skipped", "returned")]
+    assert result.details["requests_skipped_returned"] == 1

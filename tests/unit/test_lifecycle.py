@@ -33,6 +33,7 @@ from tasks.store.models import (
     OrderEvent,
     OrderLine,
     Product,
+    Return,
     ServiceCase,
     Step,
     Suppression,
@@ -218,7 +219,8 @@ def test_a_refund_before_its_order_waits_and_a_bad_body_is_ignored(engine, runti
 # ---------------------------------------------------------------- orders/cancelled
 
 
-def test_orders_cancelled_cancels_before_shipping_and_opens_a_case_after(engine, runtime, now):
+def test_orders_cancelled_cancels_before_shipping_and_returns_to_sender_after(
+        engine, runtime, now):
     sample = real("orders__cancelled", "yellowai-docs-shopify-sample-2021")
     kanvas = real("orders__cancelled", "kanvas-shopify-test-notification-sku-null")
     with session_scope(engine) as session:
@@ -240,11 +242,11 @@ def test_orders_cancelled_cancels_before_shipping_and_opens_a_case_after(engine,
         cancelled = session.get(Order, ids[0])
         state_event = session.scalars(select(OrderEvent.detail).where(
             OrderEvent.order_id == ids[0], OrderEvent.kind == "state")).one()
-        case = session.scalars(select(ServiceCase)).one()
+        sent_back = session.scalars(select(Return)).one()
 
     assert outcomes == [
         ("processed", "cancelled (customer)"),
-        ("processed", "already shipped: not cancelled, service case for an operator"),
+        ("processed", "already shipped: not cancelled, returned to sender"),
         ("ignored", "cancelled_at is empty: not cancelled at source"),
         ("ignored", "no such order: shopify 1")]
     assert rerun[0] == ("processed", "already cancelled")
@@ -253,9 +255,12 @@ def test_orders_cancelled_cancels_before_shipping_and_opens_a_case_after(engine,
     assert first[0]["messages"] == [("order_cancelled", None, "pending")]
     assert cancelled.cancelled_at.isoformat() == "2022-01-01T00:00:00+00:00"
     assert state_event["cancel_reason"] == "customer"
-    assert first[1]["order"][0] == "shipped" and first[1]["messages"] == []
-    assert (case.order_id, case.reason, case.proposed) == (
-        ids[1], "cancelled at source after shipping", "refund")
+    assert first[1]["order"][0] == "shipped"
+    assert first[1]["messages"] == [("return_update", None, "pending")]  # the return's notice
+    # after shipping: an approved return to sender of every unit, once (no service case)
+    assert (sent_back.order_id, sent_back.reason, sent_back.status, sent_back.effect_key) == (
+        ids[1], "return_to_sender", "approved", f"order:{ids[1]}:return_to_sender")
+    assert first[1]["cases"] == []
 
 
 # ---------------------------------------------------------------- order_transactions/create

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import tasks.privacy as privacy
 import tasks.privacy_archive as privacy_archive
@@ -147,6 +147,9 @@ def seed(engine, runtime, now) -> dict[str, Any]:
         customer, ids = add_erased_customer(session, now)
         other = add_order(session, now, state="verified", step="pack", email="bob@example.com")
         add_records_around(session, now, ids[0])
+        label = runtime.archive.put("returns/labels/R-TESTRMA1/label.pdf",
+                                    b"%PDF-1.4 Grace Hopper, 17 Cobol Lane", "application/pdf")
+        session.execute(update(Return).values(label_ref=label))  # a label carries the address
         add_ledger(session, now, customer.id, ids[0], (other.customer_id, other.id))
         suppress(session, EMAIL, "unsubscribe", now, "link")
         seeded = {"customer": customer.id, "orders": ids, "other": other.id,
@@ -358,7 +361,8 @@ def test_bundles_are_rewritten_and_other_orders_documents_kept(engine, runtime, 
 
     outcome = erase(engine, runtime, now)
 
-    assert (outcome.archive_rewritten, outcome.archive_removed) == (2, 2)
+    # two bundles rewritten; removed: the two old bundles and the return label
+    assert (outcome.archive_rewritten, outcome.archive_removed) == (2, 3)
     with session_scope(engine) as session:
         now_others = archived(session, store, seeded["other"])
         mine = [archived(session, store, oid) for oid in seeded["orders"]]
@@ -386,6 +390,7 @@ def test_a_rerun_deletes_what_a_crash_left_behind(engine, runtime, now, seeded, 
         erase(engine, runtime, now)
     with session_scope(engine) as session:
         erasure = session.scalars(select(Erasure)).one()
+        # the return label, the first object to delete, is left for the rerun
         assert len(erasure.stale_objects) == 1 and erasure.completed_at is None
         assert traces_in_database(session) == []
     assert traces_in_archive(runtime.archive.root)
@@ -394,7 +399,8 @@ def test_a_rerun_deletes_what_a_crash_left_behind(engine, runtime, now, seeded, 
     outcome = erase(engine, runtime, now)
 
     assert outcome.already_erased and outcome.customers == 0
-    assert (outcome.archive_rewritten, outcome.archive_removed) == (1, 2)
+    # the label the crash left, then both bundles rewritten and their old objects removed
+    assert (outcome.archive_rewritten, outcome.archive_removed) == (2, 3)
     assert traces_in_archive(runtime.archive.root) == []
     with session_scope(engine) as session:
         erasure = session.scalars(select(Erasure)).one()
@@ -435,7 +441,7 @@ def test_bundles_on_s3_are_rewritten_and_the_old_objects_deleted(
 
     outcome = erase(sqlite_engine, runtime, now)
 
-    assert (outcome.archive_rewritten, outcome.archive_removed) == (2, 2)
+    assert (outcome.archive_rewritten, outcome.archive_removed) == (2, 3)  # and the label
     with session_scope(sqlite_engine) as session:
         assert sorted(archived(session, store, ids["other"]).values()) == sorted(others.values())
     listed = s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from tasks.cancellation import cancel_holds
 from tasks.store.db import session_factory
 from tasks.store.journal import due_order_ids
 from tasks.store.models import Order, OrderEvent, Product, Step
 from tasks.verify import (
     address_findings,
-    cancel_holds,
     email_findings,
     reason_codes,
     release_holds,
@@ -112,7 +112,8 @@ def test_operator_release_and_cancel(engine, runtime, now):
     _run_verify(engine, runtime, now, [held.id, doomed.id])
     with session_factory(engine)() as session, session.begin():
         assert release_holds(session, [held.id], now, actor="ops@store", note="paid by phone")
-        assert cancel_holds(session, [doomed.id], now, actor="ops@store", note="fraud")
+        assert cancel_holds(session, [doomed.id], now, runtime, actor="ops@store",
+                            note="fraud")
         assert release_holds(session, [held.id], now, actor="ops@store") == []  # no-op twice
     with session_factory(engine)() as session:
         order = session.get(Order, held.id)
