@@ -43,13 +43,19 @@ def simulate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed for data and behaviour.")] = 7,
     start: Annotated[str | None, typer.Option("--start", help="ISO 8601 first day "
                                               "(default today).")] = None,
+    return_share: Annotated[float, typer.Option(
+        "--return-share", min=0, max=1, help="Delivered orders a customer returns from.")] = 0.15,
+    exchange_share: Annotated[float, typer.Option(
+        "--exchange-share", min=0, max=1,
+        help="Returns that are exchanges (when another variant is in stock).")] = 0.4,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a seeded store day by day on a frozen clock; exit 1 if any rule is violated."""
     from infra.tooling.simulate import simulate
 
     app_engine()
-    result = simulate(days, orders, seed, parse_instant(start) if start else None)
+    result = simulate(days, orders, seed, parse_instant(start) if start else None,
+                      return_share=return_share, exchange_share=exchange_share)
     if as_json:
         print_json(result)
     else:

@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from flows.common import app_engine, runtime
 from flows.intake import ingest
 from flows.journey import daily
@@ -27,7 +29,9 @@ from tasks.audit import AuditRules, audit, message_calendar
 from tasks.messaging.governor import governor_config
 from tasks.returns.decisions import approve_returns, receive_returns
 from tasks.returns.requests import open_returns
+from tasks.states import MessageStatus
 from tasks.store.db import session_scope
+from tasks.store.models import Message
 
 SIM_DIR = Path("var/sim")
 RUN_HOUR = 17  # UTC: morning in the Americas, evening in Europe — outside quiet hours for most
@@ -97,11 +101,12 @@ def audit_rules() -> AuditRules:
     )
 
 
-def simulate(days: int, orders: int, seed: int, start: datetime | None = None) -> dict[str, Any]:
+def simulate(days: int, orders: int, seed: int, start: datetime | None = None,
+             return_share: float = 0.15, exchange_share: float = 0.4) -> dict[str, Any]:
     """Run the store for `days` days; returns calendars, counts and every violation found."""
     start = (start or datetime.now(UTC)).replace(hour=RUN_HOUR, minute=0, second=0,
                                                  microsecond=0)
-    world = simulation.Outside(seed)
+    world = simulation.Outside(seed, return_share=return_share, exchange_share=exchange_share)
     SIM_DIR.mkdir(parents=True, exist_ok=True)
     ingest(IngestRequest(kind="products", source=str(write("products", 0, demo_catalog(seed))),
                          as_of=start))
@@ -118,6 +123,8 @@ def simulate(days: int, orders: int, seed: int, start: datetime | None = None) -
     with session_scope(app_engine()) as session:
         violations = audit(session, audit_rules())
         calendar = message_calendar(session)
+        sent = dict(session.execute(select(Message.template, func.count()).where(
+            Message.status == MessageStatus.SENT).group_by(Message.template)).all())
     return {"days": days, "orders": orders, "seed": seed, "start": start.isoformat(),
-            "operator_decisions": decisions, "returns": dict(returns),
+            "operator_decisions": decisions, "returns": dict(returns), "mail_sent": sent,
             "violations": violations, "calendar": calendar}
