@@ -57,7 +57,7 @@ from tasks.store.models import (
     ServiceCase,
     Step,
 )
-from tasks.store.returns import returned_units
+from tasks.store.returns import units_not_kept
 from tasks.store.stock import move_reserved
 from tasks.verify import demand, needs_shipping
 
@@ -242,7 +242,7 @@ def return_to_sender(
     refunded or returned yet, keyed order:{id}:return_to_sender. Returns order id → its RMA,
     or "case" when the returns policy refused it (a service case for an operator instead);
     an order with nothing left to send back gets neither."""
-    in_returns = returned_units(session, [o.id for o in orders])
+    in_returns = units_not_kept(session, [o.id for o in orders])
     requests = []
     for order in orders:
         lines = {line.id: units for line in order.lines if needs_shipping(line)

@@ -38,7 +38,7 @@ from tasks.runtime import Runtime
 from tasks.settings import Settings
 from tasks.states import ReturnStatus
 from tasks.store.models import Order, Product, Return
-from tasks.store.returns import returned_units
+from tasks.store.returns import units_not_kept
 
 PAGE = "returns"  # the page_hits name
 log = logging.getLogger("journeys.pages")
@@ -109,7 +109,7 @@ class View:
         skus = sorted({line.sku for line in order.lines if line.sku})
         products = {p.sku: p for p in session.scalars(select(Product).where(
             Product.sku.in_(skus)))}
-        units = returned_units(session, [order.id]).get(order.id, {})
+        units = units_not_kept(session, [order.id]).get(order.id, {})
         self.order = order
         self.lines = returnable_lines(order, products, units, now, cfg)
         wanted = [line.sku for line in self.lines if line.units and line.sku]

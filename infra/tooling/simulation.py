@@ -19,7 +19,7 @@ from tasks.returns.policy import exchange_options, returnable_lines
 from tasks.returns.requests import ReturnRequest
 from tasks.states import ReturnStatus
 from tasks.store.models import Order, Product, Return, Shipment
-from tasks.store.returns import returned_units
+from tasks.store.returns import units_not_kept
 
 SIZE_REASONS = ("too_small", "too_big")
 OTHER_REASONS = ("changed_mind", "quality", "not_as_described", "damaged")
@@ -132,7 +132,7 @@ def returns_for(session: Session, day: datetime, world: Outside, cfg: Config
               < world.return_share]
     skus = {line.sku for o in picked for line in o.lines if line.sku}
     products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
-    in_returns = returned_units(session, [o.id for o in picked])
+    in_returns = units_not_kept(session, [o.id for o in picked])
     options = exchange_options(session, skus)
     requests = []
     for order in picked:

@@ -41,7 +41,7 @@ from tasks.runtime import Runtime
 from tasks.states import MessageStatus, ReturnStatus
 from tasks.store.journal import insert_new, record_events
 from tasks.store.models import Message, Order, Product, Return, ReturnLine
-from tasks.store.returns import returned_skus, returned_units
+from tasks.store.returns import returned_skus, units_not_kept
 
 SOURCES = ("page", "operator", "shopify", "cancellation")
 RESOLUTIONS = ("refund", "exchange")
@@ -200,7 +200,7 @@ def load_batch(session: Session, requests: Sequence[ReturnRequest], now: datetim
         .options(selectinload(Order.lines), selectinload(Order.customer)))}
     skus = {line.sku for o in orders.values() for line in o.lines if line.sku}
     products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
-    in_returns = returned_units(session, ids)
+    in_returns = units_not_kept(session, ids)
     lines = {oid: returnable_lines(o, products, in_returns.get(oid, {}), now, rt.config)
              for oid, o in orders.items()}
     exchanging = {line.sku for r in requests if r.resolution == "exchange" and r.order_id in orders

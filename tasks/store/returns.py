@@ -37,6 +37,25 @@ def returned_units(session: Session, order_ids: Iterable[int]) -> dict[int, dict
     return found
 
 
+def units_not_kept(session: Session, order_ids: Iterable[int]) -> dict[int, dict[int, int]]:
+    """order id → order line id → units in returns not rejected, less the units a refunded
+    return and the source's refunds (`refunded_quantity`) both count: a return refunded here
+    and then refunded by the store at Shopify is the same units twice. What the returns policy
+    subtracts besides `refunded_quantity`, so each unit that left is counted once."""
+    units = returned_units(session, order_ids)
+    if not units:
+        return units
+    query = (select(ReturnLine.order_line_id, func.sum(ReturnLine.quantity),
+                    OrderLine.refunded_quantity)
+             .join(Return, Return.id == ReturnLine.return_id)
+             .join(OrderLine, OrderLine.id == ReturnLine.order_line_id)
+             .where(Return.order_id.in_(list(units)), Return.status == ReturnStatus.REFUNDED)
+             .group_by(ReturnLine.order_line_id, OrderLine.refunded_quantity))
+    both = {line_id: min(int(n), refunded or 0) for line_id, n, refunded in session.execute(query)}
+    return {order_id: {line_id: n - both.get(line_id, 0) for line_id, n in lines.items()}
+            for order_id, lines in units.items()}
+
+
 def returned_skus(session: Session, order_ids: Iterable[int]) -> dict[int, set[str]]:
     """order id → SKUs of which every unit bought (less refunds) is in a return."""
     units = returned_units(session, order_ids)

@@ -22,6 +22,7 @@ from tasks.deliveries import Body
 from tasks.loyalty import earn
 from tasks.loyalty.rules import reversal_points
 from tasks.returns import decisions, shopify
+from tasks.returns.policy import returnable_lines
 from tasks.returns.report import returns_markdown, returns_report
 from tasks.returns.requests import ReturnRequest, open_returns
 from tasks.runtime import Runtime
@@ -36,6 +37,7 @@ from tasks.store.models import (
     Return,
 )
 from tasks.store.queries import order_returns
+from tasks.store.returns import units_not_kept
 from tests.factories import add_order
 
 REAL = Path(__file__).parents[1] / "fixtures" / "real" / "shopify"
@@ -328,8 +330,13 @@ def test_a_unit_refunded_by_a_page_return_and_again_at_shopify_counts_once(engin
         after_return = reversed_points(session, first.id)
         shopify_refund(session, 701, first.external_id, 1, "25.00")  # the same unit again
         assert reversed_points(session, first.id) == after_return == 25
+        session.refresh(first)
+        # ... and the returns page still offers the other tee (one unit left, counted once)
+        assert still_returnable(session, first, now, rt) == 1
         shopify_refund(session, 702, first.external_id, 1, "25.00")  # the other tee: new
         assert reversed_points(session, first.id) == 50
+        session.refresh(first)
+        assert still_returnable(session, first, now, rt) == 0
 
         shopify_refund(session, 703, second.external_id, 1, "25.00")  # refunded before receipt
         decisions.receive_returns(session, [second_ret.id], now, rt, "warehouse")
@@ -338,3 +345,11 @@ def test_a_unit_refunded_by_a_page_return_and_again_at_shopify_counts_once(engin
         notes = dict(session.execute(select(CreditNote.effect_key, CreditNote.total)).all())
     assert set(notes) == {f"return:{first_ret.id}:refund", "shopify-refund:702",
                           "shopify-refund:703"}
+
+
+def still_returnable(session, order, now, rt) -> int:
+    """The tee units the returns page offers (the policy, as the page computes it)."""
+    in_returns = units_not_kept(session, [order.id]).get(order.id, {})
+    [tee] = [line for line in returnable_lines(order, {}, in_returns, now, rt.config)
+             if line.line_id == order.lines[0].id]
+    return tee.units
