@@ -80,6 +80,9 @@ def test_deployments_page_lists_the_journeys(stack, page: Page) -> None:
     page.goto(stack.ui_url)  # the front door; it sends the browser on to the default UI
     page.get_by_role("link", name="Deployments", exact=True).click()
     expect(page).to_have_url(re.compile(r"/deployments\b"))
+    # More deployments than the list's default page of 10: show them on one page, as an
+    # operator would with "Items per page" (the UI keeps the choice in the address).
+    page.goto(re.sub(r"limit=\d+", "limit=50", page.url))
     for flow_name in JOURNEY_FLOWS:
         expect(page.get_by_text(flow_name, exact=True).filter(visible=True).first).to_be_visible()
     expect(page.get_by_role("link", name="frequent", exact=True)).to_be_visible()
