@@ -20,6 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.orm import object_session
 
 from tasks.config import Config, StoreConfig
+from tasks.i18n import enable_i18n
 from tasks.messaging.money import address_lines, format_money, order_locale
 from tasks.store.models import Order, OrderLine
 
@@ -29,7 +30,7 @@ DOCUMENT_KINDS = ("packing_slip", "invoice")
 @lru_cache(maxsize=4)
 def template_environment(templates_dir: Path) -> SandboxedEnvironment:
     """One sandboxed environment per template folder; it caches parsed templates."""
-    return SandboxedEnvironment(
+    return enable_i18n(SandboxedEnvironment(
         loader=FileSystemLoader(templates_dir),
         autoescape=True,
         undefined=StrictUndefined,
@@ -37,7 +38,7 @@ def template_environment(templates_dir: Path) -> SandboxedEnvironment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-    )
+    ))
 
 
 def documents_dir(config: Config) -> Path:

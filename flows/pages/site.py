@@ -26,6 +26,7 @@ from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import Engine, select
 
 from tasks.config import Config
+from tasks.i18n import enable_i18n
 from tasks.links import Link, LinkError, Purpose, mask, read_token
 from tasks.messaging.money import format_day, format_money
 from tasks.settings import Settings
@@ -62,10 +63,10 @@ class Site:
         self.cfg, self.secret_key, self.engine, self.clock = cfg, secret_key, engine, clock
         self.reader = reader
         self.settings = settings  # the edge's (the archive a return label is read from)
-        self.templates = Environment(
+        self.templates = enable_i18n(Environment(
             loader=FileSystemLoader(cfg.dir / "templates" / "pages"),
             autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True))
         self.templates.filters["money"] = lambda amount, currency, locale=None: format_money(
             amount, currency, locale)
         self.templates.filters["day"] = lambda day, locale=None: format_day(day, locale)

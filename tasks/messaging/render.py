@@ -18,6 +18,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, s
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tasks.config import Config, TemplateSpec
+from tasks.i18n import enable_i18n
 from tasks.messaging.money import format_day, format_money
 
 STYLESHEET = "email.css"
@@ -123,7 +124,7 @@ def make_environment(template_dir: Path) -> ImmutableSandboxedEnvironment:
     )
     env.filters["money"] = format_money
     env.filters["date"] = format_day
-    return env
+    return enable_i18n(env)
 
 
 class Renderer:
