@@ -123,6 +123,6 @@ def test_the_delivered_mail_links_the_returns_page(pages_edge):
                           delivered_at=now() - timedelta(days=2))
         row = delivered_message(order, [parcel], pages_edge.cfg, now(), pages_edge.secret)
     text = renderer_for(pages_edge.cfg).render("delivered", row["context"]).text
-    link = re.search(r"Start a return: (\S+)", text).group(1)
+    link = re.search(r"Start a return:\s+(\S+)", text).group(1)
     assert link.startswith(f"{pages_edge.url}/returns/")
     assert "Cotton tee" in httpx.get(link, timeout=10).text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,14 @@ def test_confirmation_html_has_css_inlined_and_every_figure(renderer, context):
 def test_taxes_included_are_labelled(renderer, context):
     context["order"]["taxes_included"] = True
     rendered = renderer.render("confirmation", context)
-    assert "Tax (incl.)" in rendered.html and "Tax (incl.): $18.32" in rendered.text
+    assert "Tax (incl.)" in rendered.html
+    assert re.search(r"^Tax \(incl\.\) +\$18\.32$", rendered.text, re.M)
 
 
 def test_german_locale_formats_money_and_dates(renderer, context):
     context["order"].update(currency="EUR", locale="de_DE", total="1234.50")
     text = renderer.render("confirmation", context).text
-    assert "Total: 1.234,50\xa0€" in text and "25.11.2026" in text
+    assert re.search(r"^Gesamt +1\.234,50\xa0€$", text, re.M) and "25.11.2026" in text
 
 
 def test_customer_text_is_escaped_and_never_run_as_a_template(renderer, context):
