@@ -24,8 +24,9 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from flows.pages import loyalty, order, preferences, returns, reviews, subscribe, survey
-from flows.pages.site import FormTooLarge, MaskTokens, SecurityHeaders, Site
+from flows.pages.site import FormTooLarge, MaskTokens, RequestLanguages, SecurityHeaders, Site
 from tasks.config import Config
+from tasks.i18n import N_
 from tasks.settings import Settings
 from tasks.store.db import engine_for, reader_for
 
@@ -41,11 +42,12 @@ def mount(app: FastAPI, cfg: Config, secret_key: str, database_url: str,
     logging.getLogger("uvicorn.access").addFilter(MaskTokens())
 
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestLanguages)  # the reader's languages, for pages with no order
 
     @app.exception_handler(FormTooLarge)
     async def form_too_large(request: Request, exc: FormTooLarge) -> Response:
-        return site.friendly(413, "That was more than we can take",
-                             "Please shorten your text and send it again.")
+        return site.friendly(413, N_("That was more than we can take"),
+                             N_("Please shorten your text and send it again."))
 
     @app.exception_handler(HTTPException)
     async def not_found(request: Request, exc: HTTPException) -> Response:

@@ -14,8 +14,10 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, from_another_site, read_form
+from tasks.i18n import N_
 from tasks.links import Purpose
 from tasks.storefront.loyalty_page import join, rewards_view
+from tasks.storefront.words import speaker
 
 PAGE = "loyalty"
 JOIN = "join"  # the form's one value: anything else is not our form
@@ -43,23 +45,22 @@ def register(app: FastAPI, site: Site) -> None:
         if link is None:
             return site.friendly()
         if cross_site(request, site):
-            return site.friendly(403, "This form was sent from another site",
-                                 "Nothing was changed. To join, open the link in our e-mail "
-                                 "and press the button on that page.")
+            return site.friendly(403, N_("This form was sent from another site"), N_(
+                "Nothing was changed. To join, open the link in our e-mail and press the button "
+                "on that page."))
         form = await read_form(request)
         if form.get("action") != JOIN:
-            return page(site, token, link.subject, status=400,
-                        error="We could not read that form. Nothing was changed; "
-                              "please press the button below.")
+            return page(site, token, link.subject, status=400, error=N_(
+                "We could not read that form. Nothing was changed; please press the button "
+                "below."))
         return await run_in_threadpool(join_and_show, site, token, link.subject)
 
     @app.api_route("/rewards", methods=["GET", "HEAD", "POST"])
     @app.api_route("/rewards/join", methods=["GET", "HEAD", "POST"])
     def old_link() -> HTMLResponse:
-        return site.friendly(410, "This rewards link is from an older e-mail",
-                             "It does not say whose rewards to show. Write to us and we will "
-                             "tell you your points, or join for you; newer e-mails carry a "
-                             "link to your own rewards page.")
+        return site.friendly(410, N_("This rewards link is from an older e-mail"), N_(
+            "It does not say whose rewards to show. Write to us and we will tell you your "
+            "points, or join for you; newer e-mails carry a link to your own rewards page."))
 
 
 def join_and_show(site: Site, token: str, customer_id: int) -> HTMLResponse:
@@ -68,21 +69,24 @@ def join_and_show(site: Site, token: str, customer_id: int) -> HTMLResponse:
         if site.customer_of(session, customer_id) is None:
             return site.friendly()
         joined = join(session, customer_id, site.clock())
-    return page(site, token, customer_id, notice=(
+    return page(site, token, customer_id, notice=N_(
         "Welcome! You are now a member: your points are yours to spend once they are "
-        "available." if joined else "You are already a member. Nothing was changed."))
+        "available.") if joined else N_("You are already a member. Nothing was changed."))
 
 
 def page(site: Site, token: str, customer_id: int, status: int = 200, notice: str | None = None,
          error: str | None = None) -> HTMLResponse:
-    """The rewards page as it is now (after a join, with its confirmation)."""
+    """The rewards page as it is now (after a join, with its confirmation: `notice` and
+    `error` are marked text, said here in the customer's language)."""
     with site.session() as session:
         customer = site.customer_of(session, customer_id)
         if customer is None:
             return site.friendly()
         view = rewards_view(session, customer, site.cfg, site.clock())
-    return site.render("loyalty.html", status, title="Your rewards", view=view,
-                       action=f"/l/{token}", notice=notice, error=error)
+    say = speaker(site.cfg, site.page_locale(view.locale))
+    return site.render("loyalty.html", status, view=view, locale=say.locale,  # its own title
+                       action=f"/l/{token}", notice=notice and say(notice),
+                       error=error and say(error))
 
 
 def cross_site(request: Request, site: Site) -> bool:

@@ -36,7 +36,8 @@ def register(app: FastAPI, site: Site) -> None:
             if order is None:
                 return site.friendly()
             view = order_page(session, order, site.cfg, site.secret_key, site.clock())
-        return site.render("order.html", title=f"Order {view['order']['name']}", **view)
+        return site.render("order.html", title=f"Order {view['order']['name']}",
+                           locale=view["order"]["locale"], **view)
 
     @app.api_route("/track/{carrier}/{number}", methods=["GET", "HEAD"])
     def old_tracking_link(carrier: str, number: str, request: Request) -> Response:

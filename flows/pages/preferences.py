@@ -20,6 +20,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, from_another_site, read_form
+from tasks.i18n import N_
 from tasks.links import Purpose
 from tasks.messaging.unsubscribe import UnsubscribeError, normalise, verify_token
 from tasks.storefront.preferences import (
@@ -30,21 +31,26 @@ from tasks.storefront.preferences import (
     suppression_of,
     unsubscribe_all,
 )
+from tasks.storefront.words import Say, speaker
 
 PAGE = "preferences"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+TOPIC_NAMES = {
+    "reviews": N_("Reviews"), "offers": N_("Offers"), "care": N_("Care"),
+    "birthday": N_("Birthday"), "loyalty": N_("Loyalty"), "winback": N_("Winback"),
+}
 TOPIC_TEXT = {
-    "reviews": "Requests to review what you bought",
-    "offers": "Offers and products we think you will like, and reminders to restock",
-    "care": "Care guides that help your purchases last",
-    "birthday": "A birthday greeting, sometimes with a gift",
-    "loyalty": "News about your points, rewards and tier",
-    "winback": "A note with what is new when we have not seen you in a while",
+    "reviews": N_("Requests to review what you bought"),
+    "offers": N_("Offers and products we think you will like, and reminders to restock"),
+    "care": N_("Care guides that help your purchases last"),
+    "birthday": N_("A birthday greeting, sometimes with a gift"),
+    "loyalty": N_("News about your points, rewards and tier"),
+    "winback": N_("A note with what is new when we have not seen you in a while"),
 }
 SAVED = {
-    "unsubscribe": "Done: you are unsubscribed from all our marketing e-mails.",
-    "resubscribe": "Welcome back: you will get our marketing e-mails again.",
-    "topics": "Saved: we will only send the kinds of e-mail you ticked.",
+    "unsubscribe": N_("Done: you are unsubscribed from all our marketing e-mails."),
+    "resubscribe": N_("Welcome back: you will get our marketing e-mails again."),
+    "topics": N_("Saved: we will only send the kinds of e-mail you ticked."),
 }
 
 
@@ -54,6 +60,7 @@ class Subject:
 
     address: str
     consent: bool | None  # the customer's marketing consent; None for an old address link
+    locale: str | None = None  # the customer's; None for an old address link (the browser's)
 
 
 def register(app: FastAPI, site: Site) -> None:
@@ -97,13 +104,13 @@ async def post(site: Site, request: Request, token: str, old: bool) -> Response:
     if form == ONE_CLICK:  # database work off the event loop: a write may wait for a sweep
         return await run_in_threadpool(one_click, site, token, old)
     if from_elsewhere(site, request):
-        return site.friendly(403, "This form came from another website", (
+        return site.friendly(403, N_("This form came from another website"), N_(
             "For your safety we only take changes made on our own page. Please open the link "
             "in our e-mail again and choose there."))
     action = form.get("action", "")
     if action not in SAVED:
-        return site.friendly(400, "We did not understand that",
-                             "Please open the link in our e-mail again and choose there.")
+        return site.friendly(400, N_("We did not understand that"),
+                             N_("Please open the link in our e-mail again and choose there."))
     return await run_in_threadpool(save, site, request, token, old, action, form)
 
 
@@ -153,7 +160,7 @@ def subject_of(site: Site, session, token: str, old: bool) -> Subject | None:
     customer = site.customer_of(session, link.subject) if link else None
     if customer is None or not customer.email:
         return None
-    return Subject(normalise(customer.email), bool(customer.accepts_marketing))
+    return Subject(normalise(customer.email), bool(customer.accepts_marketing), customer.locale)
 
 
 def from_elsewhere(site: Site, request: Request) -> bool:
@@ -162,12 +169,20 @@ def from_elsewhere(site: Site, request: Request) -> bool:
 
 def render(site: Site, request: Request, subject: Subject, state: MailState,
            notice: str | None = None) -> Response:
+    """The page; `notice` (marked text) and the topics said in the customer's language."""
+    say = speaker(site.cfg, site.page_locale(subject.locale))
     action = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    topics = [{"name": topic, "text": TOPIC_TEXT.get(topic, topic.capitalize()), "on": on}
-              for topic, on in state.topics.items()]
-    return site.render("preferences.html", title="Your e-mail choices", action=action,
-                       address=masked(subject.address), state=state, topics=topics,
-                       consent=subject.consent, notice=notice)
+    topics = [{"name": topic, "on": on, "label": said(say, TOPIC_NAMES, topic),
+               "text": said(say, TOPIC_TEXT, topic)} for topic, on in state.topics.items()]
+    return site.render("preferences.html", locale=say.locale,  # words its own title
+                       action=action, address=masked(subject.address), state=state,
+                       topics=topics, consent=subject.consent, notice=notice and say(notice))
+
+
+def said(say: Say, words: dict[str, str], topic: str) -> str:
+    """Our words about a topic in the reader's language; a topic the store added itself to
+    pages.yaml by its own name."""
+    return say(words[topic]) if topic in words else topic.capitalize()
 
 
 def masked(address: str) -> str:

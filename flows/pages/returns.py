@@ -30,8 +30,9 @@ from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, clean_text, from_another_site, read_form
 from tasks.archive import ArchiveError
+from tasks.i18n import N_
 from tasks.links import Purpose
-from tasks.returns.notices import STATUS_LABELS, return_context
+from tasks.returns.notices import return_context, status_label
 from tasks.returns.policy import ReturnableLine, exchange_options, returnable_lines
 from tasks.returns.requests import ReturnRefused, ReturnRequest, open_returns
 from tasks.runtime import Runtime
@@ -39,10 +40,10 @@ from tasks.settings import Settings
 from tasks.states import ReturnStatus
 from tasks.store.models import Order, Product, Return
 from tasks.store.returns import units_not_kept
+from tasks.storefront.words import Say, comment_too_long, speaker
 
 PAGE = "returns"  # the page_hits name
 log = logging.getLogger("journeys.pages")
-TITLE = "Return or exchange"
 MAX_UNITS = 999
 
 
@@ -87,9 +88,9 @@ def register(app: FastAPI, site: Site) -> None:
             return site.too_many()
         site.hits.count(PAGE, "POST", site.today())
         if from_another_site(request, site.cfg.store.links_base_url):
-            return site.friendly(403, "Please send the form from our own page",
-                                 "This form was sent from another website, so we did not "
-                                 "open a return. Open the link in our e-mail to start one.")
+            return site.friendly(403, N_("Please send the form from our own page"), N_(
+                "This form was sent from another website, so we did not open a return. Open "
+                "the link in our e-mail to start one."))
         link = site.link(token, Purpose.RETURNS)
         if link is None:
             return site.friendly()
@@ -125,7 +126,7 @@ def show(site: Site, order_id: int, token: str) -> HTMLResponse:
         if order is None:
             return site.friendly()
         if not site.cfg.returns.enabled:
-            return not_online(site)
+            return not_online(site, order)
         return form_page(site, View(session, site, order), token)
 
 
@@ -142,45 +143,50 @@ def label_pdf(site: Site, order_id: int, rma: str) -> Response:
         pdf = runtime_of(site).archive.get(ref)
     except ArchiveError:
         log.warning("return label %s could not be read from the archive", rma, exc_info=True)
-        return site.friendly(503, "Your label is not available right now",
-                             "Please try again in a few minutes. Your return is not affected.")
+        return site.friendly(503, N_("Your label is not available right now"),
+                             N_("Please try again in a few minutes. Your return is not "
+                                "affected."))
     return Response(pdf, media_type="application/pdf", headers={
         "Content-Disposition": f'inline; filename="return-label-{rma}.pdf"'})
 
 
-def not_online(site: Site) -> HTMLResponse:
-    return site.render("message.html", title="Returns", text=(
-        "We do not take returns online. " + site.cfg.store.return_policy))
+def not_online(site: Site, order: Order) -> HTMLResponse:
+    say = speaker(site.cfg, site.page_locale(order.locale))
+    text = say(N_("We do not take returns online. %(policy)s"),
+               policy=say(site.cfg.store.return_policy))
+    return site.render("message.html", title=N_("Returns"), text=text, locale=say.locale)
 
 
 def titles(view: View) -> dict[str, str]:
     return {p.sku: p.title for found in view.options.values() for p in found}
 
 
-def return_shown(ret: Return, view: View, site: Site, token: str) -> dict[str, Any]:
+def return_shown(ret: Return, view: View, site: Site, token: str, say: Say) -> dict[str, Any]:
     """One of the order's returns: status in words, and the steps while it must be sent."""
     kind = "approved" if ret.status == ReturnStatus.APPROVED else ret.status
-    shown = return_context(ret, view.order, kind, site.cfg, titles(view), f"/returns/{token}")
-    return {**shown, "status_label": STATUS_LABELS.get(ret.status, ret.status)}
+    shown = return_context(ret, view.order, kind, site.cfg, titles(view), say.locale,
+                           f"/returns/{token}")
+    return {**shown, "status_label": status_label(ret.status, say)}
 
 
 def form_page(site: Site, view: View, token: str, chosen: Mapping[str, str] | None = None,
               error: str | None = None, status: int = 200,
               done: Return | None = None) -> HTMLResponse:
     cfg, order = site.cfg, view.order
+    say = speaker(cfg, site.page_locale(order.locale))
     lines = [line_shown(line, view.options.get(line.sku or "", [])) for line in view.lines]
-    return site.render(
-        "returns.html", status, title=TITLE if done is None else f"Your return {done.rma}",
-        order_name=order.name, currency=order.currency, locale=order.locale, lines=lines,
+    return site.render(  # returns.html words its own title
+        "returns.html", status,
+        order_name=order.name, currency=order.currency, locale=say.locale, lines=lines,
         returnable=any(line["units"] for line in lines), action=f"/returns/{token}",
-        reasons={key: reason.label for key, reason in cfg.returns.reasons.items()},
+        reasons={key: say(reason.label) for key, reason in cfg.returns.reasons.items()},
         exchanges=any(line["options"] for line in lines if line["units"]),
         seq=len(view.returns), chosen=chosen or {},
-        error=error, return_policy=cfg.store.return_policy,
-        done=return_shown(done, view, site, token) if done is not None else None,
-        returns=[return_shown(ret, view, site, token) for ret in reversed(view.returns)
+        error=error, return_policy=say(cfg.store.return_policy),
+        done=return_shown(done, view, site, token, say) if done is not None else None,
+        returns=[return_shown(ret, view, site, token, say) for ret in reversed(view.returns)
                  if done is None or ret.id != done.id],
-        max_comment=f"{cfg.pages.max_comment_chars:,}")
+        max_comment=say.number(cfg.pages.max_comment_chars))
 
 
 def line_shown(line: ReturnableLine, options: list[Product]) -> dict[str, Any]:
@@ -200,8 +206,9 @@ def submit(site: Site, order_id: int, token: str, form: dict[str, str]) -> HTMLR
         if order is None:
             return site.friendly()
         if not site.cfg.returns.enabled:
-            return not_online(site)
-        request, error = parse_form(order, form, limit)
+            return not_online(site, order)
+        say = speaker(site.cfg, site.page_locale(order.locale))
+        request, error = parse_form(order, form, limit, say)
         if request is not None:
             try:
                 opened = open_returns(session, [request], site.clock(), runtime_of(site))
@@ -218,23 +225,23 @@ def small_int(value: str | None, limit: int) -> int | None:
     return int(value) if ok and int(value) <= limit else None
 
 
-def parse_form(order: Order, form: Mapping[str, str], comment_limit: int
+def parse_form(order: Order, form: Mapping[str, str], comment_limit: int, say: Say
                ) -> tuple[ReturnRequest | None, str | None]:
-    """The form as a ReturnRequest, or (None, what to change)."""
+    """The form as a ReturnRequest, or (None, what to change, in the customer's words)."""
     lines: dict[int, int] = {}
     for line in order.lines:
         raw = form.get(f"qty_{line.id}", "0") or "0"
         units = small_int(raw, MAX_UNITS)
         if units is None:
-            return None, f"{line.title}: choose a number of units from the list"
+            return None, say(N_("%(item)s: choose a number of units from the list"),
+                             item=line.title)
         if units:
             lines[line.id] = units
     resolution = form.get("resolution") or "refund"
     exchange = {lid: form.get(f"exchange_{lid}", "").strip() for lid in lines}
     comment = clean_text(form.get("comment"), 10 * comment_limit)
     if comment is not None and len(comment) > comment_limit:
-        return None, (f"Your comment is {len(comment):,} characters long; we can take up to "
-                      f"{comment_limit:,}. Please shorten it and send it again.")
+        return None, comment_too_long(say, len(comment), comment_limit)
     seq = small_int(form.get("seq"), 10**6) or 0
     request = ReturnRequest(order.id, lines, (form.get("reason") or "").strip(), resolution,
                             {k: v for k, v in exchange.items() if v and resolution == "exchange"},

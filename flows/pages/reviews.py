@@ -14,15 +14,18 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from flows.pages.site import Site, clean_text, from_another_site, read_form
+from tasks.aftercare.followups import product_title
+from tasks.i18n import N_
 from tasks.links import Purpose
-from tasks.store.models import Product
+from tasks.store.models import Order, Product
 from tasks.storefront import reviews
+from tasks.storefront.words import Say, speaker
 
 PAGE = "review"
 STATUS_TEXT = {
-    reviews.APPROVED: "Your review was published. Thank you for sharing it.",
-    reviews.REJECTED: "Your review was not published because it did not follow our review "
-                      "rules. If you have a question about it, please write to us.",
+    reviews.APPROVED: N_("Your review was published. Thank you for sharing it."),
+    reviews.REJECTED: N_("Your review was not published because it did not follow our review "
+                         "rules. If you have a question about it, please write to us."),
 }
 
 
@@ -42,9 +45,9 @@ def register(app: FastAPI, site: Site) -> None:
         if not site.allowed(request, token):
             return site.too_many()
         if cross_site(request, site):
-            return site.friendly(403, "Please send your review from our page",
-                                 "This form can only be sent from the review page itself. "
-                                 "Please open the link in our e-mail again.")
+            return site.friendly(403, N_("Please send your review from our page"), N_(
+                "This form can only be sent from the review page itself. Please open the link "
+                "in our e-mail again."))
         form = await read_form(request)
         return await run_in_threadpool(record, site, token, form)  # never block the loop
 
@@ -58,14 +61,15 @@ def show(site: Site, token: str) -> Response:
         if found is None:
             return site.friendly()
         order, line, product = found
+        say = words(site, order)
         existing = reviews.review_of(session, line.id)
         if existing is not None and existing.status != reviews.PENDING:
-            return decided(site, product, existing.status)
+            return decided(site, product, existing.status, say)
         values = {"rating": str(existing.rating), "title": existing.title or "",
                   "body": existing.body or "", "display_name": existing.display_name} \
             if existing else {"rating": "", "title": "", "body": "",
-                              "display_name": reviews.default_display_name(order.customer)}
-        return form_page(site, token, product, values, [], bool(existing))
+                              "display_name": reviews.default_display_name(order.customer, say)}
+        return form_page(site, token, product, values, [], bool(existing), say)
 
 
 def record(site: Site, token: str, form: dict[str, str]) -> Response:
@@ -75,20 +79,21 @@ def record(site: Site, token: str, form: dict[str, str]) -> Response:
     limit = site.cfg.pages.max_comment_chars
     values = {name: clean_text(form.get(name), limit * 2 + 1000) or ""
               for name in ("rating", "title", "body", "display_name")}
-    draft, problems = reviews.check_draft(values["rating"], values["title"] or None,
-                                          values["body"] or None, values["display_name"] or None,
-                                          limit)
     with site.session(write=True) as session:
         found = target(site, session, link)
         if found is None:
             return site.friendly()
         order, line, product = found
+        say = words(site, order)
+        draft, problems = reviews.check_draft(
+            values["rating"], values["title"] or None, values["body"] or None,
+            values["display_name"] or None, limit, say)
         if draft is None:
-            return form_page(site, token, product, values, problems, False, status=422)
+            return form_page(site, token, product, values, problems, False, say, status=422)
         outcome = reviews.submit(session, order, line, draft, site.clock())
     if outcome in STATUS_TEXT:
-        return decided(site, product, outcome)
-    return site.render("review_thanks.html", title="Thank you for your review",
+        return decided(site, product, outcome, say)
+    return site.render("review_thanks.html", locale=say.locale,  # words its own title
                        product=product, draft=draft, token=token)
 
 
@@ -101,20 +106,25 @@ def target(site: Site, session, link):
     if line is None:
         return None
     catalog = session.scalar(select(Product.title).where(Product.sku == line.sku))
-    return order, line, reviews.product_name(line, catalog)
+    return order, line, product_title(line, catalog)  # the product as the mail named it
 
 
 def form_page(site: Site, token: str, product: str, values: dict[str, str],
-              problems: list[str], editing: bool, status: int = 200) -> Response:
-    return site.render("review.html", status, title=f"Review {product}", product=product,
+              problems: list[str], editing: bool, say: Say, status: int = 200) -> Response:
+    return site.render("review.html", status, locale=say.locale, product=product,
                        values=values, problems=problems, editing=editing, token=token,
                        stars=reviews.STARS, max_chars=site.cfg.pages.max_comment_chars,
                        title_chars=reviews.TITLE_CHARS, name_chars=reviews.NAME_CHARS)
 
 
-def decided(site: Site, product: str, status: str) -> Response:
-    return site.render("message.html", title=f"Your review of {product}",
-                       text=STATUS_TEXT[status])
+def decided(site: Site, product: str, status: str, say: Say) -> Response:
+    return site.render("message.html", locale=say.locale, text=say(STATUS_TEXT[status]),
+                       title=say(N_("Your review of %(product)s"), product=product))
+
+
+def words(site: Site, order: Order) -> Say:
+    """The page's text in the order's language (the one its template speaks)."""
+    return speaker(site.cfg, site.page_locale(order.locale))
 
 
 def cross_site(request: Request, site: Site) -> bool:

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,9 +27,17 @@ from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import Engine, select
 
 from tasks.config import Config
-from tasks.i18n import enable_i18n
+from tasks.i18n import (
+    N_,
+    accepted_locale,
+    available_languages,
+    enable_i18n,
+    gettext_names,
+    locales_dir,
+    translate,
+)
 from tasks.links import Link, LinkError, Purpose, mask, read_token
-from tasks.messaging.money import format_day, format_money
+from tasks.messaging.money import format_day, format_money, format_number, order_locale
 from tasks.settings import Settings
 from tasks.store.db import session_scope
 from tasks.store.journal import insert_ignoring_duplicates
@@ -37,6 +46,9 @@ from tasks.store.models import Customer, Erasure, Order, PageHit
 MAX_FORM = 64 * 1024  # the largest form a page takes (a review is a few KB)
 HIT_FLUSH_SECONDS = 10.0
 log = logging.getLogger("journeys.pages")
+# The request's Accept-Language (RequestLanguages sets it): a page with no order or customer
+# to take a language from speaks the reader's browser's, if we have a catalog for it.
+REQUEST_LANGUAGES: ContextVar[str | None] = ContextVar("request_languages", default=None)
 
 # No inline script anywhere, no framing, no referrer (tokens stay out of the store's logs).
 SECURITY_HEADERS = {
@@ -70,6 +82,8 @@ class Site:
         self.templates.filters["money"] = lambda amount, currency, locale=None: format_money(
             amount, currency, locale)
         self.templates.filters["day"] = lambda day, locale=None: format_day(day, locale)
+        self.templates.filters["number"] = format_number
+        self.locales = locales_dir(cfg.dir)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.per_ip = parse(cfg.pages.per_ip_limit)
         self.per_token = parse(cfg.pages.per_token_limit)
@@ -116,20 +130,37 @@ class Site:
 
     # ------------------------------------------------------------ answers
 
+    def page_locale(self, known: str | None = None) -> str:
+        """The page's locale: `known` (the order's or customer's), else the browser's
+        Accept-Language, else the store's default; the first one we have words for."""
+        languages = available_languages(self.locales)
+        browser = accepted_locale(REQUEST_LANGUAGES.get(), languages)
+        return order_locale(known, browser, self.cfg.store.default_locale, languages)
+
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = self.templates.get_template(template).render(store=self.cfg.store, **context)
+        """`template` in the page's locale (`locale` in `context`: the one its order or customer
+        has, if the handler knows it). Templates get that `locale` for dates and money; a
+        `title` or `text` from Python (marked with N_) is translated here."""
+        locale = self.page_locale(context.pop("locale", None))
+        default = self.cfg.store.default_locale
+        for key in ("title", "text"):
+            if isinstance(context.get(key), str):
+                context[key] = translate(self.locales, locale, default, context[key])
+        html = self.templates.get_template(template).render(
+            store=self.cfg.store, **context, locale=locale, lang=locale.split("_")[0],
+            **gettext_names(self.locales, locale, default))
         return HTMLResponse(html, status_code=status)
 
-    def friendly(self, status: int = 404, title: str = "This link is not valid any more",
+    def friendly(self, status: int = 404, title: str = N_("This link is not valid any more"),
                  text: str | None = None) -> HTMLResponse:
         """The page for a wrong, expired or unknown link (and for limits): how to reach us."""
-        return self.render("message.html", status=status, title=title, text=text or (
+        return self.render("message.html", status=status, title=title, text=text or N_(
             "The link may have expired, or it was copied only in part. Your order is not "
             "affected. If you need anything, our team is happy to help."))
 
     def too_many(self) -> HTMLResponse:
-        response = self.friendly(429, "Too many requests",
-                                 "Please wait a minute and try again.")
+        response = self.friendly(429, N_("Too many requests"),
+                                 N_("Please wait a minute and try again."))
         response.headers["Retry-After"] = "60"
         return response
 
@@ -249,6 +280,25 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class RequestLanguages:
+    """Keeps each request's Accept-Language in REQUEST_LANGUAGES for Site.render (a context
+    variable: every request has its own, also in the thread a sync handler runs in)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        header = next((value.decode("latin-1") for name, value in scope.get("headers", [])
+                       if name == b"accept-language"), None)
+        token = REQUEST_LANGUAGES.set(header)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_LANGUAGES.reset(token)
 
 
 class MaskTokens(logging.Filter):

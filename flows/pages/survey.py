@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from flows.pages.site import Site, clean_text, from_another_site, read_form
 from tasks.aftercare.feedback import RATING_LABELS, verify_rating_link
 from tasks.aftercare.fit import CHOICES, parse_choice
+from tasks.i18n import N_
 from tasks.links import Purpose, make_token
 from tasks.store.models import Order
 from tasks.storefront.survey import (
@@ -37,8 +38,7 @@ from tasks.storefront.survey import (
     parse_rating,
     record_answer,
 )
-
-TITLE = "Tell us how your order arrived"
+from tasks.storefront.words import Say, comment_too_long, speaker
 
 
 def register(app: FastAPI, site: Site) -> None:
@@ -56,6 +56,8 @@ def register(app: FastAPI, site: Site) -> None:
             return site.too_many()
         site.hits.count(PAGE, request.method, site.today())
         query = request.query_params
+        if any(len(query.getlist(name)) > 1 for name in ("o", "r", "sig")):
+            return site.friendly()  # a signed link never repeats a parameter
         order_id, rating = _small_int(query.get("o")), parse_rating(query.get("r"))
         if order_id is None or rating is None or not verify_rating_link(
                 site.secret_key, order_id, rating, query.get("sig")):
@@ -94,9 +96,9 @@ async def answered(site: Site, request: Request, token: str,
         return site.too_many()
     site.hits.count(PAGE, "POST", site.today())
     if cross_site(request, site):
-        return site.friendly(403, "Please answer on our own page",
-                             "This form was sent from another website, so we did not "
-                             "record it. Open the link in our e-mail to answer.")
+        return site.friendly(403, N_("Please answer on our own page"), N_(
+            "This form was sent from another website, so we did not record it. Open the link "
+            "in our e-mail to answer."))
     link = site.link(token, Purpose.FEEDBACK)
     if link is None:
         return site.friendly()
@@ -131,12 +133,11 @@ def answer_survey(site: Site, order_id: int, token: str, form: dict[str, str]) -
         order = site.order_of(session, order_id)
         if order is None:
             return site.friendly()
-        error = None
+        say, error = words(site, order), None
         if rating is None:
-            error = "Please choose a rating from 1 to 5."
+            error = say(N_("Please choose a rating from 1 to 5."))
         elif comment is not None and len(comment) > limit:
-            error = (f"Your comment is {len(comment):,} characters long; we can take up to "
-                     f"{limit:,}. Please shorten it and send it again.")
+            error = comment_too_long(say, len(comment), limit)
         if error:
             return survey_form(site, order, token, rating, comment or "", set(tags), error=error,
                                status=422)
@@ -149,12 +150,14 @@ def answer_survey(site: Site, order_id: int, token: str, form: dict[str, str]) -
 def survey_form(site: Site, order: Order, token: str, selected: int | None, comment: str = "",
                 tags: set[str] | None = None, changing: bool = False, error: str | None = None,
                 status: int = 200) -> HTMLResponse:
-    return site.render(
-        "survey.html", status, title=TITLE, order_name=order.name,
+    say = words(site, order)
+    return site.render(  # survey.html words its own title
+        "survey.html", status, order_name=order.name, locale=say.locale,
         items=[line.title for line in order.lines], action=f"/f/{token}",
-        ratings=RATING_LABELS, selected=selected, issues=ISSUE_LABELS, tags=tags or set(),
-        comment=comment, max_comment=f"{site.cfg.pages.max_comment_chars:,}",
-        changing=changing, error=error)
+        ratings=say.table(RATING_LABELS), selected=selected, issues=say.table(ISSUE_LABELS),
+        tags=tags or set(), comment=comment,
+        max_comment=say.number(site.cfg.pages.max_comment_chars), changing=changing,
+        error=error)
 
 
 def show_fit(site: Site, order_id: int, token: str, choice: str | None) -> HTMLResponse:
@@ -181,47 +184,54 @@ def answer_fit(site: Site, order_id: int, token: str, form: dict[str, str]) -> H
         order = site.order_of(session, order_id)
         if order is None:
             return site.friendly()
-        error = None
+        say, error = words(site, order), None
         if choice is None:
-            error = "Please choose how it fits."
+            error = say(N_("Please choose how it fits."))
         elif comment is not None and len(comment) > limit:
-            error = (f"Your comment is {len(comment):,} characters long; we can take up to "
-                     f"{limit:,}. Please shorten it and send it again.")
+            error = comment_too_long(say, len(comment), limit)
         if error:
             return fit_form(site, order, token, choice, comment or "", error=error, status=422)
         answer = Answer(None, comment, [choice], topic=FIT)
         if record_answer(session, order.id, answer, site.clock(), site.cfg).status == LOCKED:
             return already_recorded(site, order)
         return site.render(
-            "message.html", title="Thank you",
-            text=f"Thank you: we have your answer about the fit of order {order.name}. If it "
-                 "is not the right size, reply to our e-mail and we will help you find one.")
+            "message.html", title=N_("Thank you"), locale=say.locale, text=say(N_(
+                "Thank you: we have your answer about the fit of order %(order)s. If it is "
+                "not the right size, reply to our e-mail and we will help you find one."),
+                order=order.name))
 
 
 def fit_form(site: Site, order: Order, token: str, selected: str | None, comment: str = "",
              changing: bool = False, error: str | None = None, status: int = 200
              ) -> HTMLResponse:
-    return site.render(
-        "fit.html", status, title="How does it fit?", order_name=order.name,
-        items=[line.title for line in order.lines], action=f"/f/{token}/fit", choices=CHOICES,
-        selected=selected, comment=comment,
-        max_comment=f"{site.cfg.pages.max_comment_chars:,}", changing=changing, error=error)
+    say = words(site, order)
+    return site.render(  # fit.html words its own title
+        "fit.html", status, order_name=order.name, locale=say.locale,
+        items=[line.title for line in order.lines], action=f"/f/{token}/fit",
+        choices=say.table(CHOICES), selected=selected, comment=comment,
+        max_comment=say.number(site.cfg.pages.max_comment_chars), changing=changing,
+        error=error)
 
 
 def thanks(site: Site, order: Order, case: bool) -> HTMLResponse:
     minutes = site.cfg.pages.survey_change_minutes
     order_token = make_token(site.secret_key, Purpose.ORDER, order.id, site.today())
-    return site.render(
-        "survey_thanks.html", title="Thank you" if not case else "We are on it",
-        order_name=order.name, case=case, order_url=f"/o/{order_token}",
-        change_minutes=minutes, change_hours=_duration(minutes))
+    return site.render(  # survey_thanks.html words its own title
+        "survey_thanks.html", locale=order.locale, order_name=order.name, case=case,
+        order_url=f"/o/{order_token}", change_minutes=minutes)
 
 
 def already_recorded(site: Site, order: Order) -> HTMLResponse:
+    say = words(site, order)
     return site.render(
-        "message.html", title="Your answer is already recorded",
-        text=f"Thank you: we have your answer about order {order.name}. If something is not "
-             "right with your order, our team is happy to help.")
+        "message.html", title=N_("Your answer is already recorded"), locale=say.locale,
+        text=say(N_("Thank you: we have your answer about order %(order)s. If something is not "
+                    "right with your order, our team is happy to help."), order=order.name))
+
+
+def words(site: Site, order: Order) -> Say:
+    """The page's text in the order's language (the one its template speaks)."""
+    return speaker(site.cfg, site.page_locale(order.locale))
 
 
 def cross_site(request: Request, site: Site) -> bool:
@@ -232,9 +242,3 @@ def _small_int(value: str | None) -> int | None:
     ok = value and value.isascii() and value.isdigit() and len(value) <= 18
     return int(value) if ok else None
 
-
-def _duration(minutes: int) -> str:
-    if minutes % 60:
-        return f"{minutes} minutes"
-    hours = minutes // 60
-    return "1 hour" if hours == 1 else f"{hours} hours"

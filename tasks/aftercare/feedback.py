@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from tasks.aftercare import aftercare_config, close_missing
 from tasks.config import Config
 from tasks.config.aftercare import AftercareConfig, FeedbackRules
+from tasks.i18n import N_
 from tasks.intake.formats import IntakeError, validation_reasons
 from tasks.intake.ingest import IntakeResult, quarantine_records
 from tasks.intake.schema import INT_MAX, Rejected, refuse_nul
@@ -49,7 +50,9 @@ from tasks.store.models import FeedbackResponse, Order, ServiceCase
 STEP = TEMPLATE = "feedback_request"
 KIND = "feedback"
 RATINGS = range(1, 6)
-RATING_LABELS = {1: "Very poor", 2: "Poor", 3: "OK", 4: "Good", 5: "Excellent"}
+# Marked: the survey page words them in the reader's language.
+RATING_LABELS = {1: N_("Very poor"), 2: N_("Poor"), 3: N_("OK"), 4: N_("Good"),
+                 5: N_("Excellent")}
 Tag = Literal["damaged", "wrong_item", "missing_item", "late", "other"]
 
 

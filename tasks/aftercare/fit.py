@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from tasks.i18n import N_
 from tasks.links import Purpose, link_url
 from tasks.storefront.reviews import product_name
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from tasks.runtime import Runtime
     from tasks.store.models import Order, Product
 
-CHOICES = {"too_small": "Too small", "just_right": "Just right", "too_big": "Too big"}
+# Marked: the survey page words them in the reader's language.
+CHOICES = {"too_small": N_("Too small"), "just_right": N_("Just right"),
+           "too_big": N_("Too big")}
 
 
 def fit_links(base_url: str, secret_key: str, order_id: int, now: datetime

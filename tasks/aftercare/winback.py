@@ -40,6 +40,7 @@ from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime
 from tasks.states import OPEN_RETURN_STATUSES, MessageStatus, OrderState
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, Return, ServiceCase
+from tasks.storefront.words import customer_locale
 
 WINBACK = "winback"
 ORDERED_SINCE = "ordered since"
@@ -251,7 +252,7 @@ def winback_message(
 ) -> dict[str, Any]:
     """A customer-level outbox row (no order), keyed per customer and last order."""
     config, rules = rt.config, aftercare_config(rt.config).winback
-    locale = customer.locale or config.store.default_locale
+    locale = customer_locale(customer, config)  # one we have words for: dates match them
     first, family = customer.first_name, customer.last_name
     context = {
         "store": {**store_context(config), "links_base_url": config.store.links_base_url},

@@ -20,6 +20,7 @@ from tasks.messaging.compose import mail_row, store_context, template_version
 from tasks.messaging.outbox import enqueue as enqueue_messages
 from tasks.runtime import Runtime
 from tasks.store.models import Customer, LoyaltyEntry, Order
+from tasks.storefront.words import customer_locale
 
 UPDATE = "loyalty_update"
 
@@ -101,6 +102,7 @@ def tier_message(
     key = f"customer:{customer.id}:{UPDATE}:{new}:{now.date().isoformat()}:v{version}"
     context = {
         "store": store_context(cfg), "customer": customer_names(customer),
+        "locale": customer_locale(customer, cfg),  # the mail's language (render.mail_locale)
         "loyalty": {"tier": new, "previous_tier": old, "pending": points[PENDING],
                     "approved": points[APPROVED],
                     "url": loyalty_url(rt, customer.id, now)},

@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from tasks.config import Config
+from tasks.i18n import available_languages, locales_dir
 from tasks.messaging.money import order_locale
 from tasks.messaging.outbox import effect_key_for, message_id_for
 from tasks.store.models import Order, OrderLine
@@ -42,9 +43,11 @@ def customer_context(order: Order) -> dict[str, Any]:
 
 
 def locale_of(order: Order, cfg: Config) -> str:
-    """The order's locale, else its customer's, else the store's default."""
+    """The order's locale, else its customer's, else the store's default: the first one whose
+    language has a catalog (its dates and money then match its words)."""
     customer_locale = order.customer.locale if order.customer else None
-    return order_locale(order.locale, customer_locale, cfg.store.default_locale)
+    return order_locale(order.locale, customer_locale, cfg.store.default_locale,
+                        available_languages(locales_dir(cfg.dir)))
 
 
 def order_name(order: Order) -> str:

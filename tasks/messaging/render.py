@@ -18,7 +18,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, s
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tasks.config import Config, TemplateSpec
-from tasks.i18n import enable_i18n
+from tasks.i18n import enable_i18n, gettext_names, locales_dir
 from tasks.messaging.money import format_day, format_money
 
 STYLESHEET = "email.css"
@@ -128,22 +128,42 @@ def make_environment(template_dir: Path) -> ImmutableSandboxedEnvironment:
 
 
 class Renderer:
-    """Renders `<name>.html`, `<name>.txt` and the spec's subject; one instance per process."""
+    """Renders `<name>.html`, `<name>.txt` and the spec's subject; one instance per process.
 
-    def __init__(self, template_dir: Path, specs: Mapping[str, TemplateSpec]) -> None:
+    In the mail's locale (`mail_locale`: the order's, as its context snapshot recorded it),
+    through that locale's catalog in `locales` (default: the config folder's, next to the
+    templates), else the store's `default_locale`'s."""
+
+    def __init__(self, template_dir: Path, specs: Mapping[str, TemplateSpec],
+                 locales: Path | None = None, default_locale: str | None = None) -> None:
         self.env = make_environment(Path(template_dir))
+        self.locales = locales or locales_dir(Path(template_dir).parent.parent)
+        self.default_locale = default_locale
         self._subjects: dict[str, Template] = {
             name: self.env.from_string(spec.subject) for name, spec in specs.items()
         }
 
-    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+    def render(self, name: str, context: Mapping[str, Any],
+               locale: str | None = None) -> Rendered:
         if name not in self._subjects:
             raise LookupError(f"no template spec named {name!r} in messaging.yaml")
-        subject = clean_subject(self._subjects[name].render(context))
-        full = {**context, "subject": subject}
+        words = gettext_names(self.locales, locale or mail_locale(context), self.default_locale)
+        subject = clean_subject(self._subjects[name].render({**context, **words}))
+        full = {**context, "subject": subject, **words}
         html = self.env.get_template(f"{name}.html").render(full)
         text = self.env.get_template(f"{name}.txt").render(full)
         return Rendered(subject=subject, html=html, text=text)
+
+
+def mail_locale(context: Mapping[str, Any]) -> str | None:
+    """The locale a mail's context snapshot was written for: an order's mail has it in
+    `order.locale`, a customer's (win-back) at the top, the birthday offer in `offer.locale`;
+    None (the store's default) when it has none."""
+    for place in ("order", "offer"):
+        inner = context.get(place)
+        if isinstance(inner, Mapping) and inner.get("locale"):
+            return str(inner["locale"])
+    return str(context["locale"]) if context.get("locale") else None
 
 
 _RENDERERS: dict[Path, Renderer] = {}
@@ -153,6 +173,7 @@ def renderer_for(config: Config) -> Renderer:
     """The process-wide Renderer for a config folder (templates parse and inline once)."""
     if config.dir not in _RENDERERS:
         _RENDERERS[config.dir] = Renderer(
-            config.dir / "templates" / "email", config.messaging.templates
+            config.dir / "templates" / "email", config.messaging.templates,
+            locales_dir(config.dir), config.store.default_locale,
         )
     return _RENDERERS[config.dir]

@@ -16,31 +16,37 @@ from decimal import Decimal
 from typing import Any
 
 from tasks.config import Config
+from tasks.i18n import N_
 from tasks.links import Purpose, link_url
-from tasks.messaging.compose import base_context, order_mail
-from tasks.returns.policy import long_date, money, reason_of
+from tasks.messaging.compose import base_context, locale_of, order_mail
+from tasks.messaging.money import format_day
+from tasks.returns.policy import money, reason_of
 from tasks.runtime import Runtime
 from tasks.states import ReturnStatus
 from tasks.store.models import Order, Return
+from tasks.storefront.words import Say, speaker
 
 TEMPLATE = "return_update"
 KINDS = ("requested", "approved", "rejected", "label_ready", "received", "refunded",
          "exchanged", "kept_with_credit")
+# What the mail's subject and heading say after "Your return R-1234:", by kind.
 HEADLINES = {
-    "requested": "we have your request", "approved": "approved, here is how to send it",
-    "rejected": "we could not accept it", "label_ready": "your label is ready",
-    "received": "we have received your parcel", "refunded": "your refund is on its way",
-    "exchanged": "your exchange is on its way", "kept_with_credit": "keep it, with a credit",
+    # Translators: this and the other return headlines follow "Your return R-1234:".
+    "requested": N_("we have your request"), "approved": N_("approved, here is how to send it"),
+    "rejected": N_("we could not accept it"), "label_ready": N_("your label is ready"),
+    "received": N_("we have received your parcel"), "refunded": N_("your refund is on its way"),
+    "exchanged": N_("your exchange is on its way"),
+    "kept_with_credit": N_("keep it, with a credit"),
 }
 # A return's status in the customer's words (the returns page, the order page).
 STATUS_LABELS = {
-    ReturnStatus.REQUESTED: "Waiting for our team to approve it",
-    ReturnStatus.APPROVED: "Approved: please send it back",
-    ReturnStatus.RECEIVED: "Received: we are checking it",
-    ReturnStatus.REFUNDED: "Refunded",
-    ReturnStatus.EXCHANGED: "Exchange sent",
-    ReturnStatus.REJECTED: "Not accepted",
-    ReturnStatus.KEPT_WITH_CREDIT: "Kept, with a credit",
+    ReturnStatus.REQUESTED: N_("Waiting for our team to approve it"),
+    ReturnStatus.APPROVED: N_("Approved: please send it back"),
+    ReturnStatus.RECEIVED: N_("Received: we are checking it"),
+    ReturnStatus.REFUNDED: N_("Refunded"),
+    ReturnStatus.EXCHANGED: N_("Exchange sent"),
+    ReturnStatus.REJECTED: N_("Not accepted"),
+    ReturnStatus.KEPT_WITH_CREDIT: N_("Kept, with a credit"),
 }
 # Kinds whose mail repeats how to send the parcel.
 SENDING_KINDS = ("approved", "label_ready")
@@ -82,30 +88,38 @@ def label_link(ret: Return, page_url: str) -> str | None:
     return f"{page_url}/label/{ret.rma}" if ret.label_ref else None
 
 
-def instruction_steps(ret: Return, cfg: Config) -> list[str]:
-    """What to do with the parcel, step by step."""
+def status_label(status: str, say: Say) -> str:
+    """A return's status as the customer reads it (STATUS_LABELS), in their language."""
+    return say(STATUS_LABELS[status]) if status in STATUS_LABELS else status
+
+
+def instruction_steps(ret: Return, cfg: Config, say: Say, locale: str) -> list[str]:
+    """What to do with the parcel, step by step, in the customer's language."""
     policy = cfg.returns.instructions
     address = policy.address or cfg.store.postal_address
     if ret.label_url or ret.label_ref:
-        label = "Print the return label (the link below) and stick it on the parcel."
+        label = say(N_("Print the return label (the link below) and stick it on the parcel."))
     elif reason_of(ret.reason, cfg).return_shipping == "customer":
-        label = f"Address the parcel to {address} and send it at your own cost."
+        label = say(N_("Address the parcel to %(address)s and send it at your own cost."),
+                    address=address)
     else:
-        label = "We will e-mail you a prepaid return label; stick it on the parcel."
-    steps = [f"Pack the items securely with a note saying your return number {ret.rma}.",
-             label, policy.drop_off]
+        label = say(N_("We will e-mail you a prepaid return label; stick it on the parcel."))
+    steps = [say(N_("Pack the items securely with a note saying your return number %(rma)s."),
+                 rma=ret.rma), label, say(policy.drop_off)]
     if ret.return_by:
-        steps.append(f"Send it by {long_date(ret.return_by)}.")
+        steps.append(say(N_("Send it by %(day)s."), day=format_day(ret.return_by, locale)))
     return steps
 
 
 def return_context(ret: Return, order: Order, kind: str, cfg: Config,
-                   exchanges: Mapping[str, str], page_url: str = "") -> dict[str, Any]:
-    """The `ret` part of the mail's (and the page's) context; `page_url`: the order's
-    returns page (a PDF label is served under it)."""
+                   exchanges: Mapping[str, str], locale: str,
+                   page_url: str = "") -> dict[str, Any]:
+    """The `ret` part of the mail's (and the page's) context, its words in `locale`;
+    `page_url`: the order's returns page (a PDF label is served under it)."""
+    say = speaker(cfg, locale)
     return {
         "rma": ret.rma, "status": ret.status, "resolution": ret.resolution,
-        "reason_label": reason_of(ret.reason, cfg).label,
+        "reason_label": say(reason_of(ret.reason, cfg).label),
         "lines": return_lines(ret, order, exchanges),
         # Fees are None when nothing is kept back, so a template can just ask `if`.
         "goods_value": str(ret.goods_value), "restocking_fee": shown_fee(ret.restocking_fee),
@@ -115,7 +129,7 @@ def return_context(ret: Return, order: Order, kind: str, cfg: Config,
         "label_url": label_link(ret, page_url),
         "refund_amount": None if ret.refund_amount is None else str(ret.refund_amount),
         "credit_amount": None if ret.credit_amount is None else str(ret.credit_amount),
-        "steps": instruction_steps(ret, cfg) if kind in SENDING_KINDS else [],
+        "steps": instruction_steps(ret, cfg, say, locale) if kind in SENDING_KINDS else [],
     }
 
 
@@ -128,10 +142,12 @@ def return_notice(ret: Return, order: Order, kind: str, rt: Runtime, now: dateti
     if kind not in KINDS:
         raise ValueError(f"unknown return notice kind {kind!r}; one of {', '.join(KINDS)}")
     cfg = rt.config
+    locale = locale_of(order, cfg)
     page_url = returns_url(cfg, rt.settings.secret_key, order.id, now)
-    context = {
-        **base_context(order, cfg), "kind": kind, "headline": HEADLINES[kind],
-        "ret": return_context(ret, order, kind, cfg, exchanges or {}, page_url),
+    context = {  # the snapshot keeps its words: a resend says what the first mail said
+        **base_context(order, cfg), "kind": kind,
+        "headline": speaker(cfg, locale)(HEADLINES[kind]),
+        "ret": return_context(ret, order, kind, cfg, exchanges or {}, locale, page_url),
         "message": message, "returns_url": page_url,
     }
     return order_mail(cfg, order, "return", TEMPLATE, context, now,

@@ -32,8 +32,8 @@ from tasks.loyalty import (
     loyalty_config,
     rolling_spend,
 )
-from tasks.messaging.money import order_locale
 from tasks.store.models import Customer, LoyaltyEntry, Order
+from tasks.storefront.words import customer_locale
 
 HISTORY_LIMIT = 50  # the newest entries; older ones add little to a page read on a phone
 
@@ -104,7 +104,7 @@ def rewards_view(session: Session, customer: Customer, cfg: Config, now: datetim
     return RewardsView(
         first_name=customer.first_name,
         member_since=customer.loyalty_enrolled_at.date() if customer.loyalty_enrolled_at else None,
-        locale=order_locale(None, customer.locale, cfg.store.default_locale),
+        locale=customer_locale(customer, cfg),
         currency=cfg.store.default_currency,
         approved=points[APPROVED], pending=points[PENDING],
         waiting=waiting_points(entries, names),

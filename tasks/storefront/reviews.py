@@ -24,9 +24,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tasks.config import Config
+from tasks.i18n import N_
 from tasks.states import ReviewStatus
 from tasks.store.journal import insert_new
 from tasks.store.models import Customer, Order, OrderLine, Product, Review
+from tasks.storefront.words import Say
 
 PENDING, APPROVED, REJECTED = ReviewStatus.PENDING, ReviewStatus.APPROVED, ReviewStatus.REJECTED
 APPROVE, REJECT, KEEP = "approve", "reject", "keep"
@@ -64,12 +66,12 @@ def product_slug(product: Product | None, name: str, sku: str) -> str:
     return slug or sku
 
 
-def default_display_name(customer: Customer | None) -> str:
+def default_display_name(customer: Customer | None, say: Say) -> str:
     """First name and last initial ("Ada L."): recognisable to friends, not to strangers."""
     first = (customer.first_name or "").strip() if customer else ""
     last = (customer.last_name or "").strip() if customer else ""
     if not first:
-        return "Verified buyer"
+        return say(N_("Verified buyer"))
     return f"{first} {last[0].upper()}." if last else first
 
 
@@ -87,21 +89,25 @@ class Draft:
 
 
 def check_draft(rating: str | None, title: str | None, body: str | None,
-                display_name: str | None, max_chars: int) -> tuple[Draft | None, list[str]]:
-    """The draft, or the problems to show next to the form (nothing is cut silently)."""
+                display_name: str | None, max_chars: int, say: Say
+                ) -> tuple[Draft | None, list[str]]:
+    """The draft, or the problems to show next to the form in the customer's language
+    (nothing is cut silently)."""
     problems = []
     stars = int(rating) if rating and rating.strip().isdigit() else 0
     if stars not in STARS:
-        problems.append("Please choose from 1 to 5 stars.")
+        problems.append(say(N_("Please choose from 1 to 5 stars.")))
     if title and len(title) > TITLE_CHARS:
-        problems.append(f"Please keep the title under {TITLE_CHARS} characters.")
+        problems.append(say(N_("Please keep the title under %(count)s characters."),
+                            count=TITLE_CHARS))
     if body and len(body) > max_chars:
-        problems.append(f"Please keep your review under {max_chars} characters "
-                        f"(it has {len(body)}).")
+        problems.append(say(N_("Please keep your review under %(count)s characters (it has "
+                               "%(length)s)."), count=max_chars, length=len(body)))
     if not display_name:
-        problems.append("Please tell us the name to show with your review.")
+        problems.append(say(N_("Please tell us the name to show with your review.")))
     elif len(display_name) > NAME_CHARS:
-        problems.append(f"Please keep the name under {NAME_CHARS} characters.")
+        problems.append(say(N_("Please keep the name under %(count)s characters."),
+                            count=NAME_CHARS))
     if problems:
         return None, problems
     return Draft(stars, title, body, display_name or ""), []

@@ -26,18 +26,19 @@ from sqlalchemy.orm import Session
 from tasks.aftercare import ISSUE_TAGS, aftercare_config
 from tasks.aftercare.feedback import RATINGS, case_key, open_feedback_cases
 from tasks.config import Config
+from tasks.i18n import N_
 from tasks.store.journal import insert_new
 from tasks.store.models import FeedbackResponse, PageHit, ServiceCase
 
 PAGE = "feedback"  # the page_hits name of /f/ (and of the old /feedback links)
 KEY_PREFIX = "page:feedback:"
 DELIVERY, FIT = "delivery", "fit"  # the surveys (the fit survey: tasks/aftercare/fit.py)
-ISSUE_LABELS = {
-    "damaged": "Something arrived damaged",
-    "wrong_item": "I received a wrong item",
-    "missing_item": "An item is missing",
-    "late": "It arrived late",
-    "other": "Something else",
+ISSUE_LABELS = {  # the page words them in the reader's language
+    "damaged": N_("Something arrived damaged"),
+    "wrong_item": N_("I received a wrong item"),
+    "missing_item": N_("An item is missing"),
+    "late": N_("It arrived late"),
+    "other": N_("Something else"),
 }
 
 # What the outcomes mean for the page.
