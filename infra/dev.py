@@ -2,8 +2,11 @@
 """Set up a local virtualenv from the lock file, then run the demo or the test suite.
 
 Needs only python3. Safe to rerun: the install step is skipped while requirements.lock,
-pyproject.toml and this file are unchanged (a stamp in .venv records their hash). `test` also
+pyproject.toml and this file are unchanged (a stamp in .venv records their hash); the
+translation catalogs are compiled when a .po is newer than its .mo. `test` also
 installs Debian's chromium (apt-get) when /usr/bin/chromium is missing: the UI test drives it.
+`setup`, `demo` and `test` install the libraries WeasyPrint draws PDF documents with (Pango,
+HarfBuzz, a font) the same way when they are missing.
 
     python3 infra/dev.py demo [journeys demo options]
     python3 infra/dev.py test [pytest options]
@@ -12,6 +15,7 @@ installs Debian's chromium (apt-get) when /usr/bin/chromium is missing: the UI t
 
 from __future__ import annotations
 
+import ctypes.util
 import hashlib
 import os
 import shutil
@@ -28,6 +32,10 @@ STAMP = VENV / ".journeys-installed"
 UV_VERSION = "0.13.9"
 CHROMIUM = Path("/usr/bin/chromium")
 APT_GET = ("apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120")
+# What WeasyPrint (PDF documents: tasks/documents.py) loads, as (Debian package, library).
+PDF_LIBRARIES = (("libpango-1.0-0", "pango-1.0"), ("libpangoft2-1.0-0", "pangoft2-1.0"),
+                 ("libharfbuzz-subset0", "harfbuzz-subset"))
+PDF_FONT = ("fonts-dejavu-core", Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"))
 
 
 def _inputs_hash() -> str:
@@ -66,6 +74,13 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def compile_catalogs() -> None:
+    """The translation catalogs' .mo files are build output (gitignored): compile the ones
+    missing or older than their .po. Cheap when nothing changed."""
+    _run(BIN / "python", "-c", "from pathlib import Path; from tasks.i18n import "
+         "compile_catalogs; compile_catalogs(Path('configs/locales'))")
+
+
 def _apt(*args: str) -> tuple[bool, str]:
     """One apt-get call, quiet unless it fails: (succeeded, its last line of output)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -98,17 +113,51 @@ def ensure_chromium() -> str | None:
     return None
 
 
+def _apt_install(*packages: str) -> tuple[bool, str]:
+    """Install, refreshing the package lists once if they are stale or empty."""
+    ok, last = _apt("install", *packages)
+    if not ok:
+        ok, last = _apt("update")
+        if ok:
+            ok, last = _apt("install", *packages)
+    return ok, last
+
+
+def ensure_pdf_libraries() -> str | None:
+    """Debian's Pango, HarfBuzz (subsetting) and a font for WeasyPrint's PDFs.
+
+    Returns None when they are there, else a one-line reason they could not be installed.
+    """
+    missing = [package for package, library in PDF_LIBRARIES
+               if ctypes.util.find_library(library) is None]
+    missing += [] if PDF_FONT[1].exists() else [PDF_FONT[0]]
+    if not missing:
+        return None
+    if shutil.which("apt-get") is None:
+        return f"PDF documents need {', '.join(missing)}; there is no apt-get to install them"
+    print(f"journeys: installing {', '.join(missing)} for PDF documents (apt-get)", flush=True)
+    ok, last = _apt_install(*missing)
+    if not ok:
+        return (f"could not install {', '.join(missing)} with apt-get ({last}); run: "
+                f"apt-get install -y {' '.join(missing)}")
+    return None
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "journeys", "setup"}:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     ensure_venv()
+    compile_catalogs()
     command, rest = argv[0], argv[1:]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    pdf_problem = ensure_pdf_libraries() if command in {"setup", "demo", "test"} else None
+    if pdf_problem and command != "test":  # the journey runs; its print step logs the failure
+        print(f"journeys: {pdf_problem}", file=sys.stderr)
     if command == "setup":
         return 0
     if command == "test":
-        if problem := ensure_chromium():
+        if problem := pdf_problem or ensure_chromium():
             print(f"journeys tests: {problem}", file=sys.stderr)
             return 2
         cmd = [str(BIN / "python"), str(ROOT / "infra" / "run_tests.py"), *rest]

@@ -3,9 +3,11 @@
 One credit note per refund, ever: `CreditIn.key` is the refund's own effect key (a Shopify
 refund `shopify-refund:{id}`, a service case `case:{id}:refund`, a return's refund). Numbers come
 from a gapless series per store and year (`document_counters`, prefix `credit_note_prefix` in
-configs/store.yaml, e.g. CN-2026-000001): the counter row is locked (PostgreSQL `FOR UPDATE`;
-SQLite's single writer already serialises) before the keys are checked again, so a repeated key
-returns the note already issued and takes no number, and two issuers never share one.
+configs/store.yaml, e.g. CN-2026-000001; tasks/numbering.py, shared with invoices): the counter
+row is locked (PostgreSQL `FOR UPDATE`; SQLite's single writer already serialises) before the
+keys are checked again, so a repeated key returns the note already issued and takes no number,
+and two issuers never share one. A note names the invoice it corrects by that invoice's number
+(tasks/invoices.py), or the order's display number for an order invoiced before numbering.
 
 The database row is the truth. The document (configs/templates/documents/credit_note.html,
 sandboxed like invoices) is rendered from the stored row and archived as a content-addressed
@@ -27,17 +29,20 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.archive import ArchiveError
-from tasks.documents import document_context, document_locale, documents_dir, render_document
+from tasks.documents import document_context, documents_dir, render_document
+from tasks.i18n import available_languages, locales_dir
+from tasks.invoices import invoice_numbers
 from tasks.messaging.money import format_money
+from tasks.numbering import lock_series, series_prefix, take_numbers
 from tasks.pack import member_folder
 from tasks.runtime import Runtime
 from tasks.store.db import is_postgres
 from tasks.store.journal import insert_ignoring_duplicates, record_events
-from tasks.store.models import Artifact, CreditNote, DocumentCounter, Order
+from tasks.store.models import Artifact, CreditNote, Order
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +109,16 @@ def _issue(
 ) -> dict[str, CreditNote]:
     """Lock the series, drop keys a concurrent issuer took meanwhile, number and insert."""
     orders = _orders(session, {c.order_id for c in credits})
-    prefix = series_prefix(rt, now)
-    issued = lock_series(session, prefix)
+    store = rt.config.store
+    series = series_prefix(store.credit_note_prefix, store.timezone, now)
+    issued = lock_series(session, series)
     credits = [c for c in credits if c.key not in notes_by_key(session, [c.key for c in credits])]
-    notes = [_note(c, orders[c.order_id], f"{prefix}{issued + i:06d}", now)
-             for i, c in enumerate(credits, start=1)]
-    if not notes:
+    if not credits:
         return {}
-    session.execute(update(DocumentCounter).where(DocumentCounter.series == prefix)
-                    .values(issued=issued + len(notes)))
+    numbers = take_numbers(session, series, issued, len(credits))
+    invoiced = invoice_numbers(session, list(orders.values()))
+    notes = [_note(c, orders[c.order_id], number, invoiced[c.order_id], now)
+             for c, number in zip(credits, numbers, strict=True)]
     session.add_all(notes)
     session.flush()
     record_events(session, [_event(note, now) for note in notes])
@@ -129,36 +135,15 @@ def _orders(session: Session, order_ids: set[int]) -> dict[int, Order]:
     return orders
 
 
-def series_prefix(rt: Runtime, now: datetime) -> str:
-    """The configured prefix for the year it is in the store's time zone (CN-2026-)."""
-    store = rt.config.store
-    year = now.astimezone(ZoneInfo(store.timezone)).year
-    return store.credit_note_prefix.replace("{year}", str(year))
-
-
-def lock_series(session: Session, series: str) -> int:
-    """The numbers the series has issued so far, its row locked until the caller commits."""
-    insert_ignoring_duplicates(session, DocumentCounter, [{"series": series, "issued": 0}],
-                               ["series"])
-    query = select(DocumentCounter.issued).where(DocumentCounter.series == series)
-    if is_postgres(session):
-        query = query.with_for_update()
-    return int(session.scalar(query) or 0)
-
-
-def _note(credit: CreditIn, order: Order, number: str, now: datetime) -> CreditNote:
+def _note(credit: CreditIn, order: Order, number: str, invoice_number: str, now: datetime
+          ) -> CreditNote:
     return CreditNote(
         effect_key=credit.key, number=number, order_id=order.id, return_id=credit.return_id,
-        invoice_number=invoice_number(order), currency=order.currency, goods=credit.goods,
+        invoice_number=invoice_number, currency=order.currency, goods=credit.goods,
         shipping=credit.shipping, fees=credit.fees, total=credit.total,
         reason=(credit.reason or "refund")[:200], lines=[_line(x) for x in credit.lines],
         issued_at=now, document_ref=None,
     )
-
-
-def invoice_number(order: Order) -> str:
-    """What the order's invoice shows as its number (tasks/documents.py: the order's name)."""
-    return order.name or order.external_id
 
 
 def _line(line: dict[str, Any]) -> dict[str, Any]:
@@ -225,9 +210,8 @@ def _artifact(note: CreditNote, data: bytes, now: datetime) -> dict[str, Any]:
 def render_credit_note(note: CreditNote, order: Order, rt: Runtime) -> bytes:
     """The credit note's HTML, from the stored row only (a re-render gives the same bytes)."""
     store = rt.config.store
-    context = document_context(order, {}, store)
-    locale = document_locale(order, store)
-    context["credit"] = credit_context(note, locale, ZoneInfo(store.timezone))
+    context = document_context(order, {}, store, available_languages(locales_dir(rt.config.dir)))
+    context["credit"] = credit_context(note, context["locale"], ZoneInfo(store.timezone))
     return render_document(documents_dir(rt.config), KIND, context).encode()
 
 

@@ -1,7 +1,11 @@
 """Packing: per-line rules become the order's packing plan, documents and archive bundle.
 
-A batch takes a constant number of queries: claim, products, existing artifacts, artifact
-insert, packing update and the state transition; its documents go to the archive as ONE bundle.
+A batch takes a constant number of queries: claim, products, invoices (and, for orders not
+invoiced yet, the series lock and counter), existing artifacts, artifact insert, packing update
+and the state transition; its documents go to the archive as ONE bundle. Each order's invoice
+is numbered here, in the batch's transaction (tasks/invoices.py), and the plan keeps its number
+and issue date so every render prints the same; PDFs are made after the commit, by the print
+step (tasks/print_batch.py), outside the transaction.
 Lines that need no shipping (gift cards, digital goods) are never packed: an order of only such
 lines gets an invoice but no packing slip. Money thresholds (min_unit_price, insurance) are per
 currency and compare amounts in the order's own currency; verification holds orders in a currency
@@ -20,7 +24,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from babel.numbers import get_currency_precision
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -33,6 +36,7 @@ from tasks.config import (
     PackingRule,
 )
 from tasks.documents import DOCUMENT_KINDS, render_order_documents
+from tasks.invoices import invoice_reference, issue_invoices, minor_unit
 from tasks.journey import StageResult
 from tasks.returns.notices import returns_url
 from tasks.runtime import Runtime
@@ -126,11 +130,6 @@ def _intersection(options: Iterable[list[Any] | None]) -> list[Any] | None:
     """Values allowed by every rule that restricts them (None: nobody restricts; []: conflict)."""
     restricting = [set(o) for o in options if o is not None]
     return sorted(set.intersection(*restricting)) if restricting else None
-
-
-def minor_unit(currency: str) -> Decimal:
-    """0.01 for USD, 1 for JPY (zero-decimal), 0.001 for KWD."""
-    return Decimal(1).scaleb(-get_currency_precision(currency))
 
 
 def goods_value(order: Order) -> Decimal:
@@ -333,6 +332,8 @@ def pack(session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime)
         return result
     products = products_of(session, orders)
     plans = {o.id: packing_plan(o, products, rt, now) for o in orders}
+    for order_id, invoice in issue_invoices(session, orders, now, rt.config.store).items():
+        plans[order_id]["invoice"] = invoice_reference(invoice)
     documents = archive_new_documents(session, orders, plans, rt, now)
     store_packing(session, plans, now)
     apply_transitions(session, STAGE, VERIFIED, [Transition(o.id, PACKED) for o in orders], now)

@@ -14,7 +14,7 @@ from collections import defaultdict
 from itertools import chain
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy import Table, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tasks.archive import (
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tasks.privacy import ErasureOutcome
 
 ERASURE_LOCK = int.from_bytes(b"erasure!", "big")  # PostgreSQL advisory lock key
+PRINT_BATCH = "print_batch"  # the artifact kind of a print batch's rows (tasks/print_batch.py)
 
 
 def lock_erasures(session: Session) -> None:
@@ -47,6 +48,7 @@ def finish_archive(
     """Delete what a crash left stale and the customer's return labels, then replace bundles
     until none holds the customer."""
     drop_return_labels(session, erasure_id, customer_id)
+    drop_print_batches(session, erasure_id, customer_id)
     delete_stale(session, erasure_id, store, outcome)
     clean: set[str] = set()
     while (found := next_unredacted_bundle(session, customer_id, store, clean)) is not None:
@@ -70,6 +72,25 @@ def drop_return_labels(session: Session, erasure_id: int, customer_id: int) -> N
                     .values(stale_objects=sorted(set(stale) | set(refs))))
     session.execute(update(Return).where(Return.id.in_([rid for rid, _ in labelled]))
                     .values(label_ref=None, label_url=None))
+    session.commit()
+
+
+def drop_print_batches(session: Session, erasure_id: int, customer_id: int) -> None:
+    """A print batch (tasks/print_batch.py) is one plain PDF of many orders' packing slips: one
+    holding the customer's joins the objects to delete, and its rows go in the same transaction.
+    The orders' own PDFs are bundle members, rewritten like any other."""
+    pseudonym = pseudonym_for(customer_id)
+    orders = select(Order.id).where(or_(Order.customer_id == customer_id,
+                                        Order.email == pseudonym))
+    refs = set(session.scalars(select(Artifact.ref).where(
+        Artifact.kind == PRINT_BATCH, Artifact.order_id.in_(orders))))
+    if not refs:
+        return
+    stale = session.scalar(select(Erasure.stale_objects).where(Erasure.id == erasure_id)) or []
+    session.execute(update(Erasure).where(Erasure.id == erasure_id)
+                    .values(stale_objects=sorted(set(stale) | refs)))
+    session.execute(delete(Artifact).where(Artifact.kind == PRINT_BATCH,
+                                           Artifact.ref.in_(sorted(refs))))
     session.commit()
 
 

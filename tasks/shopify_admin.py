@@ -202,7 +202,7 @@ def order_fields(lines: int, shipping: int, fulfillments: int, refunds: int, ite
     return f"""
       id legacyResourceId name email createdAt updatedAt cancelledAt currencyCode
       displayFinancialStatus taxesIncluded dutiesIncluded customerAcceptsMarketing
-      customerLocale note tags discountCodes
+      customerLocale note tags discountCodes paymentGatewayNames
       subtotalPriceSet {MONEY} totalPriceSet {MONEY} totalTaxSet {MONEY}
       totalDiscountsSet {MONEY} totalTipReceivedSet {MONEY}
       originalTotalDutiesSet {MONEY} originalTotalAdditionalFeesSet {MONEY}
@@ -348,6 +348,7 @@ def rest_order(node: dict[str, Any]) -> dict[str, Any]:
         "note_attributes": _attributes(node.get("customAttributes")),
         "tags": node.get("tags"),
         "discount_codes": [{"code": code} for code in node.get("discountCodes") or []],
+        "payment_gateway_names": node.get("paymentGatewayNames"),
         "tax_lines": [{"title": t.get("title"), "rate": t.get("rate"),
                        "price": _money(t.get("priceSet"))} for t in node.get("taxLines") or []],
         "shipping_lines": [_shipping_line(s) for s in _nodes(node.get("shippingLines"))],

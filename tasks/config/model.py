@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import model_validator
 
 from tasks.config.aftercare import AftercareConfig
-from tasks.config.base import Strict
+from tasks.config.base import ConfigError, Strict
 from tasks.config.governor import GovernorConfig
 from tasks.config.loyalty import LoyaltyConfig
 from tasks.config.messaging import MessagingConfig
@@ -16,7 +16,7 @@ from tasks.config.pages import PagesConfig
 from tasks.config.quality import QualityConfig
 from tasks.config.returns import ReturnsConfig
 from tasks.config.shipping import ShippingConfig
-from tasks.config.store import StoreConfig
+from tasks.config.store import StoreConfig, logo_data_uri
 from tasks.config.tracking import TrackingConfig
 from tasks.config.verification import VerificationConfig
 
@@ -50,6 +50,15 @@ class Config(Strict):
             raise ValueError(
                 f"verification.yaml risk.max_order_value currencies {sorted(risk)} differ from "
                 f"packing.yaml money thresholds {sorted(packing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _logo_readable(self) -> Config:
+        """A missing or oversized logo file fails at load, not at the first document."""
+        try:
+            logo_data_uri(self.store.logo, self.dir)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
 

@@ -347,6 +347,7 @@ def _order_values(
         "note_attributes": order.note_attributes,
         "tags": order.tags, "accepts_marketing": order.accepts_marketing,
         "placed_at": order.placed_at, "cancelled_at": order.cancelled_at,
+        "payment_gateways": order.payment_gateways or None,
     }
 
 

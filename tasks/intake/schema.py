@@ -206,7 +206,7 @@ class LineIn(Canonical):
 
 # Added in issue 13 (real Shopify orders); see OrderIn._later_defaults.
 LATER_ORDER_FIELDS: dict[str, Any] = {"customer_note": None, "tip": ZERO, "duties": ZERO,
-                                      "additional_fees": ZERO}
+                                      "additional_fees": ZERO, "payment_gateways": []}
 LATER_LINE_FIELDS: dict[str, Any] = {"requires_shipping": True, "variant_id": None}
 
 
@@ -244,6 +244,10 @@ class OrderIn(Canonical):
     tags: Tags = Field(default_factory=list)
     cancelled_at: UTCDateTime | None = None
     locale: Locale = None
+    # How it was paid, as the source names its gateways (the invoice prints them).
+    payment_gateways: list[Annotated[str, StringConstraints(min_length=1, max_length=64),
+                                     BeforeValidator(refuse_nul)]] = Field(
+        default_factory=list, max_length=10)
 
     # Where the record came from, kept out of the payload hash (not fields).
     _raw: str | None = PrivateAttr(default=None)

@@ -218,6 +218,9 @@ class Order(Base):
     replaces_order_id: Mapped[int | None] = mapped_column(
         ForeignKey("orders.id", ondelete="SET NULL"), index=True
     )
+    # How the order was paid, as the source names its gateways (Shopify `payment_gateway_names`,
+    # e.g. ["shopify_payments"]); None: not recorded (orders stored before, other sources).
+    payment_gateways: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
 
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", order_by="OrderLine.position", cascade="all, delete-orphan"
@@ -347,7 +350,9 @@ class Artifact(Base):
     ref: Mapped[str] = mapped_column(String(500))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime]
+    # Indexed: the print step looks for the documents archived in the last days
+    # (tasks/print_batch.py).
+    created_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Quarantine(Base):
@@ -740,10 +745,27 @@ class CreditNote(Base):
 
 
 class DocumentCounter(Base):
-    """How many numbers a series (credit notes) has issued: incremented in the issuing
+    """How many numbers a series (invoices, credit notes) has issued: incremented in the issuing
     transaction, so numbers are gapless and never reused (PostgreSQL: row lock)."""
 
     __tablename__ = "document_counters"
 
     series: Mapped[str] = mapped_column(String(40), primary_key=True)
     issued: Mapped[int] = mapped_column(Integer, default=0)  # numbers given out so far
+
+
+class Invoice(Base):
+    """An order's invoice: its number in the store's gapless series (`document_counters`,
+    prefix `invoice_prefix` in configs/store.yaml), issued in the packing transaction that
+    renders it, and the day of issue in the store's time zone as printed. Never renumbered
+    or rewritten: a refund is a credit note that names this number."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), unique=True
+    )
+    number: Mapped[str] = mapped_column(String(40), unique=True)
+    issued_at: Mapped[datetime]
+    issued_on: Mapped[date] = mapped_column(Date)

@@ -126,6 +126,22 @@ def test_carrier_without_constraints_and_with_conflicts() -> None:
     assert conflict["ship_weekdays"] == []
 
 
+def test_only_chilled_goods_get_the_cold_chain(cfg) -> None:
+    """Ground coffee and chocolate are shelf-stable (tagged "perishable": a best-before date):
+    food-safe packing, no ice, no 2-day service. Smoked salmon is tagged chilled: cold chain."""
+    coffee = facts("COF-GROUND", tags={"perishable", "coffee"}, category="coffee")
+    chocolate = facts("FOD-CHOC", tags={"perishable", "gift"}, category="food")
+    salmon = facts("FOD-SALMON", tags={"perishable", "chilled"}, category="food")
+    shelf = instructions(matched_rules(cfg.packing.rules, [coffee, chocolate], "USD"))
+    assert [(i["kind"], i["text"]) for i in shelf] == [
+        ("material", "food-safe inner bag"),
+        ("handling", "Keep food apart from liquids, skincare and fragrances")]
+    cold = matched_rules(cfg.packing.rules, [salmon], "USD")
+    assert [rule.name for rule, _ in cold] == ["chilled", "food"]
+    assert "PERISHABLE - KEEP COOL" in cold[0][0].labels
+    assert combine_carrier(rule.carrier for rule, _ in cold)["max_transit_days"] == 2
+
+
 def test_insurance_by_value_threshold_or_category(cfg) -> None:
     rules = cfg.packing.insurance  # threshold USD 300, categories jewelry/electronics
     # subtotal is the goods after discounts (Shopify's subtotal_price): not reduced again
@@ -348,18 +364,17 @@ def test_pack_plans_documents_and_advances_the_batch(packed, runtime) -> None:
             "fragile",
             ["VASE-GLASS"],
         ),
-        ("material", "insulated liner", "perishable", ["COFFEE-1KG"]),
-        ("material", "gel ice packs", "perishable", ["COFFEE-1KG"]),
-        ("label", "PERISHABLE - KEEP COOL", "perishable", ["COFFEE-1KG"]),
-        ("handling", "Pack last; ship Monday to Wednesday only", "perishable", ["COFFEE-1KG"]),
+        ("material", "food-safe inner bag", "food", ["COFFEE-1KG"]),
+        ("handling", "Keep food apart from liquids, skincare and fragrances", "food",
+         ["COFFEE-1KG"]),
         ("material", "tamper-evident tape", "high_value", ["RING-GOLD"]),
         ("material", "plain outer box", "high_value", ["RING-GOLD"]),
         ("handling", "Signature on delivery; no brand marks outside", "high_value", ["RING-GOLD"]),
     ]
-    assert plan["labels"] == ["FRAGILE", "PERISHABLE - KEEP COOL"]
+    assert plan["labels"] == ["FRAGILE"]  # coffee keeps: no cold chain (see the test below)
     assert plan["carrier"] == {
-        "max_transit_days": 2,
-        "ship_weekdays": [0, 1, 2],
+        "max_transit_days": None,
+        "ship_weekdays": None,
         "methods": None,
         "no_air": False,
         "signature": True,

@@ -80,7 +80,16 @@ def shopify_order(obj: dict[str, Any]) -> dict[str, Any]:
         "tags": obj.get("tags"),
         "cancelled_at": obj.get("cancelled_at"),
         "locale": obj.get("customer_locale"),
+        "payment_gateways": _gateways(obj),
     })
+
+
+def _gateways(obj: dict[str, Any]) -> list[str] | None:
+    """`payment_gateway_names` (["shopify_payments", "gift_card"]); older bodies: `gateway`."""
+    names = obj.get("payment_gateway_names")
+    if not isinstance(names, list):
+        names = [obj.get("gateway")]
+    return [str(name).strip() for name in names if name and str(name).strip()] or None
 
 
 def _shopify_entries(
