@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import chain, zip_longest
 from typing import Any
@@ -32,13 +33,18 @@ from tasks.messaging.outbox import enqueue
 from tasks.runtime import Runtime
 from tasks.states import OrderState
 from tasks.store.journal import finish_steps, reschedule_steps
-from tasks.store.loaders import delivered_orders, products_of
+from tasks.store.loaders import delivered_orders, products_of, products_ordered_by
 from tasks.store.models import Customer, Message, Order, OrderLine, Product, ServiceCase
 from tasks.store.returns import returned_skus
+from tasks.storefront.reviews import product_name
+from tasks.storefront.words import customer_locale
 
 CARE, CROSS, REPLENISH, BIRTHDAY = "care_guide", "cross_sell", "replenishment", "birthday"
 # Product attribute set when the source deleted the product (tasks/lifecycle.py): never offered.
 DELETED_AT = "deleted_at"
+# A catalog names a variant "<product> - <variant>" (Shopify intake; CSV catalogues by habit).
+VARIANT_SEPARATOR = " - "
+SHOPIFY_PRODUCT_ID = "shopify_product_id"  # Product.attributes key intake stores
 
 
 # ---------------------------------------------------------------- shared lookups
@@ -92,9 +98,53 @@ def product_url(cfg: Config, product: Product | None, sku: str) -> str:
 
 
 def product_context(product: Product | None, line: OrderLine, cfg: Config) -> dict[str, Any]:
-    sku = line.sku or ""
-    return {"sku": sku, "title": product.title if product else line.title,
-            "url": product_url(cfg, product, sku)}
+    """The product a follow-up is about: `title` is the product's (subjects and headlines),
+    `variant` what the line item bought of it ("32"), for a body that names it."""
+    sku, catalog_title = line.sku or "", product.title if product else None
+    return {"sku": sku, "title": product_title(line, catalog_title),
+            "variant": variant_of(line, catalog_title), "url": product_url(cfg, product, sku)}
+
+
+# ---------------------------------------------------------------- product, not variant
+
+
+def product_title(line: OrderLine, catalog_title: str | None) -> str:
+    """The product without its variant ("Full-Grain Leather Belt", not "... - 32"): what a
+    subject, a headline or a review names. The line's variant comes off the catalog's title;
+    a line without one that the catalog's title extends ("Belt" → "Belt - 32") names it."""
+    extends = catalog_title and catalog_title.startswith(line.title + VARIANT_SEPARATOR)
+    if not line.variant_title and extends:
+        return line.title
+    return product_name(line, catalog_title)
+
+
+def variant_of(line: OrderLine, catalog_title: str | None) -> str | None:
+    """The variant a line item shows beside its product ("32"), None for a single product."""
+    if line.variant_title:
+        return line.variant_title
+    title, name = catalog_title or line.title, product_title(line, catalog_title)
+    return title.removeprefix(name + VARIANT_SEPARATOR) if title != name else None
+
+
+def product_family(product: Product) -> str:
+    """What makes catalog entries variants of one product: Shopify's product id, else the
+    catalog's handle, else the title before " - " ("Trail Runner - 10" and "- 11")."""
+    attributes = product.attributes or {}
+    for key in (SHOPIFY_PRODUCT_ID, "handle"):
+        if attributes.get(key):
+            return f"{key}:{attributes[key]}"
+    return "title:" + product.title.partition(VARIANT_SEPARATOR)[0].strip().lower()
+
+
+def family_title(titles: Sequence[str]) -> str:
+    """The name a product's variants share: the " - " parts common to all their titles. One
+    title alone is kept whole (nothing tells its variant from a name like "Tee - Organic")."""
+    common: list[str] = []
+    for parts in zip(*(title.split(VARIANT_SEPARATOR) for title in titles), strict=False):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return VARIANT_SEPARATOR.join(common) if common and len(set(titles)) > 1 else titles[0]
 
 
 def _finish(
@@ -175,7 +225,8 @@ def care_messages(
 def cross_sell(
     session: Session, order_ids: Sequence[int], now: datetime, rt: Runtime
 ) -> StageResult:
-    """Suggest in-stock products from related categories the customer has not bought."""
+    """Suggest in-stock products from related categories: one entry per product, none the
+    customer already has in any size or colour (from any of their orders)."""
     cfg = aftercare_config(rt.config)
     orders = delivered_orders(session, order_ids)
     refunded = refunded_orders(session, [o.id for o in orders])
@@ -183,13 +234,14 @@ def cross_sell(
     anchors = {o.id: a for o in orders if o.id not in refunded
                if (a := anchor_line(o, products, cfg, gone[o.id])) is not None}
     categories = {c for _, p in anchors.values() for c in cfg.cross_sell.affinity[p.category]}
-    stock = in_stock_by_category(session, categories)
-    owned = owned_skus(session, {o.customer_id for o in orders})
+    catalog = catalog_by_category(session, categories)
+    owned = owned_families(session, {o.customer_id for o in orders})
     rows, reasons = [], {oid: "order refunded" for oid in refunded}
     for order in orders:
         if order.id in refunded:
             continue
-        row = cross_sell_message(order, anchors.get(order.id), stock, owned, cfg, rt.config, now)
+        row = cross_sell_message(order, anchors.get(order.id), catalog, owned, cfg, rt.config,
+                                 now)
         rows += [row] if row else []
         reasons[order.id] = None if row else (
             "items returned" if gone[order.id] and order.id not in anchors
@@ -198,6 +250,61 @@ def cross_sell(
     closed = _finish(session, CROSS, order_ids, orders, reasons, now)
     return StageResult(stage=CROSS, advanced=len(orders), closed=closed,
                        details={"messages_enqueued": len(rows)})
+
+
+@dataclass(frozen=True)
+class CatalogProduct:
+    """A product as the catalog sells it: its variants on sale (a belt in 32, 34 and 36)."""
+
+    family: str
+    title: str  # without the variant
+    variants: tuple[Product, ...]
+
+    def offer(self) -> Product | None:
+        """The variant an offer shows and links: the lowest-priced in stock, None if none is."""
+        in_stock = [p for p in self.variants if (p.stock or 0) - (p.reserved or 0) > 0]
+        return min(in_stock, key=lambda p: (p.price is None, p.price or 0, p.sku), default=None)
+
+
+def catalog_by_category(
+    session: Session, categories: Iterable[str]
+) -> dict[str, list[CatalogProduct]]:
+    """Products on sale per category, in SKU order, each with all its variants (those out of
+    stock too: they tell the product's name apart from a variant's)."""
+    categories = set(categories)
+    if not categories:
+        return {}
+    query = select(Product).where(Product.category.in_(categories)).order_by(Product.sku)
+    variants: dict[tuple[str, str], list[Product]] = defaultdict(list)
+    for product in filter(on_sale, session.scalars(query)):
+        variants[(product.category, product_family(product))].append(product)  # type: ignore[index]
+    found: dict[str, list[CatalogProduct]] = defaultdict(list)
+    for (category, family), members in variants.items():
+        title = family_title([p.title for p in members])
+        found[category].append(CatalogProduct(family, title, tuple(members)))
+    return found
+
+
+def owned_families(session: Session, customer_ids: set[int]) -> dict[int, set[str]]:
+    """customer id → the products (families) they ordered in any order, whatever the variant."""
+    return {customer_id: {product_family(p) for p in products}
+            for customer_id, products in products_ordered_by(session, customer_ids).items()}
+
+
+def choose_offers(
+    categories: Sequence[str], catalog: dict[str, list[CatalogProduct]], owned: set[str],
+    limit: int,
+) -> list[tuple[CatalogProduct, Product]]:
+    """Up to `limit` (product, the variant to show), taking from each related category in
+    turn: in stock, one entry per product, never a product the customer has."""
+    columns = [[(p, v) for p in catalog.get(c, []) if p.family not in owned
+                if (v := p.offer()) is not None] for c in categories]
+    offers, seen = [], set()
+    for entry in chain.from_iterable(zip_longest(*columns)):
+        if entry is not None and entry[0].family not in seen:
+            seen.add(entry[0].family)
+            offers.append(entry)
+    return offers[:limit]
 
 
 def refunded_orders(session: Session, order_ids: Sequence[int]) -> set[int]:
@@ -222,63 +329,24 @@ def anchor_line(
     return max(lines, key=lambda lp: (lp[0].unit_price, lp[1].sku), default=None)
 
 
-def in_stock_by_category(session: Session, categories: Iterable[str]) -> dict[str, list[Product]]:
-    """Available products on sale (stock − reserved > 0) per category, best-priced first."""
-    categories = set(categories)
-    if not categories:
-        return {}
-    query = (
-        select(Product)
-        .where(Product.category.in_(categories), Product.stock - Product.reserved > 0)
-        .order_by(Product.category, Product.sku)
-    )
-    found: dict[str, list[Product]] = defaultdict(list)
-    for product in filter(on_sale, session.scalars(query)):
-        found[product.category].append(product)  # type: ignore[index]
-    return found
-
-
-def owned_skus(session: Session, customer_ids: set[int]) -> dict[int, set[str]]:
-    """Every SKU each customer has ordered, in any order."""
-    if not customer_ids:
-        return {}
-    query = (
-        select(Order.customer_id, OrderLine.sku)
-        .join(OrderLine, OrderLine.order_id == Order.id)
-        .where(Order.customer_id.in_(customer_ids), OrderLine.sku.is_not(None))
-    )
-    owned: dict[int, set[str]] = defaultdict(set)
-    for customer_id, sku in session.execute(query):
-        owned[customer_id].add(sku)
-    return owned
-
-
-def choose_picks(
-    categories: Sequence[str], stock: dict[str, list[Product]], owned: set[str], limit: int
-) -> list[Product]:
-    """Up to `limit` products, taking from each related category in turn."""
-    columns = [[p for p in stock.get(c, []) if p.sku not in owned] for c in categories]
-    interleaved = (p for p in chain.from_iterable(zip_longest(*columns)) if p is not None)
-    return list(interleaved)[:limit]
-
-
 def cross_sell_message(
-    order: Order, anchor: tuple[OrderLine, Product] | None, stock: dict[str, list[Product]],
-    owned: dict[int, set[str]], cfg: AftercareConfig, config: Config, now: datetime,
+    order: Order, anchor: tuple[OrderLine, Product] | None,
+    catalog: dict[str, list[CatalogProduct]], owned: dict[int, set[str]],
+    cfg: AftercareConfig, config: Config, now: datetime,
 ) -> dict[str, Any] | None:
     if anchor is None:
         return None
     line, product = anchor
     related = cfg.cross_sell.affinity[product.category]  # type: ignore[index]
-    picks = choose_picks(related, stock, owned.get(order.customer_id, set()),
-                         cfg.cross_sell.max_items)
-    if not picks:
+    offers = choose_offers(related, catalog, owned.get(order.customer_id, set()),
+                           cfg.cross_sell.max_items)
+    if not offers:
         return None
     context = base_context(order, config)
     context["product"] = product_context(product, line, config)
-    context["picks"] = [{"sku": p.sku, "title": p.title, "category": p.category,
-                         "price": str(p.price) if p.price is not None else None,
-                         "url": product_url(config, p, p.sku)} for p in picks]
+    context["picks"] = [{"sku": v.sku, "title": p.title, "category": v.category,
+                         "price": str(v.price) if v.price is not None else None,
+                         "url": product_url(config, v, v.sku)} for p, v in offers]
     return order_mail(config, order, CROSS, CROSS, context, now, topic=product.category)
 
 
@@ -458,15 +526,17 @@ def birthday_message(
     """A customer-level outbox row (no order): keyed customer:{id}:birthday:{year}."""
     config, rules = rt.config, aftercare_config(rt.config).birthday
     first, last = customer.first_name, customer.last_name
+    locale = customer_locale(customer, config)  # one we have words for: dates match them
     context = {
         "store": {**store_context(config), "links_base_url": config.store.links_base_url},
         "customer": {"first_name": first, "name": " ".join(p for p in (first, last) if p)},
+        "locale": locale,
         "offer": {
             "code": birthday_code(rt.settings.secret_key, customer.id, today.year,
                                   rules.code_prefix),
             "percent_off": rules.percent_off,
             "valid_until": (today + timedelta(days=rules.valid_days)).isoformat(),
-            "locale": customer.locale or config.store.default_locale,
+            "locale": locale,
         },
     }
     return mail_row(config, BIRTHDAY, context, now, key=birthday_key(customer.id, today.year),

@@ -4,8 +4,9 @@ win-back."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Literal
 
+from babel import Locale
 from pydantic import Field, field_validator
 
 from tasks.config.base import Strict
@@ -21,10 +22,68 @@ class FeedbackRules(Strict):
     low_rating_proposal: str = "refund"
 
 
+# The EU's member states (ISO 3166-1 alpha-2; Greece is GR, not the EU's own "EL").
+EU_MEMBER_STATES = frozenset({
+    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE",
+    "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
+})
+# Region names a config may use besides country codes: "UK" is GB's common name.
+REGION_GROUPS = {"EU": EU_MEMBER_STATES, "UK": frozenset({"GB"})}
+# Several EU courts treat a review request as advertising: there, consent unless listed.
+CONSENT_REGIONS = ("EU", "UK")
+# required: only customers with marketing consent are asked (the request is marketing);
+# transactional: customers without it are asked too, as a follow-up to their purchase.
+ConsentBasis = Literal["required", "transactional"]
+_COUNTRIES = frozenset(code for code in Locale("en").territories
+                       if len(code) == 2 and code.isalpha() and code != "ZZ")
+
+
+class ReviewConsent(Strict):
+    """Whether asking for a review needs marketing consent, by the order's ship-to country.
+
+    The most specific entry wins: a country code, then its group (EU, UK), then consent in
+    the EU and UK unless listed, then `default`. Suppressed (unsubscribed, bounced, erased)
+    addresses and those that turned the reviews topic off are never asked either way.
+    """
+
+    default: ConsentBasis = "required"
+    regions: dict[str, ConsentBasis] = Field(default_factory=dict)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _known_regions(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        regions = {str(name).strip().upper(): basis for name, basis in value.items()}
+        unknown = sorted(set(regions) - set(REGION_GROUPS) - _COUNTRIES)
+        if unknown:
+            raise ValueError(f"unknown region {', '.join(unknown)}: use ISO 3166-1 country "
+                             f"codes (US, DE) or {', '.join(REGION_GROUPS)}")
+        if "UK" in regions and "GB" in regions:
+            raise ValueError("UK and GB name the same country: keep one")
+        return regions
+
+    def rule_for(self, country: str | None) -> tuple[ConsentBasis, str]:
+        """(basis, the region that decided it: a country code, EU, UK or "default")."""
+        code = (country or "").strip().upper()
+        code = "GB" if code == "UK" else code
+        if code in self.regions:
+            return self.regions[code], code
+        groups = [name for name, members in REGION_GROUPS.items() if code in members]
+        for group in groups:
+            if group in self.regions:
+                return self.regions[group], group
+        for group in groups:
+            if group in CONSENT_REGIONS:
+                return "required", group
+        return self.default, "default"
+
+
 class ReviewRules(Strict):
     per_customer_30_days: int = Field(default=5, ge=0)
     product_repeat_days: int = Field(default=365, ge=1)
     hold_retry_hours: int = Field(default=24, ge=1)
+    consent: ReviewConsent = ReviewConsent()
 
 
 class CareGuide(Strict):

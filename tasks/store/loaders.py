@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from tasks.store.db import is_postgres
 from tasks.store.journal import CANCELLED
-from tasks.store.models import Order, Product
+from tasks.store.models import Order, OrderLine, Product
 
 
 def products_by_sku(session: Session, skus: Iterable[str | None]) -> dict[str, Product]:
@@ -28,6 +28,23 @@ def products_by_sku(session: Session, skus: Iterable[str | None]) -> dict[str, P
 def products_of(session: Session, orders: Sequence[Order]) -> dict[str, Product]:
     """The catalog entries of the batch's lines, by SKU: one query."""
     return products_by_sku(session, (line.sku for order in orders for line in order.lines))
+
+
+def products_ordered_by(session: Session, customer_ids: Iterable[int]) -> dict[int, list[Product]]:
+    """customer id → the catalog entries of every SKU they ordered, in any order: one query."""
+    wanted = sorted(set(customer_ids))
+    if not wanted:
+        return {}
+    query = (
+        select(Order.customer_id, Product)
+        .join(OrderLine, OrderLine.order_id == Order.id)
+        .join(Product, Product.sku == OrderLine.sku)
+        .where(Order.customer_id.in_(wanted))
+    )
+    found: dict[int, dict[str, Product]] = {}
+    for customer_id, product in session.execute(query):
+        found.setdefault(customer_id, {})[product.sku] = product
+    return {customer_id: list(products.values()) for customer_id, products in found.items()}
 
 
 def delivered_orders(

@@ -11,11 +11,22 @@ from tasks.aftercare.followups import (
     birthday_offers,
     care_guide,
     cross_sell,
+    family_title,
+    product_title,
     replenishment,
+    variant_of,
 )
 from tasks.messaging.render import renderer_for
 from tasks.store.db import session_scope
-from tasks.store.models import Message, Product, Return, ReturnLine, ServiceCase, Step
+from tasks.store.models import (
+    Message,
+    OrderLine,
+    Product,
+    Return,
+    ReturnLine,
+    ServiceCase,
+    Step,
+)
 from tests.factories import add_catalog, add_customer, add_order
 
 
@@ -187,3 +198,57 @@ def test_returned_items_get_no_cross_sell_and_no_replenishment(engine, runtime, 
         assert messages(session, "cross_sell") == messages(session, "replenishment") == []
     assert (sold.details["messages_enqueued"], step.reason) == (0, "items returned")
     assert (reminded.details["messages_enqueued"], reason) == (0, "consumable returned")
+
+
+def variant(session, now, sku, title, category, price="40.00", stock=10, **attributes):
+    session.add(Product(sku=sku, title=title, category=category, tags=[], stock=stock,
+                        price=Decimal(price), attributes=attributes, updated_at=now))
+
+
+def test_cross_sell_offers_products_not_variants_nor_what_the_customer_has(engine, runtime, now):
+    """One entry per product, under the product's name; no other size of a belt the customer
+    bought in an earlier order; the subject names the product, the variant is a key apart."""
+    with session_scope(engine) as session:
+        for size in ("32", "34"):
+            variant(session, now, f"JN-{size}", f"Slim Jeans - {size}", "jeans",
+                    shopify_product_id="1")
+            variant(session, now, f"BLT-{size}", f"Full-Grain Leather Belt - {size}", "belts",
+                    shopify_product_id="2")
+        variant(session, now, "TR-10", "Trail Runner - 10", "shoes", stock=0)  # a CSV catalog
+        variant(session, now, "TR-11", "Trail Runner - 11", "shoes", price="135.00")
+        variant(session, now, "TR-12", "Trail Runner - 12", "shoes", price="120.00")
+        variant(session, now, "WB-1", "Woven Belt", "belts")
+        customer = add_customer(session, now, "belted@example.com")
+        add_order(session, now, lines=[("BLT-32", 1, "68.00")], state="delivered", step=None,
+                  customer=customer, email=customer.email)
+        order = delivered(session, now, [("JN-32", 1, "80.00")], "cross_sell",
+                          customer=customer, email=customer.email)
+        order.lines[0].title, order.lines[0].variant_title = "Slim Jeans", "32"
+        order_id = order.id
+    with session_scope(engine) as session:
+        cross_sell(session, [order_id], now, runtime)
+        [message] = messages(session, "cross_sell")
+    picks = [(p["title"], p["sku"], p["price"]) for p in message.context["picks"]]
+    assert picks == [("Trail Runner", "TR-12", "120.00"), ("Woven Belt", "WB-1", "40.00")]
+    assert (message.context["product"]["title"], message.context["product"]["variant"]) == (
+        "Slim Jeans", "32")
+    assert rendered([message], runtime) == ["Picked to go with your Slim Jeans"]
+
+
+def test_product_names_leave_the_variant_to_the_line():
+    def line(title, variant_title=None):
+        return OrderLine(title=title, variant_title=variant_title)
+
+    cases = [
+        (line("Full-Grain Leather Belt", "32"), "Full-Grain Leather Belt - 32",
+         ("Full-Grain Leather Belt", "32")),
+        (line("Trail Runner"), "Trail Runner - 10", ("Trail Runner", "10")),  # catalog adds it
+        (line("Belt - 32", "32"), None, ("Belt", "32")),
+        (line("Tee - Organic"), "Tee - Organic", ("Tee - Organic", None)),  # a name, not a size
+    ]
+    for order_line, catalog_title, expected in cases:
+        assert (product_title(order_line, catalog_title),
+                variant_of(order_line, catalog_title)) == expected
+    assert family_title(["Trail Runner - 10", "Trail Runner - 11"]) == "Trail Runner"
+    assert family_title(["Tee - Organic - S", "Tee - Organic - M"]) == "Tee - Organic"
+    assert family_title(["Mug - Blue"]) == "Mug - Blue"  # one variant: nothing to tell apart
