@@ -16,6 +16,8 @@ _EXPORTS = {
     "ingest": "flows.intake",
     "reconcile_shopify": "flows.reconcile",
     "release_quarantine": "flows.operations", "erase_customer": "flows.operations",
+    "find_order": "flows.find_order", "FindOrderRequest": "flows.parameters",
+    "review_quarantine": "flows.operations", "QuarantineReviewRequest": "flows.parameters",
     "review_holds": "flows.decisions", "review_cases": "flows.decisions",
     "review_returns": "flows.decisions", "ReturnReviewRequest": "flows.parameters",
     "moderate_reviews": "flows.moderation", "ModerationRequest": "flows.moderation",

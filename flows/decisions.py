@@ -3,14 +3,17 @@
 One run shows one form for many items (a select per order or case), so a queue of holds costs
 one paused process, not one per order. Every item defaults to "leave it as it is": if nobody
 answers before the timeout, nothing changes and the timeline says the review expired. Who
-decided, when, and why go into each order's timeline.
+decided, when, and why go into each order's timeline. A form submitted without a name changes
+nothing: it is asked again, saying so, with the choices already made kept.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -30,19 +33,20 @@ from flows.parameters import CaseReviewRequest, HoldReviewRequest, ReturnReviewR
 from flows.reporting import mask_emails, md_cell
 from tasks import operations
 from tasks.aftercare.service import ServiceError
+from tasks.intake.masking import mask_text
 from tasks.store.db import session_scope
-from tasks.store.journal import ON_HOLD, record_events
-from tasks.store.queries import case_order_ids, find_order, held_orders, open_case_rows
+from tasks.store.journal import record_events
+from tasks.store.models import Order
+from tasks.store.queries import case_order_ids, held_orders_to_review, open_case_rows
 
 SECONDS_PER_MINUTE = 60  # the unit of the timeout knob (tests shorten it)
 GRACE_SECONDS = 300  # the server's pause deadline comes this much after ours
 KEEP = "keep"
 
 
-class HoldDecision(BaseModel):
-    decision: Literal["keep", "release", "cancel"] = Field(KEEP, title="Decision", description=(
-        "release: approve and continue to packing; cancel: stop the order; keep: decide later."))
-    note: str = Field("", max_length=500, title="Note", description="Why (kept in the timeline).")
+HoldDecision = Literal["keep", "release", "cancel"]  # one select per order: the form stays short
+MISSING_NAME = ("**Nothing was changed: the form needs your name.** Enter it in \"Your name\" "
+                "and submit again; the choices below are kept.\n\n")
 
 
 class CaseDecision(BaseModel):
@@ -63,15 +67,24 @@ class Item:
     field: str
 
 
-def decision_form(name: str, items: list[Item], choice: type[BaseModel], intro: str
-                  ) -> type[RunInput]:
-    """A RunInput with a required operator name and one nested choice per item."""
+def decision_form(name: str, items: list[Item], choice: Any, intro: str,
+                  shared: dict[str, Any] | None = None,
+                  per_item: dict[str, dict[str, Any]] | None = None) -> type[RunInput]:
+    """A RunInput with the operator's name, `shared` fields, and one choice per item: a nested
+    model (several fields per item), or a plain type such as a Literal (one select per item,
+    the item's context in its title and description: the form stays short). `per_item`: more
+    fields after an item's choice, by the item's field name."""
     fields: dict[str, Any] = {"operator": (str, Field(
-        min_length=1, max_length=100, title="Your name",
-        description="Recorded with each decision in the order's timeline."))}
+        "", max_length=100, title="Your name",
+        description="Required: kept with each decision (an order's timeline, an entry's "
+                    "reasons)."))}
+    fields |= shared or {}
+    nested = isinstance(choice, type) and issubclass(choice, BaseModel)
     for item in items:
-        fields[item.field] = (choice, Field(default_factory=choice, title=item.label,
-                                            description=item.detail))
+        default = {"default_factory": choice} if nested else {"default": KEEP}
+        fields[item.field] = (choice, Field(title=item.label, description=item.detail,
+                                            **default))
+        fields |= (per_item or {}).get(item.field, {})
     form = create_model(name, __base__=RunInput, **fields)
     return form.with_initial_data(description=intro)
 
@@ -82,27 +95,59 @@ def operator_name(answer: RunInput) -> str:
 
 
 def wait_for_decisions(form: type[RunInput], minutes: int) -> RunInput | None:
-    """Pause with the form until an operator submits it; None once our deadline passes.
+    """Pause with the form until an operator submits it with their name; None once the
+    deadline (`minutes` from now) passes.
+
+    A form submitted without a name is asked again at once, its description saying why and
+    the choices made kept, until the same deadline: no decision is ever recorded without a
+    name, and the operator never sees a raw schema error.
+    """
+    deadline = time.monotonic() + minutes * SECONDS_PER_MINUTE
+    intro = form._description if isinstance(form._description, str) else ""
+    for attempt in itertools.count(1):
+        answer = ask(form, deadline, f"decisions-{attempt}")
+        if answer is None or operator_name(answer):
+            return answer
+        get_run_logger().warning("the form was submitted without a name: asking again")
+        form = with_answers(form, answer, MISSING_NAME + intro)
+
+
+def ask(form: type[RunInput], deadline: float, pause_key: str) -> RunInput | None:
+    """One pause with the form until it is submitted or the deadline passes (then None).
 
     As `pause_flow_run(wait_for_input=...)` does, with one change: the server's own pause
     deadline is GRACE_SECONDS later than ours. Otherwise the server fails the paused run at the
     same moment (an alert, a Failed run in the UI) and refuses an answer given in that window.
     """
     run_id, form = flow_run.get_id(), run_input_subclass_from_type(form)
-    paused = Paused(timeout_seconds=minutes * SECONDS_PER_MINUTE + GRACE_SECONDS,
-                    reschedule=False, pause_key="decisions")
+    seconds = max(deadline - time.monotonic(), 1)
+    paused = Paused(timeout_seconds=int(seconds) + GRACE_SECONDS, reschedule=False,
+                    pause_key=pause_key)
     keyset = keyset_from_paused_state(paused)
     paused.state_details.run_input_keyset = keyset
     with get_client(sync_client=True) as client:
         if not propose_state_sync(client, paused, flow_run_id=run_id).is_paused():
             raise RuntimeError("the server refused to pause this run for the form")
         form.save(keyset)
-        get_run_logger().info("waiting up to %s minutes for the form", minutes)
-        if answered_before(client, run_id, minutes * SECONDS_PER_MINUTE):
+        get_run_logger().info("waiting up to %.0f minutes for the form", seconds / 60)
+        if answered_before(client, run_id, seconds):
             return form.load(keyset)
         client.set_flow_run_state(run_id, Running(message="review expired"), force=True)
     # An answer that arrived just before we took the run back still counts.
     return form.load(keyset) if read_flow_run_input(keyset["response"], run_id) else None
+
+
+def with_answers(form: type[RunInput], answer: RunInput, description: str) -> type[RunInput]:
+    """The same form, its fields defaulting to what was answered (the name stays empty)."""
+    fields = {}
+    for name, info in form.model_fields.items():
+        if name != "operator":
+            field = copy.copy(info)
+            field.default, field.default_factory = getattr(answer, name), None
+            fields[name] = (info.annotation, field)
+    again = create_model(form.__name__, __base__=form, **fields)
+    again._description = description
+    return again
 
 
 def answered_before(client, run_id, seconds: float, poll_seconds: float = 2.0) -> bool:
@@ -129,17 +174,48 @@ def timeout_minutes(requested: int | None) -> int:
 # --- held orders -------------------------------------------------------------------------------
 
 
-def held_order_items(request: HoldReviewRequest) -> list[Item]:
-    """The requested held orders, or the oldest ones; each with its hold reasons."""
+SHOWN_LINES = 3  # order lines named in an item; the rest are counted
+
+
+def held_order_items(request: HoldReviewRequest, now: datetime) -> list[Item]:
+    """The requested held orders, or the oldest ones, each with what a decision needs."""
     with session_scope(app_engine()) as session:
-        if request.order_ids:
-            orders = [find_order(session, oid) for oid in request.order_ids]
-            orders = [o for o in orders if o.state == ON_HOLD]
-        else:
-            orders = held_orders(session, request.limit)
-        return [Item(o.id, f"Order {o.name or o.external_id} ({o.total} {o.currency})",
-                     mask_emails(o.hold_reason or ""), f"order_{n}")
-                for n, o in enumerate(orders[:request.limit], start=1)]
+        orders = held_orders_to_review(session, request.order_ids, request.limit)
+        return [hold_item(order, n, now) for n, order in enumerate(orders, start=1)]
+
+
+def hold_item(order: Order, number: int, now: datetime) -> Item:
+    """Title: number, total and age; description: the customer (masked), the items, why held.
+
+    Prefect keeps a form's text beyond erasure's reach: names and the address are masked.
+    """
+    customer = order.customer
+    who = " ".join(mask_text(n) for n in (customer.first_name, customer.last_name) if n)
+    address = mask_text(order.email) if order.email else "no e-mail"
+    orders_count = f", {customer.orders_count} orders" if customer.orders_count > 1 else ""
+    label = (f"Order {order.name or order.external_id} · {order.total:,.2f} {order.currency} · "
+             f"{age_text(now - order.placed_at)}")
+    detail = (f"Customer {who or 'unnamed'} ({address}{orders_count}) · {lines_text(order)} · "
+              f"held: {mask_emails(order.hold_reason or 'no reason recorded')}")
+    return Item(order.id, label, detail, f"order_{number}")
+
+
+def lines_text(order: Order) -> str:
+    shown = [f"{line.quantity} × {line.title}" + (f" ({line.variant_title})"
+                                                  if line.variant_title else "")
+             for line in order.lines[:SHOWN_LINES]]
+    more = len(order.lines) - SHOWN_LINES
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "") if shown else "no items"
+
+
+def age_text(age: timedelta) -> str:
+    """How long ago, in the largest whole unit: "3 days", "1 hour", "5 minutes"."""
+    seconds = max(int(age.total_seconds()), 0)
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return "just now"
 
 
 def apply_hold_decisions(items: list[Item], answer: RunInput, now: datetime) -> dict[str, int]:
@@ -147,13 +223,13 @@ def apply_hold_decisions(items: list[Item], answer: RunInput, now: datetime) -> 
     counts, changes = {"release": 0, "cancel": 0, KEEP: 0}, []
     with session_scope(app_engine()) as session:
         for item in items:
-            choice: HoldDecision = getattr(answer, item.field)
-            if choice.decision == KEEP:
+            decision: str = getattr(answer, item.field)
+            if decision == KEEP:
                 counts[KEEP] += 1
                 continue
-            applied = operations.decide_holds(session, [item.id], choice.decision, now,
-                                              operator_name(answer), choice.note, rt=runtime())
-            counts[choice.decision] += len(applied.outcome["orders"])
+            applied = operations.decide_holds(session, [item.id], decision, now,
+                                              operator_name(answer), answer.note, rt=runtime())
+            counts[decision] += len(applied.outcome["orders"])
             changes += applied.changes
     emit_state_changes(changes)
     return counts
@@ -172,14 +248,17 @@ def record_expired(order_ids: list[int], what: str, minutes: int, now: datetime)
 @flow(name="review-holds", log_prints=True)
 def review_holds(request: HoldReviewRequest = HoldReviewRequest()) -> dict[str, Any]:  # noqa: B008
     """Show held orders in one form; release or cancel what the operator decides."""
-    items, minutes = held_order_items(request), timeout_minutes(request.timeout_minutes)
+    items = held_order_items(request, datetime.now(UTC))
+    minutes = timeout_minutes(request.timeout_minutes)
     if not items:
         return {"orders": 0}
     create_markdown_artifact(items_markdown("Held orders to decide", items, minutes),
                              key="review-holds", description="What the form below asks")
-    intro = ("Decide each held order: **release** continues it to packing, **cancel** stops it, "
-             "**keep** leaves it on hold.")
-    form = decision_form("HeldOrdersReview", items, HoldDecision, intro)
+    intro = ("Decide each held order, oldest first: **release** continues it to packing, "
+             "**cancel** stops it (the customer is told), **keep** leaves it on hold.")
+    note = {"note": (str, Field("", max_length=500, title="Note", description=(
+        "Why: kept in the timeline of each order you release or cancel.")))}
+    form = decision_form("HeldOrdersReview", items, HoldDecision, intro, note)
     answer = wait_for_decisions(form, minutes)
     now = datetime.now(UTC)  # a human decision happens on the real clock
     if answer is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import uuid
@@ -11,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_client, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
@@ -55,14 +56,43 @@ def publish_validations(kind: str, result: intake.IntakeResult, ref: str) -> Non
 
 
 @contextmanager
-def local_copy(source: str) -> Iterator[Path]:
-    """A path to read: the file itself, or a temporary copy of an s3:// object."""
-    if not source.startswith("s3://"):
-        yield Path(source)
+def local_copy(request: IngestRequest) -> Iterator[Path]:
+    """A path to read: the worker's file itself, or a temporary copy of the pasted text or of
+    the s3:// object."""
+    url = request.s3_url or (request.source if (request.source or "").startswith("s3://")
+                             else None)
+    if request.source and not url:
+        yield Path(request.source)
         return
     with tempfile.TemporaryDirectory(prefix="journeys-ingest-") as folder:
-        name = source.rsplit("/", 1)[-1] or "input"
-        yield download(source, Path(folder) / name, runtime().settings)
+        if request.text:
+            yield pasted_file(request, Path(folder))
+        else:
+            name = url.rsplit("/", 1)[-1] or "input"
+            yield download(url, Path(folder) / name, runtime().settings)
+
+
+def pasted_file(request: IngestRequest, folder: Path) -> Path:
+    """The pasted text as a file (its name says where records came from in quarantine), and
+    the text taken out of the run's stored parameters."""
+    text = request.text or ""
+    path = folder / f"pasted-{request.kind}.txt"
+    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    forget_pasted_text(request)
+    return path
+
+
+def forget_pasted_text(request: IngestRequest) -> None:
+    """Prefect keeps a run's parameters: once read, the pasted file (customers' data) is
+    replaced there by its size and digest. Outside a deployment's run there is nothing kept."""
+    if flow_run.id is None:
+        return
+    pasted = (request.text or "").encode()
+    digest = hashlib.sha256(pasted).hexdigest()[:16]
+    kept = request.model_dump(mode="json") | {
+        "text": f"(removed once read: {len(pasted):,} bytes pasted, sha-256 {digest}…)"}
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, parameters={"request": kept}).raise_for_status()
 
 
 def ingest_path(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[str, int]:
@@ -85,8 +115,9 @@ def ingest_path(kind: str, path: Path, fmt: str | None, now: datetime) -> dict[s
 
 @flow(name="ingest")
 def ingest(request: IngestRequest) -> dict[str, int]:
-    """Ingest orders, products, shipments, tracking events or feedback from a file or s3:// URL."""
-    with local_copy(request.source) as path:
+    """Ingest orders, products, shipments, tracking events or feedback from a file on the
+    worker, pasted text or an s3:// URL."""
+    with local_copy(request) as path:
         return ingest_path(request.kind, path, request.format, business_now(request.as_of))
 
 

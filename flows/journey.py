@@ -31,7 +31,13 @@ from flows.common import (
 )
 from flows.order_events import emit_state_changes
 from flows.parameters import DailyRequest, OrderJourneyRequest, SweepRequest
-from flows.reporting import publish_order_timeline, publish_store_picture
+from flows.reporting import (
+    md_cell,
+    publish_order_timeline,
+    publish_store_picture,
+    store_clock,
+    store_time,
+)
 from tasks import inbox, loyalty
 from tasks.aftercare.followups import birthday_offers
 from tasks.aftercare.winback import winback, winback_customer_ids
@@ -249,15 +255,60 @@ def summary(results: dict[str, StageResult], messages: dict[str, int]) -> dict[s
     return {"stages": stages, "messages": messages}
 
 
-def summary_markdown(now: datetime, report: dict[str, Any]) -> str:
-    lines = [f"# Journey sweep as of {now.isoformat()}", "",
+def summary_markdown(now: datetime, report: dict[str, Any], zone: str = "UTC") -> str:
+    """The sweep's counts, titled with its business clock in the store's time zone."""
+    lines = [f"# Journey sweep — {store_clock(now, zone)}", "",
              "| stage | advanced | held | closed | skipped |", "|---|---|---|---|---|"]
     for name, s in report["stages"].items():
         lines.append(f"| {name} | {s['advanced']} | {s['held']} | {s['closed']} | {s['skipped']} |")
     lines += ["", "| messages | count |", "|---|---|"]
     lines += [f"| {status} | {count} |" for status, count in report["messages"].items()]
-    lines += do_not_ship_markdown(report.get("do_not_ship", []))
+    lines += do_not_ship_markdown(report.get("do_not_ship", []), zone)
+    lines += print_batch_markdown(report.get("print", {}))
     return "\n".join(lines)
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def print_documents(now: datetime, shard: tuple[int, int]) -> dict[str, Any]:
+    """PDFs of what the stages archived, and the print batch of the packing slips
+    (tasks/print_batch.py): after the commits, outside any transaction."""
+    from tasks.print_batch import document_link, print_all  # WeasyPrint: only when used
+
+    rt = runtime()
+    batches = [p.as_dict() for p in print_all(app_engine(), now, rt, shard)]
+    for batch in batches:
+        if batch["batch_ref"]:
+            batch["link"] = document_link(rt.archive, batch["batch_ref"])
+    return {"pdfs": sum(b["pdfs"] for b in batches), "batches": batches}
+
+
+def print_step(now: datetime, shard: tuple[int, int]) -> dict[str, Any]:
+    """The print step, never the sweep's failure: what is not printed stays pending, and the
+    next sweep prints it; the summary says it failed. Off (no task run at all) unless
+    configs/packing.yaml documents.pdf is on."""
+    if not runtime().config.packing.documents.pdf:
+        return {}
+    try:
+        return print_documents(now, shard)
+    except Exception as exc:  # noqa: BLE001 - mail and packing are committed; PDFs can wait
+        get_run_logger().warning("print step failed (the next sweep retries): %s", exc)
+        return {"failed": " ".join(str(exc).split())[:300]}
+
+
+def print_batch_markdown(printed: dict[str, Any]) -> list[str]:
+    """The packer's link to this sweep's packing slips, one PDF per print batch."""
+    if printed.get("failed"):
+        return ["", "## Print batch", "", f"Not made this time (the next sweep retries): "
+                f"{printed['failed']}"]
+    batches = [b for b in printed.get("batches", []) if b.get("link")]
+    if not batches:
+        return []
+    lines = ["", "## Print batch", ""]
+    for batch in batches:
+        link = batch["link"]
+        target = f"[Open the PDF]({link})" if link.startswith("https://") else f"`{link}`"
+        lines.append(f"- {batch['slips']} packing slips in packing order, one PDF: {target}")
+    return lines
 
 
 DO_NOT_SHIP_WINDOW = timedelta(hours=24)
@@ -269,14 +320,15 @@ def do_not_ship_list(now: datetime) -> list[dict[str, Any]]:
         return do_not_ship(session, now - DO_NOT_SHIP_WINDOW, now)
 
 
-def do_not_ship_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def do_not_ship_markdown(rows: list[dict[str, Any]], zone: str = "UTC") -> list[str]:
     if not rows:
         return []
     lines = ["", "## Do not ship", "", "Cancelled after packing (last 24 hours): take these "
-             "parcels off the outgoing shelf.", "", "| order | packing slip | cancelled at |",
+             "parcels off the outgoing shelf.", "",
+             f"| order | packing slip | cancelled at ({zone}) |",
              "|---|---|---|"]
-    return lines + [f"| {r['order']} | {r['packing_slip'] or '-'} | {r['cancelled_at'][:16]} |"
-                    for r in rows]
+    return lines + [f"| {md_cell(r['order'])} | {md_cell(r['packing_slip'] or '-')} | "
+                    f"{store_time(r['cancelled_at'], zone)} |" for r in rows]
 
 
 def notify_not_shipped(result: StageResult) -> None:
@@ -310,12 +362,14 @@ def sweep(request: SweepRequest = SweepRequest()) -> dict[str, Any]:  # noqa: B0
     report = summary(results, dispatch_all(now, size, rounds=MAIL_ROUNDS))
     report["inbox"] = drained
     report["do_not_ship"] = do_not_ship_list(now)
+    report["print"] = print_step(now, (request.shard, request.shards))
     notify_not_shipped(results["ship_overdue"])
-    create_markdown_artifact(summary_markdown(now, report), key="journey-sweep-summary")
+    create_markdown_artifact(summary_markdown(now, report, runtime().config.store.timezone),
+                             key="journey-sweep-summary")
     manifest = sweep_manifest(results, now)
     report["manifest"] = manifest.counts()
     ref = publish_manifest(manifest)
-    publish_store_picture(f"Store after the sweep as of {now.isoformat()}", report["manifest"], ref)
+    publish_store_picture(now, report["manifest"], ref)
     if results["confirm"].advanced:
         report["output_checks"] = check_outputs(now)
     get_run_logger().info("sweep as of %s: %s", now.isoformat(), report)

@@ -65,16 +65,40 @@ class OrderJourneyRequest(Request):
     as_of: AsOf = None
 
 
+UPLOAD_LIMIT_BYTES = 5_000_000  # what a form's text area carries; larger files go to S3
+
+
 class IngestRequest(Request):
-    """Read a file of orders, products, shipments, tracking events or feedback."""
+    """Read a file of orders, products, shipments, tracking events or feedback: one on the
+    worker's machine, one pasted into the form, or one in S3 (exactly one of the three)."""
 
     kind: Literal["orders", "products", "shipments", "events", "feedback"] = Field(
         title="What the file holds")
-    source: str = Field(min_length=1, max_length=2000, title="File", description=(
-        "A path on the worker's machine, or s3://bucket/key."))
+    source: str | None = Field(None, max_length=2000, title="File on the worker", description=(
+        "A path on the worker's machine (an s3:// URL here is read from S3 too)."))
+    text: str | None = Field(None, title="Or paste the file", description=(
+        "The file's contents (JSON Lines, or CSV with its header line), at most 5 MB. Removed "
+        "from the run's parameters once read: Prefect keeps parameters, customers' data must "
+        "not stay there."))
+    s3_url: str | None = Field(None, max_length=2000, pattern=r"^s3://[^/]+/.+",
+                               title="Or a file in S3", description=(
+        "s3://bucket/key, e.g. a file dropped in the store's bucket."))
     format: str | None = Field(None, max_length=40, title="Format", description=(
         "Force a format (shopify, canonical, csv, aftership ...). Empty: detected per record."))
     as_of: AsOf = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> IngestRequest:
+        given = [name for name in ("source", "text", "s3_url") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of: a file on the worker, the pasted file, or "
+                             f"a file in S3 (given: {', '.join(given) or 'none'})")
+        size = len(self.text.encode()) if self.text else 0
+        if size > UPLOAD_LIMIT_BYTES:
+            raise ValueError(f"the pasted file has {size:,} bytes; at most "
+                             f"{UPLOAD_LIMIT_BYTES:,} (5 MB) can be pasted: put it in S3 and "
+                             "give its s3:// URL instead")
+        return self
 
 
 class QuarantineReleaseRequest(Request):
@@ -84,6 +108,18 @@ class QuarantineReleaseRequest(Request):
                                  description="Ids from `journeys quarantine list` or the "
                                              "quarantine artifact.")
     as_of: AsOf = None
+
+
+class QuarantineReviewRequest(Request):
+    """Ask an operator to release, fix or dismiss quarantined records through a form."""
+
+    entry_ids: list[int] = Field(default_factory=list, max_length=100, title="Entries",
+                                 description="Quarantine entry ids. Empty: the oldest open "
+                                             "entries, up to the limit.")
+    limit: int = Field(20, ge=1, le=100, title="At most this many entries in the form")
+    timeout_minutes: int | None = Field(None, ge=1, le=10_080, title="Wait at most (minutes)",
+                                        description="Then every entry stays quarantined. Empty: "
+                                        "the Variable journeys_decision_timeout_minutes, else 240.")
 
 
 class ErasureRequest(Request):
@@ -105,7 +141,8 @@ class HoldReviewRequest(Request):
 
     order_ids: list[str] = Field(default_factory=list, max_length=100, title="Orders", description=(
         "Source ids or names to review. Empty: the oldest held orders, up to the limit."))
-    limit: int = Field(20, ge=1, le=100, title="At most this many orders in the form")
+    limit: int = Field(100, ge=1, le=100, title="At most this many orders in the form",
+                       description="The oldest first.")
     timeout_minutes: int | None = Field(None, ge=1, le=10_080, title="Wait at most (minutes)",
                                         description="Then every order stays on hold. Empty: the "
                                         "Variable journeys_decision_timeout_minutes, else 240.")
@@ -157,3 +194,13 @@ class CancelOrderRequest(Request):
                         description="Kept in the order's timeline.")
     cancelled_by: str = Field(min_length=1, max_length=100, title="Cancelled by",
                               description="Who decided; kept in the timeline.")
+
+
+class FindOrderRequest(Request):
+    """Find an order by its number, the customer's name or their e-mail address."""
+
+    query: str = Field(min_length=1, max_length=200, title="Number, name or e-mail", description=(
+        "An order number (#1001 or 1001), part of the customer's first or last name (ada, "
+        "ada lov) or their whole e-mail address; any case. One match shows the whole order, "
+        "several a short list. Once the run starts, an e-mail or a name is kept in this run "
+        "only masked (***@example.com, A. L.)."))

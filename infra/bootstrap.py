@@ -190,10 +190,18 @@ def ensure_alert_block(client: SyncPrefectClient) -> tuple[Any, str]:
 def lost_runs_automation(within: timedelta = LOST_AFTER) -> AutomationCore:
     """A journeys flow run whose heartbeats stop (its process or machine died) becomes Crashed.
 
-    Prefect's "detect zombie flows" automation, limited to runs tagged journeys: after each
-    heartbeat, expect another one (or the run's end, or a pause that stops its process) within
-    `within`. The Crashed state then alerts like any crash (RUN_FAILED_AUTOMATION). Running the
-    deployment again resumes the work: every stage is idempotent.
+    Prefect's "detect zombie flows" automation, limited to runs tagged journeys: each heartbeat
+    opens a window of `within`; another heartbeat, or the run's end (Completed, Failed,
+    Cancelled, Crashed) or a pause, closes it. Only a window nobody closed fires, so a run that
+    completed after its last heartbeat is never touched. That holds only while the server
+    evaluates every event: on SQLite, Prefect's triggers service used to lose a Completed event
+    to "database is locked" (the stack now begins SQLite writes IMMEDIATE:
+    infra/stack.py `immediate_sqlite_transactions`) and then fired for the completed run.
+    Should a heartbeat still reach the server after the run's end, the state change is refused
+    for the finished run (no `force`): the run stays Completed.
+
+    The Crashed state alerts like any crash (RUN_FAILED_AUTOMATION). Running the deployment
+    again resumes the work: every stage is idempotent.
     """
     ends = ("Completed", "Failed", "Cancelled", "Crashed", "Paused", "Suspended")
     return AutomationCore(

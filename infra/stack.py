@@ -46,6 +46,8 @@ from tasks.settings import get_settings
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = ROOT / "infra" / "prefect.yaml"
 PREFECT = (sys.executable, "-m", "prefect")
+# `prefect` as above, in a process whose SQLite transactions take the write lock at BEGIN.
+PREFECT_SERVER = (sys.executable, "-c", "from infra.stack import serve_prefect; serve_prefect()")
 Report = Callable[[str], None]
 
 
@@ -73,8 +75,30 @@ def deploy(api_url: str | None = None, report: Report = print) -> list[str]:
         for line in bootstrap(client):
             report(line)
         config = yaml.safe_load(PREFECT_FILE.read_text())
-        return [apply_deployment(client, spec, config["pull"])
-                for spec in deployable_specs(config, report)]
+        deployed = [apply_deployment(client, spec, config["pull"])
+                    for spec in deployable_specs(config, report)]
+        retire_old_names(client, deployed, report)
+        return deployed
+
+
+RETIRED_NAMES = ("on-demand",)  # what earlier prefect.yaml files called several deployments
+
+
+def retire_old_names(client: SyncPrefectClient, deployed: list[str], report: Report) -> None:
+    """Remove a journeys flow's deployment under a retired name once it is deployed under its
+    new one, so an upgraded server keeps no duplicate (and no second 09:00 form); the flow
+    runs it made stay."""
+    for name in deployed:
+        flow = name.split("/", 1)[0]
+        for retired in (f"{flow}/{old}" for old in RETIRED_NAMES):
+            if retired in deployed:
+                continue
+            try:
+                stale = client.read_deployment_by_name(retired)
+            except ObjectNotFound:
+                continue
+            client.delete_deployment(stale.id)
+            report(f"deployment {retired}: removed (now {name})")
 
 
 def check_business_config() -> None:
@@ -150,6 +174,43 @@ def schedule_from(entry: dict, paused: set[str] = frozenset()) -> DeploymentSche
         schedule=schedule, active=entry.get("active", True) and entry.get("slug") not in paused,
         slug=entry.get("slug"),
         parameters=entry.get("parameters", {}))
+
+
+def serve_prefect() -> None:
+    """The `prefect` command line (`server start ...` from argv), its SQLite made safe for
+    concurrent writers first (`immediate_sqlite_transactions`)."""
+    immediate_sqlite_transactions()
+    from prefect.cli import app
+
+    app()
+
+
+def immediate_sqlite_transactions() -> None:
+    """Every transaction the Prefect server opens on SQLite begins IMMEDIATE, as ours do
+    (tasks/store/db.py); PostgreSQL is untouched.
+
+    Prefect 3.8.8 begins IMMEDIATE only when a caller asks for row locks; every other write
+    begins DEFERRED: it reads (an automation's bucket, a work pool), then writes. If another
+    connection wrote in between, SQLite cannot upgrade the read snapshot and answers "database
+    is locked" at once, whatever the busy timeout. The server logged such tracebacks from its
+    services, and when the triggers service lost a flow run's Completed event that way (four
+    tries, then the dead-letter queue) the lost-runs automation saw no end after the last
+    heartbeat and tried to mark the completed run Crashed. Taking the lock at BEGIN makes
+    writers queue on the 60 s busy timeout instead.
+    """
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    deferred = AioSqliteConfiguration.begin_transaction
+    if getattr(deferred, "immediate", False):
+        return
+
+    @contextlib.asynccontextmanager
+    async def begin_immediate(self, session, with_for_update: bool = False):
+        async with deferred(self, session, with_for_update=True) as transaction:
+            yield transaction
+
+    begin_immediate.immediate = True  # type: ignore[attr-defined]
+    AioSqliteConfiguration.begin_transaction = begin_immediate  # type: ignore[method-assign]
 
 
 def prefect_env(api_url: str) -> dict[str, str]:
@@ -323,7 +384,8 @@ class LocalStack:
                 os.kill(pid, signal.SIGKILL)
 
     def _server_command(self) -> list[str]:
-        return [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        return [*PREFECT_SERVER, "server", "start", "--host", "127.0.0.1", "--port",
+                str(self.port)]
 
     def _worker_command(self, number: int) -> list[str]:
         name = f"{socket.gethostname()}-{self.port}-{number}"

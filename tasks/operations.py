@@ -94,6 +94,39 @@ def release_quarantine(
     return Applied({"entry": entry_id, **asdict(outcome)}, take_state_changes(session))
 
 
+def fix_quarantine(
+    session: Session, entry_id: int, record: str, now: datetime, rt: Runtime, actor: str,
+    masked: bool = False,
+) -> Applied:
+    """Feed in an operator's corrected record (its text, as a file holds it); refused again, it
+    stays quarantined as a new entry with the new reasons (`replaced_by`). `masked`: the text is
+    an edit of the record as forms show it (tasks/intake/masking.py), and every value left as
+    shown keeps its real value."""
+    from tasks.intake.masking import EditRefused, unmask
+    from tasks.intake.release import fix, get_entry
+
+    entry = get_entry(session, entry_id)
+    if masked and entry.status == "open":  # a settled entry is reported as such by `fix`
+        try:
+            record = unmask(record, entry.payload, entry.source)
+        except EditRefused as refused:
+            raise OperationRefused(f"quarantine entry {entry_id}: {refused}") from None
+    outcome = fix(session, entry_id, record, now, actor, rt=rt)
+    return Applied({"entry": entry_id, **asdict(outcome)}, take_state_changes(session))
+
+
+def dismiss_quarantine(
+    session: Session, entry_id: int, reason: str, now: datetime, actor: str
+) -> Applied:
+    """Drop a quarantine entry for good, saying why (kept with the entry's reasons)."""
+    from tasks.intake.release import dismiss
+
+    if not reason.strip():
+        raise OperationRefused(f"say why quarantine entry {entry_id} is dismissed")
+    outcome = dismiss(session, entry_id, " ".join(reason.split())[:300], now, actor)
+    return Applied({"entry": entry_id, **asdict(outcome)})
+
+
 def unsubscribe(
     session: Session, token: str, now: datetime, secret_key: str, source: str = "cli"
 ) -> Applied:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -144,10 +145,63 @@ def quarantine_release(
         applied = operations.release_quarantine(session, entry_id, parse_instant(as_of),
                                                 runtime(), fixed)
     notify(applied.changes)
-    status, reasons = applied.outcome["status"], applied.outcome["reasons"]
+    report_settled(entry_id, applied.outcome)
+
+
+@quarantine_app.command("fix")
+@user_errors
+def quarantine_fix(
+    entry_id: int,
+    record: Annotated[Path, typer.Option(
+        "--record", help="File with the corrected record, as its source spells it (one JSON "
+        "line, or CSV with its header); - reads standard input.")],
+    by: ActorOpt = "",
+    as_of: AsOfOpt = None,
+) -> None:
+    """Feed in a corrected record; refused again, it stays quarantined as a new entry with
+    the new reasons (this one is marked replaced), so nothing is lost."""
+    from tasks import operations
+
+    text = sys.stdin.read() if str(record) == "-" else read_text(record)
+    with session_scope(app_engine()) as session:
+        applied = operations.fix_quarantine(session, entry_id, text, parse_instant(as_of),
+                                            runtime(), operator(by))
+    notify(applied.changes)
+    report_settled(entry_id, applied.outcome)
+
+
+@quarantine_app.command("dismiss")
+@user_errors
+def quarantine_dismiss(
+    entry_id: int,
+    reason: Annotated[str, typer.Option("--reason", help="Why it is dropped; kept with the "
+                                        "entry.")],
+    by: ActorOpt = "",
+) -> None:
+    """Drop an entry for good (a test order, a record nobody will correct)."""
+    from tasks import operations
+
+    with session_scope(app_engine()) as session:
+        applied = operations.dismiss_quarantine(session, entry_id, reason, datetime.now(UTC),
+                                                operator(by))
+    report_settled(entry_id, applied.outcome)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def report_settled(entry_id: int, outcome: dict) -> None:
+    """One line per outcome; a record refused again is an error naming the entry now holding it."""
+    status, reasons = outcome["status"], outcome["reasons"]
     if status == "still_rejected":
         reasons = "; ".join(f"{r.get('field')}: {r.get('reason')}" for r in reasons)
-        raise UserError(f"quarantine entry {entry_id} still rejected: {reasons}")
+        now_in = f" (now quarantine entry {outcome['replaced_by']})" if outcome.get(
+            "replaced_by") else ""
+        raise UserError(f"quarantine entry {entry_id} still rejected{now_in}: {reasons}")
     console.print(f"quarantine entry {entry_id}: {status.replace('_', ' ')}")
 
 

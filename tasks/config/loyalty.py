@@ -47,6 +47,9 @@ class LoyaltyConfig(Strict):
     tiers: list[Tier] = Field(min_length=1)
     enrollment: Enrollment = Enrollment()
     tier_emails: TierEmails = TierEmails()
+    # What one point is worth when spent, in the store currency (store.yaml default_currency):
+    # reports value the outstanding points with it. None: they are reported in points only.
+    point_value: Decimal | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> LoyaltyConfig:

@@ -36,11 +36,13 @@ class QuarantineNotFound(LookupError):
 
 @dataclass
 class ReleaseOutcome:
-    """What happened: released, still_rejected (with reasons), already_released or erased."""
+    """What happened: released, still_rejected (with reasons), dismissed, or for an entry
+    settled before: already_released, already_dismissed, already_replaced (by a fix) or erased."""
 
     status: str
     reasons: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    replaced_by: int | None = None  # a refused fix: the entry now holding the corrected record
 
 
 def get_entry(session: Session, entry_id: int) -> Quarantine:
@@ -61,10 +63,8 @@ def release(
     Shipments, tracking events and feedback need `rt` (their intake queues mail, reads config).
     """
     entry = get_entry(session, entry_id)
-    if entry.status == "released":
-        return ReleaseOutcome("already_released")
-    if entry.status == "erased":  # its customer was erased (tasks/privacy.py): nothing to feed
-        return ReleaseOutcome("erased")
+    if entry.status != "open":  # released, dismissed, replaced by a fix, or its customer erased
+        return ReleaseOutcome(_settled(entry.status))
     if entry.kind not in KINDS:
         raise IntakeError(f"quarantine entry {entry.id}: kind {entry.kind!r} cannot be released")
     if entry.kind in WRITER_KINDS and rt is None:
@@ -174,4 +174,76 @@ def _not_taken(session: Session, orders: list[Any]) -> list[dict[str, Any]]:
     return reasons
 
 
-__all__ = ["IntakeError", "QuarantineNotFound", "ReleaseOutcome", "get_entry", "release"]
+# --- an operator's fix or dismissal -------------------------------------------------------------
+
+FIXED_RECORD_LIMIT = 1_000_000  # characters: one record, however large an order gets
+
+
+def fix(
+    session: Session, entry_id: int, record: str, now: datetime, actor: str,
+    rt: Runtime | None = None,
+) -> ReleaseOutcome:
+    """Re-validate an operator's corrected record and feed it in, as a release with a fixed
+    file does. Refused again, nothing is lost: the corrected record becomes a quarantine entry
+    of its own with the new reasons, and this entry is marked replaced by it (each entry keeps
+    the record its fingerprint was taken from). The same fix twice lands on the same entry.
+    """
+    entry = get_entry(session, entry_id)
+    if entry.status != "open":
+        return ReleaseOutcome(_settled(entry.status))
+    text = record.strip()
+    if not text or len(text) > FIXED_RECORD_LIMIT:
+        why = "is empty" if not text else f"is over {FIXED_RECORD_LIMIT:,} characters"
+        return ReleaseOutcome("still_rejected", [{"field": "_record",
+                                                  "reason": f"the corrected record {why}"}])
+    suffix = ".csv" if entry.source == "csv" else ".jsonl"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"quarantine-{entry.id}-fixed{suffix}"
+        path.write_text(text + "\n", encoding="utf-8")
+        outcome = release(session, entry_id, now, path, rt)
+    if outcome.status == "still_rejected" and sha256_text(text) != entry.fingerprint:
+        outcome.replaced_by = _replace(session, entry, text, outcome.reasons, now, actor)
+    return outcome
+
+
+def dismiss(session: Session, entry_id: int, reason: str, now: datetime, actor: str
+            ) -> ReleaseOutcome:
+    """Drop an open entry for good (a test order, a record nobody will correct); who and why
+    join its reasons. An entry already settled is left as it is."""
+    entry = get_entry(session, entry_id)
+    if entry.status != "open":
+        return ReleaseOutcome(_settled(entry.status))
+    note = {"field": "_dismissed", "reason": f"dismissed by {actor}: {reason}"}
+    session.execute(update(Quarantine).where(Quarantine.id == entry.id,
+                                             Quarantine.status == "open")
+                    .values(status="dismissed", released_at=now,
+                            reasons=[*entry.reasons, note]))
+    return ReleaseOutcome("dismissed")
+
+
+def _settled(status: str) -> str:
+    return status if status == "erased" else f"already_{status}"
+
+
+def _replace(session: Session, entry: Quarantine, text: str, reasons: list[dict[str, Any]],
+             now: datetime, actor: str) -> int:
+    """The corrected record as an open entry (found again if it is one already); `entry` is
+    marked replaced by it."""
+    from tasks.intake.ingest import quarantine_records
+
+    fingerprint = sha256_text(text)
+    origin = f"fix of quarantine entry {entry.id} by {actor}"[:500]
+    quarantine_records(session, [Rejected(entry.kind, entry.source, text, reasons, origin,
+                                          entry.external_id)], now)
+    new_id = session.scalar(select(Quarantine.id).where(Quarantine.kind == entry.kind,
+                                                        Quarantine.fingerprint == fingerprint))
+    note = {"field": "_replaced", "reason": f"corrected by {actor}; still refused, the "
+            f"corrected record is quarantine entry {new_id}"}
+    session.execute(update(Quarantine).where(Quarantine.id == entry.id,
+                                             Quarantine.status == "open")
+                    .values(status="replaced", released_at=now, reasons=[*entry.reasons, note]))
+    return new_id
+
+
+__all__ = ["IntakeError", "QuarantineNotFound", "ReleaseOutcome", "dismiss", "fix", "get_entry",
+           "release"]

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tasks.markdown import md_cell
 from tasks.states import ReturnStatus
 from tasks.store.models import CreditNote, Order, OrderLine, Return, ReturnLine
 from tasks.store.returns import NOT_GOING_BACK
@@ -127,4 +128,4 @@ def returns_markdown(figures: dict[str, Any]) -> str:
 
 
 def cell(value: Any) -> str:
-    return "".join(" " if ch in "|\r\n<>`*_[]" else ch for ch in str(value))[:120]
+    return md_cell(value)

@@ -7,12 +7,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from tasks.states import CaseStatus, OrderState, QuarantineStatus
 from tasks.store.models import (
     Artifact,
+    Customer,
     LoyaltyEntry,
     Message,
     Order,
@@ -23,6 +24,7 @@ from tasks.store.models import (
     Return,
     ServiceCase,
     Shipment,
+    Step,
 )
 
 
@@ -164,6 +166,29 @@ def held_orders(session: Session, limit: int | None = None) -> list[Order]:
                                 .order_by(Order.updated_at, Order.id).limit(limit)))
 
 
+def held_orders_to_review(
+    session: Session, order_ids: Sequence[str] = (), limit: int | None = None
+) -> list[Order]:
+    """Orders on hold, oldest placed first, with their lines and customer: only those named
+    (source id or display name) when `order_ids` is given."""
+    query = select(Order).where(Order.state == OrderState.ON_HOLD)
+    if order_ids:
+        query = query.where(or_(Order.external_id.in_(order_ids), Order.name.in_(order_ids)))
+    query = (query.options(selectinload(Order.lines), selectinload(Order.customer))
+             .order_by(Order.placed_at, Order.id).limit(limit))
+    return list(session.scalars(query))
+
+
+def open_quarantine_entries(
+    session: Session, entry_ids: Sequence[int] = (), limit: int | None = None
+) -> list[Quarantine]:
+    """Open quarantine entries, oldest first: only those named when `entry_ids` is given."""
+    query = select(Quarantine).where(Quarantine.status == QuarantineStatus.OPEN)
+    if entry_ids:
+        query = query.where(Quarantine.id.in_(entry_ids))
+    return list(session.scalars(query.order_by(Quarantine.id).limit(limit)))
+
+
 def hold_list(session: Session) -> list[dict[str, Any]]:
     """Every order on hold, by id: external id, display name, hold reason (as stored)."""
     rows = session.execute(select(Order.external_id, Order.name, Order.hold_reason)
@@ -295,3 +320,63 @@ def return_review_reasons(session: Session, order_ids: Sequence[int]) -> dict[in
     return {int(detail["return_id"]): str(detail["needs_operator"])
             for detail in session.scalars(query)
             if detail.get("return_id") and detail.get("needs_operator")}
+
+
+# --- finding an order (flows/find_order.py, `journeys find-order`) ----------------------------
+
+
+def search_orders(session: Session, query: str, limit: int) -> list[Order]:
+    """Orders an operator means by `query`, newest first, at most `limit`: an e-mail address
+    (whole, any case) finds its orders; anything else finds the order of that number (`#1001`,
+    `1001`) or source id, and the orders of customers whose first or last name holds every word
+    (`ada`, `ada lov`; any case)."""
+    text = " ".join(query.split())
+    if not text:
+        return []
+    if "@" in text:
+        found = or_(Order.email == text.lower(), Customer.email == text.lower())
+    else:
+        number = text.removeprefix("#")
+        found = or_(Order.name.in_(sorted({text, number, f"#{number}"})), Order.external_id == text,
+                    and_(*(_name_holds(word) for word in text.split())))
+    rows = (select(Order).join(Customer, Customer.id == Order.customer_id).where(found)
+            .order_by(Order.placed_at.desc(), Order.id.desc()).limit(limit)
+            .options(selectinload(Order.customer)))
+    return list(session.scalars(rows))
+
+
+def _name_holds(word: str) -> Any:
+    """The customer's first or last name contains `word` (LIKE's wildcards in it are literal)."""
+    pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(Customer.first_name.ilike(pattern, escape="\\"),
+               Customer.last_name.ilike(pattern, escape="\\"))
+
+
+def order_detail(session: Session, order: Order) -> dict[str, Any]:
+    """`order_view` and what helping the customer needs: placed when, lines, totals, the
+    customer, the shipping address and the order's steps (raw: the caller masks what it shows)."""
+    customer = order.customer
+    return order_view(session, order) | {
+        "placed_at": order.placed_at.isoformat(),
+        "currency": order.currency,
+        "totals": {field: str(getattr(order, field)) for field in (
+            "subtotal", "discounts", "shipping", "tax", "total")},
+        "taxes_included": order.taxes_included,
+        "financial_status": order.financial_status,
+        "shipping_title": order.shipping_title,
+        "lines": [{"title": line.title, "variant": line.variant_title, "sku": line.sku,
+                   "quantity": line.quantity, "refunded": line.refunded_quantity,
+                   "unit_price": str(line.unit_price), "discount": str(line.total_discount)}
+                  for line in order.lines],
+        "customer": {"first_name": customer.first_name, "last_name": customer.last_name,
+                     "email": order.email or customer.email},
+        "shipping_address": dict(order.shipping_address or {}),
+        "steps": _steps(session, order.id),
+    }
+
+
+def _steps(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(Step).where(Step.order_id == order_id)
+                           .order_by(Step.due_at, Step.id))
+    return [{"name": s.name, "status": s.status, "due_at": s.due_at.isoformat(),
+             "attempts": s.attempts, "reason": s.reason} for s in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -72,9 +73,8 @@ def test_a_submitted_form_releases_and_cancels_held_orders(engine, flow_env, now
     thread, outcome = start_in_thread(review_holds, HoldReviewRequest(timeout_minutes=5))
     run_id = paused_run_id("review-holds")
     resume_flow_run(run_id, run_input={
-        "operator": "ana.ops",
-        "order_1": {"decision": "release", "note": "called the customer"},
-        "order_2": {"decision": "cancel", "note": "card reported stolen"},
+        "operator": "ana.ops", "note": "called the customer",
+        "order_1": "release", "order_2": "cancel",
     })  # order_3 left on its default: keep
     thread.join(timeout=120)
 
@@ -84,7 +84,7 @@ def test_a_submitted_form_releases_and_cancels_held_orders(engine, flow_env, now
     assert (events[-1].actor, events[-1].detail["note"]) == ("ana.ops", "called the customer")
     order, *events = timeline(engine, second)
     assert (order.state, events[-1].actor) == ("cancelled", "ana.ops")
-    assert "card reported stolen" in order_reason(events[-1])
+    assert "called the customer" in order_reason(events[-1])
     order, *_ = timeline(engine, third)
     assert order.state == "on_hold"
 
@@ -93,17 +93,37 @@ def order_reason(event: OrderEvent) -> str:
     return f"{event.detail.get('reason')} {event.detail.get('note')}"
 
 
-def test_input_that_does_not_fit_the_form_is_refused(engine, flow_env, now):
+def form_input(run_id, key_part: str, timeout: float = 30) -> str:
+    """The value of the paused run's form input whose key holds `key_part` (once saved)."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            found = [i.value for i in client.filter_flow_run_input(run_id, "", 100, set())
+                     if key_part in i.key]
+            if found:
+                return found[0]
+            time.sleep(0.5)
+    raise AssertionError(f"no form input {key_part!r} within {timeout} s")
+
+
+def test_input_that_does_not_fit_is_refused_and_a_missing_name_asked_again(engine, flow_env,
+                                                                           now):
     from flows.decisions import review_holds
 
-    held_orders(engine, now, 1)
+    (external_id,) = held_orders(engine, now, 1)
     thread, outcome = start_in_thread(review_holds, HoldReviewRequest(timeout_minutes=5))
     run_id = paused_run_id("review-holds")
     with pytest.raises(Exception, match="(?i)valid|schema|reason"):
-        resume_flow_run(run_id, run_input={"operator": "ana", "order_1": {"decision": "ship"}})
-    resume_flow_run(run_id, run_input={"operator": "ana"})  # every order on its default
+        resume_flow_run(run_id, run_input={"operator": "ana", "order_1": "ship"})
+    resume_flow_run(run_id, run_input={"order_1": "release"})  # no name: nothing changes
+
+    assert "the form needs your name" in form_input(run_id, "decisions-2-description")
+    assert json.loads(form_input(run_id, "decisions-2-schema"))["properties"]["order_1"][
+        "default"] == "release"  # the choice made is kept for the second submission
+    assert timeline(engine, external_id)[0].state == "on_hold"
+    resume_flow_run(paused_run_id("review-holds"), run_input={"operator": "ana"})
     thread.join(timeout=120)
-    assert outcome["result"] == {"orders": 1, "release": 0, "cancel": 0, "keep": 1}
+    assert outcome["result"] == {"orders": 1, "release": 1, "cancel": 0, "keep": 0}
 
 
 def test_an_unanswered_review_times_out_and_changes_nothing(engine, flow_env, now, monkeypatch):

@@ -165,7 +165,7 @@ def run_every_flow(engine, now, tmp_path) -> dict[str, Any]:
     release_quarantine(QuarantineReleaseRequest(entry_ids=entry_ids, as_of=now))
     thread, answer = start_in_thread(review_holds, HoldReviewRequest(timeout_minutes=5))
     resume_flow_run(paused_run_id("review-holds"), run_input={
-        "operator": "ana.ops", "order_1": {"decision": "release", "note": "paid by transfer"}})
+        "operator": "ana.ops", "note": "paid by transfer", "order_1": "release"})
     thread.join(timeout=120)
     erase_customer(ErasureRequest(order_id=str(orders[ERASED]["id"]), requested_by="dpo.ops"))
     return {"orders": orders, "quarantined": len(entry_ids), "form": answer["result"]}

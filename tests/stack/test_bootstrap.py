@@ -186,7 +186,7 @@ def test_held_orders_and_failed_runs_alert_the_webhook(stack, alert_env):
         payload={"orders": 3, "cases_opened": 3})))
     assert "apology" in alert_about(alert_env, "not shipped by their ship date")
 
-    run = run_deployment("order-journey/on-demand", timeout=240,
+    run = run_deployment("order-journey/advance-one-order", timeout=240,
                          parameters={"request": {"order_id": "no-such-order"}})
     assert run.state.is_failed()
     text = alert_about(alert_env, run.name)

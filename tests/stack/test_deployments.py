@@ -8,16 +8,17 @@ from datetime import datetime, timedelta
 
 import httpx
 import pytest
+import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy import select
 
 from flows import parameters as forms
 from flows.moderation import ModerationRequest
-from infra.stack import deploy
+from infra.stack import PREFECT_FILE, apply_deployment, deploy
 from infra.tooling.demo_data import demo_catalog
 from tasks.intake import ingest_orders, ingest_products, read_orders, read_products
 from tasks.store.db import make_engine, session_scope
@@ -31,15 +32,24 @@ RUN_TIMEOUT = 240
 DEPLOYMENTS = {  # name → (entrypoint, request model)
     "journey-sweep/frequent": ("flows.journey.sweep", forms.SweepRequest),
     "journey-daily/daily": ("flows.journey.daily", forms.DailyRequest),
-    "order-journey/on-demand": ("flows.journey.order_journey", forms.OrderJourneyRequest),
-    "ingest/on-demand": ("flows.intake.ingest", forms.IngestRequest),
-    "quarantine-release/on-demand": ("flows.operations.release_quarantine",
-                                     forms.QuarantineReleaseRequest),
-    "erase-customer/on-demand": ("flows.operations.erase_customer", forms.ErasureRequest),
-    "review-holds/on-demand": ("flows.decisions.review_holds", forms.HoldReviewRequest),
-    "review-cases/on-demand": ("flows.decisions.review_cases", forms.CaseReviewRequest),
-    "returns-review/on-demand": ("flows.decisions.review_returns", forms.ReturnReviewRequest),
-    "review-moderation/on-demand": ("flows.moderation.moderate_reviews", ModerationRequest),
+    "order-journey/advance-one-order": ("flows.journey.order_journey",
+                                        forms.OrderJourneyRequest),
+    "ingest/from-file-or-upload": ("flows.intake.ingest", forms.IngestRequest),
+    "quarantine-release/by-entry-id": ("flows.operations.release_quarantine",
+                                       forms.QuarantineReleaseRequest),
+    "quarantine-review/release-fix-or-dismiss": ("flows.operations.review_quarantine",
+                                                 forms.QuarantineReviewRequest),
+    "erase-customer/by-order": ("flows.operations.erase_customer", forms.ErasureRequest),
+    "cancel-order/not-yet-shipped": ("flows.operations.cancel_order", forms.CancelOrderRequest),
+    "review-holds/decide-held-orders": ("flows.decisions.review_holds", forms.HoldReviewRequest),
+    "review-cases/decide-service-cases": ("flows.decisions.review_cases",
+                                          forms.CaseReviewRequest),
+    "find-order/by-number-name-or-email": ("flows.find_order.find_order",
+                                           forms.FindOrderRequest),
+    "returns-review/decide-requested-returns": ("flows.decisions.review_returns",
+                                                forms.ReturnReviewRequest),
+    "review-moderation/approve-or-reject-reviews": ("flows.moderation.moderate_reviews",
+                                                    ModerationRequest),
 }
 
 
@@ -70,7 +80,7 @@ def test_each_deployment_runs_on_the_pool_with_an_enforced_typed_request(stack, 
 
 
 def test_the_run_form_shows_the_request_titles_and_descriptions(stack):
-    schema = read_deployment("order-journey/on-demand").parameter_openapi_schema
+    schema = read_deployment("order-journey/advance-one-order").parameter_openapi_schema
     order_id = schema["definitions"]["OrderJourneyRequest"]["properties"]["order_id"]
     field = forms.OrderJourneyRequest.model_fields["order_id"]
 
@@ -80,7 +90,7 @@ def test_the_run_form_shows_the_request_titles_and_descriptions(stack):
 
 def test_schedules_run_in_store_time_and_the_daily_run_never_overlaps(stack):
     sweep, daily = read_deployment("journey-sweep/frequent"), read_deployment("journey-daily/daily")
-    holds = read_deployment("review-holds/on-demand")
+    holds = read_deployment("review-holds/decide-held-orders")
 
     assert schedules_of(sweep) == [("every-5-minutes", None, timedelta(seconds=300), "UTC", True)]
     assert schedules_of(daily) == [("daily-0600-store-time", "0 6 * * *", None,
@@ -127,10 +137,20 @@ def test_deploying_again_keeps_a_schedule_an_operator_paused(stack):
             client.update_deployment_schedule(again.id, again.schedules[0].id, active=True)
 
 
-def test_deploying_again_changes_nothing(stack):
+def test_deploying_again_changes_nothing_and_retires_an_old_name(stack):
     before = {name: read_deployment(name) for name in stack.local.deployments}
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    (spec,) = [s for s in config["deployments"]
+               if s["entrypoint"] == "flows.journey.order_journey"]
+    with get_client(sync_client=True) as client:  # as an earlier version deployed it
+        apply_deployment(client, {**spec, "name": "on-demand"}, config["pull"])
 
-    assert deploy(stack.api_url, report=lambda line: None) == stack.local.deployments
+    lines: list[str] = []
+    assert deploy(stack.api_url, report=lines.append) == stack.local.deployments
+    assert ("deployment order-journey/on-demand: removed (now order-journey/advance-one-order)"
+            in lines)
+    with pytest.raises(ObjectNotFound):
+        read_deployment("order-journey/on-demand")
     for name, old in before.items():
         new = read_deployment(name)
         assert (new.id, schedules_of(new)) == (old.id, schedules_of(old))
@@ -154,11 +174,11 @@ def flow_run_count(deployment_id) -> int:
     {},
 ], ids=["empty-order", "unknown-field", "too-long", "no-order", "no-request"])
 def test_a_request_that_does_not_fit_is_refused_before_any_run(stack, parameters):
-    deployment = read_deployment("order-journey/on-demand")
+    deployment = read_deployment("order-journey/advance-one-order")
     before = flow_run_count(deployment.id)
 
     with pytest.raises(PrefectHTTPStatusError) as refused:
-        run_deployment("order-journey/on-demand", parameters=parameters, timeout=0)
+        run_deployment("order-journey/advance-one-order", parameters=parameters, timeout=0)
 
     assert refused.value.response.status_code == 409
     assert "Validation failed" in refused.value.response.text
@@ -205,8 +225,9 @@ def artifacts_of(api_url: str, flow_run_id) -> list[dict]:
 
 def test_order_journey_on_a_worker_confirms_the_order_and_publishes_artifacts(stack, shop):
     started = time.monotonic()
-    run = finished(run_deployment("order-journey/on-demand", timeout=RUN_TIMEOUT, parameters={
-        "request": {"order_id": "5432100002", "as_of": AS_OF}}))
+    run = finished(run_deployment("order-journey/advance-one-order", timeout=RUN_TIMEOUT,
+                                  parameters={"request": {"order_id": "5432100002",
+                                                          "as_of": AS_OF}}))
     print(f"order-journey run took {time.monotonic() - started:.1f}s from request to Completed")
 
     assert order_states(shop)["5432100002"] == "confirmed"
@@ -215,11 +236,17 @@ def test_order_journey_on_a_worker_confirms_the_order_and_publishes_artifacts(st
     assert any((a["key"] or "").startswith("order-") for a in artifacts)
 
 
-def test_ingest_on_a_worker_reads_a_csv_file_on_the_workers_machine(stack, shop):
-    finished(run_deployment("ingest/on-demand", timeout=RUN_TIMEOUT, parameters={
-        "request": {"kind": "orders", "source": str(FIXTURES / "orders.csv"), "as_of": AS_OF}}))
+def test_ingest_on_a_worker_reads_a_file_on_its_machine_or_one_pasted_into_the_form(stack, shop):
+    pasted = (FIXTURES / "orders_canonical.jsonl").read_text()
+    runs = [run_deployment("ingest/from-file-or-upload", timeout=0, parameters={  # side by side
+        "request": {"kind": "orders", **given, "as_of": AS_OF}})
+        for given in ({"source": str(FIXTURES / "orders.csv")}, {"text": pasted})]
 
-    assert {"7001", "7002"} <= set(order_states(shop))
+    assert [final_state(run.id).type.value for run in runs] == ["COMPLETED", "COMPLETED"]
+    assert {"7001", "7002", "MP-77001", "CN-2001"} <= set(order_states(shop))
+    with get_client(sync_client=True) as client:  # Prefect keeps no copy of the pasted file
+        kept = client.read_flow_run(runs[1].id).parameters["request"]["text"]
+    assert kept.startswith("(removed once read: ") and "schmidt" not in kept.lower()
 
 
 def test_an_extra_worker_joins_the_pool(stack):

@@ -1,19 +1,21 @@
 """An operator decides a held order in the Prefect UI's resume form, in a real Chromium.
 
 The review-holds run pauses with a typed form (flows/decisions.py); the test opens the paused
-run's page, resumes it through the UI's dialog, and checks that the worker applied exactly
-what was typed: the order is released and its timeline names the operator and the note.
+run's page and resumes it through the UI's dialog, first without a name (the run comes back
+to the form saying so, nothing changed), then properly; and checks that the worker applied
+exactly what was chosen: the order is released and its timeline names the operator and note.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import select
@@ -25,7 +27,7 @@ from tests.factories import add_order
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-DEPLOYMENT = "review-holds/on-demand"
+DEPLOYMENT = "review-holds/decide-held-orders"
 RUN_TIMEOUT_S = 120
 OPERATOR = "robin.ops"
 NOTE = "customer confirmed by phone"
@@ -64,6 +66,29 @@ def wait_for_state(api_url: str, run_id: str, wanted: str, timeout: float = RUN_
     pytest.fail(f"run {run_id} was not {wanted} within {timeout:.0f}s: {state}")
 
 
+def wait_for_pause(api_url: str, run_id: str, pause_key: str,
+                   timeout: float = RUN_TIMEOUT_S) -> None:
+    """Until the run is paused again with the form of `pause_key` (a form asked again)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = flow_run_state(api_url, run_id)
+        if state["type"] == "PAUSED" and state["state_details"].get("pause_key") == pause_key:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"run {run_id} was not asking with form {pause_key} within {timeout:.0f}s")
+
+
+def resume_dialog(page: Page, ui_home: str, run) -> Locator:
+    page.goto(f"{ui_home}/runs/flow-run/{run.id}")
+    expect(page.get_by_text(run.name).first).to_be_visible()
+    expect(page.get_by_text("Paused").first).to_be_visible()
+    page.get_by_role("button", name="Open menu").click()
+    page.get_by_role("menuitem", name="Resume").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("heading", name="Resume Flow Run")).to_be_visible()
+    return dialog
+
+
 def test_an_operator_releases_a_held_order_in_the_resume_form(stack, app, ui_home, page: Page):
     external_id, order_name = held_order(app)
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
@@ -71,34 +96,27 @@ def test_an_operator_releases_a_held_order_in_the_resume_form(stack, app, ui_hom
             "request": {"order_ids": [external_id], "timeout_minutes": 30}})
     run_id = str(run.id)
     wait_for_state(stack.api_url, run_id, "PAUSED")
-
     api_failures = failed_calls(page, stack.api_url)
-    page.goto(f"{ui_home}/runs/flow-run/{run_id}")
-    expect(page.get_by_text(run.name).first).to_be_visible()
-    expect(page.get_by_text("Paused").first).to_be_visible()
-    page.get_by_role("button", name="Open menu").click()
-    page.get_by_role("menuitem", name="Resume").click()
 
-    dialog = page.get_by_role("dialog")
-    expect(dialog.get_by_role("heading", name="Resume Flow Run")).to_be_visible()
-    # Without a name the server refuses the input; the UI says so only in a toast (the field
-    # itself is not marked) and the run stays paused with the dialog open.
+    # Without a name nothing is decided: the run asks again, saying why.
+    dialog = resume_dialog(page, ui_home, run)
     dialog.get_by_role("button", name="Resume", exact=True).click()
-    expect(page.get_by_text("'operator' is a required property")).to_be_visible()
-    expect(dialog).to_be_visible()
+    expect(page.get_by_text("Flow run resumed")).to_be_visible()
+    wait_for_pause(stack.api_url, run_id, "decisions-2")
+    dialog = resume_dialog(page, ui_home, run)
+    expect(dialog.get_by_text("Nothing was changed: the form needs your name.")).to_be_visible()
     screenshot(page, "ui-form-missing-name")
-    assert flow_run_state(stack.api_url, run_id)["type"] == "PAUSED"
 
     dialog.get_by_label("Your name").fill(OPERATOR)
-    # The order's own block: the innermost element holding both its title and its select.
-    order = (dialog.locator("div").filter(has=page.get_by_text(f"Order {order_name} ("))
-             .filter(has=page.get_by_role("button", name="Select Decision")).last)
-    decision = order.get_by_role("button", name="Select Decision")
+    # One select per order, titled with its number, total and age; context below it.
+    decision = dialog.get_by_role("button", name=re.compile(re.escape(f"Order {order_name} ·")))
     expect(decision).to_have_text("keep")  # the form's default: leave the order on hold
+    expect(dialog.get_by_text("1,250.00 USD").first).to_be_visible()
+    expect(dialog.get_by_text("held: high_value: 1250.00 USD").first).to_be_visible()
     decision.click()
     page.get_by_role("option", name="release", exact=True).click()
     expect(decision).to_have_text("release")
-    order.get_by_label("Note").fill(NOTE)
+    dialog.get_by_label("Note").fill(NOTE)
     screenshot(page, "ui-form-before-submit")
 
     dialog.get_by_role("button", name="Resume", exact=True).click()

@@ -54,8 +54,7 @@ def test_a_cli_hold_cancel_yields_the_state_changes_and_events_of_the_review_flo
     (cli_id, cli_ext, *_), (flow_id, *_) = held
 
     done = CliRunner().invoke(app, ["hold", "cancel", cli_ext, "--note", "fraud", "--by", "ana"])
-    answer = SimpleNamespace(operator="ana", order_1=decisions.HoldDecision(decision="cancel",
-                                                                            note="fraud"))
+    answer = SimpleNamespace(operator="ana", note="fraud", order_1="cancel")
     counts = decisions.apply_hold_decisions([decisions.Item(flow_id, "", "", "order_1")],
                                             answer, now)
 
