@@ -12,12 +12,15 @@ from importlib import import_module
 from flows.cli.common import app
 
 TOP_LEVEL = ("run", "archive", "privacy", "stack", "tools")  # modules adding to `app` itself
+TOP_LEVEL += ("find",)  # `journeys find-order`
+TOP_LEVEL += ("documents",)  # `journeys documents`, `journeys print-batch`
 GROUPS = (("db", "db", "db_app"), ("ingest", "ingest", "ingest_app"),  # name, module, sub-app
           ("hold", "operations", "hold_app"), ("quarantine", "operations", "quarantine_app"),
           ("case", "operations", "case_app"), ("returns", "returns", "returns_app"),
           ("inbox", "inbox", "inbox_app"),
           ("reconcile", "reconcile", "reconcile_app"), ("archive", "archive", "archive_app"),
-          ("reviews", "reviews", "reviews_app"), ("config", "config", "config_app"))
+          ("reviews", "reviews", "reviews_app"), ("config", "config", "config_app"),
+          ("i18n", "i18n", "i18n_app"))
 
 for _module in TOP_LEVEL:
     import_module(f"flows.cli.{_module}")

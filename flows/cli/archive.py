@@ -16,9 +16,9 @@ from flows.cli.common import (
     console,
     print_json,
     runtime,
+    session_scope,
     user_errors,
 )
-from tasks.store.db import session_scope
 
 archive_app = typer.Typer(no_args_is_help=True, help="The document and mail archive.")
 

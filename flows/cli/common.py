@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's temporary server creates its database on first use; 20 s is not enough on a busy
@@ -16,17 +16,22 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError
 
-from tasks.config import ConfigError
-from tasks.runtime import Runtime
-from tasks.settings import get_settings
-from tasks.store.db import engine_for
-from tasks.store.migrate import ensure_schema
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from tasks.runtime import Runtime
+    from tasks.settings import Settings
+
+# Startup time: `journeys --help`, `report` or `order` must not wait for Prefect, Great
+# Expectations, pandas or boto3 (seconds of imports). This module and the command modules import
+# only typer and rich at the top; everything else is imported by the command that uses it
+# (tests/flows/test_cli.py checks what `journeys report` loads).
 
 HELP = "`journeys` command line: thin commands over the flows and the store's queries."
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
@@ -49,32 +54,52 @@ class UserError(Exception):
     """Something the user can fix; printed as one line, no traceback."""
 
 
+# What a user can fix, printed as one line with exit code 2: (module, class). Matched only
+# when the module is loaded — an error class whose module no code imported cannot have been
+# raised — so catching them costs a command none of their (heavy) imports.
+ONE_LINE_ERRORS = (
+    ("tasks.intake.formats.common", "IntakeError"),
+    ("tasks.intake.release", "QuarantineNotFound"),
+    ("tasks.operations", "OperationRefused"),
+    ("tasks.quality.gate", "GateFailed"),
+    ("tasks.settings", "SecretUnavailable"),
+    ("tasks.store.queries", "OrderNotFound"),
+    ("tasks.config.base", "ConfigError"),
+)
+
+
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn known input and config problems into a one-line message and exit code 2."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        from tasks.intake import IntakeError
-        from tasks.intake.release import QuarantineNotFound
-        from tasks.operations import OperationRefused
-        from tasks.quality.gate import GateFailed
-        from tasks.settings import SecretUnavailable
-        from tasks.store.queries import OrderNotFound
-
         try:
             return fn(*args, **kwargs)
-        except (UserError, IntakeError, ConfigError, OrderNotFound, QuarantineNotFound,
-                GateFailed, SecretUnavailable, OperationRefused) as exc:
-            message = str(exc)
-        except ValidationError as exc:  # a JOURNEYS_* setting with a bad value
-            first = exc.errors()[0]
-            message = f"setting JOURNEYS_{str(first['loc'][0]).upper()}: {first['msg']}"
-        except ArgumentError as exc:
-            message = f"JOURNEYS_DATABASE_URL: {exc}"
+        except Exception as exc:
+            message = one_line(exc)
+            if message is None:
+                raise
         sys.stderr.write(f"journeys: {message}\n")  # one line, never wrapped by rich
         raise typer.Exit(2)
 
     return wrapper
+
+
+def one_line(exc: Exception) -> str | None:
+    """The one-line message for an error the user can fix; None for anything else (a bug)."""
+    if isinstance(exc, UserError) or is_loaded_error(exc, ONE_LINE_ERRORS):
+        return str(exc)
+    if is_loaded_error(exc, (("pydantic", "ValidationError"),)):  # a JOURNEYS_* setting
+        first = exc.errors()[0]  # type: ignore[attr-defined]
+        return f"setting JOURNEYS_{str(first['loc'][0]).upper()}: {first['msg']}"
+    if is_loaded_error(exc, (("sqlalchemy.exc", "ArgumentError"),)):
+        return f"JOURNEYS_DATABASE_URL: {exc}"
+    return None
+
+
+def is_loaded_error(exc: Exception, classes: tuple[tuple[str, str], ...]) -> bool:
+    return any(isinstance(exc, getattr(sys.modules[module], name))
+               for module, name in classes if module in sys.modules)
 
 
 def runtime() -> Runtime:
@@ -92,9 +117,26 @@ def app_engine() -> Engine:
     changed JOURNEYS_DATABASE_URL (tests run many commands in one process). engine_for
     caches the engine per URL; ensure_schema is quick once the schema is current.
     """
+    from tasks.store.db import engine_for
+    from tasks.store.migrate import ensure_schema
+
     engine = engine_for(get_settings().database_url)
     ensure_schema(engine)
     return engine
+
+
+def get_settings() -> Settings:
+    """The process settings (JOURNEYS_*), imported on first use."""
+    from tasks.settings import get_settings as settings
+
+    return settings()
+
+
+def session_scope(engine: Engine) -> AbstractContextManager[Session]:
+    """tasks.store.db.session_scope, imported on first use (SQLAlchemy's ORM takes a while)."""
+    from tasks.store.db import session_scope as scope
+
+    return scope(engine)
 
 
 def operator(by: str) -> str:

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import console, user_errors
-from tasks.settings import get_settings
+from flows.cli.common import console, get_settings, user_errors
 
 config_app = typer.Typer(no_args_is_help=True, help="Business configuration (YAML files).")
 

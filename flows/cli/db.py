@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli.common import console, user_errors
-from tasks.settings import get_settings
-from tasks.store.db import engine_for
-from tasks.store.migrate import upgrade
+from flows.cli.common import console, get_settings, user_errors
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 
@@ -16,5 +13,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 @user_errors
 def db_upgrade() -> None:
     """Apply database migrations up to the newest schema."""
+    from tasks.store.db import engine_for
+    from tasks.store.migrate import upgrade
+
     upgrade(engine_for(get_settings().database_url))
     console.print("database is at the newest schema")

@@ -6,9 +6,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import UserError, console, user_errors
-from tasks.settings import get_settings
-from tasks.store.db import session_scope
+from flows.cli.common import UserError, console, get_settings, session_scope, user_errors
 
 inbox_app = typer.Typer(no_args_is_help=True, help="Webhook deliveries the edge stored.")
 

@@ -18,9 +18,9 @@ from flows.cli.common import (
     operator,
     print_json,
     runtime,
+    session_scope,
     user_errors,
 )
-from tasks.store.db import session_scope
 
 
 @app.command("unsubscribe")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import JsonFlag, UserError, app_engine, print_json, show_counts, user_errors
+from flows.cli.prefect_api import prefect_api
 
 reconcile_app = typer.Typer(no_args_is_help=True, help="Pull what webhooks missed from the source.")
 
@@ -22,8 +23,6 @@ def reconcile_shopify_cmd(
 ) -> None:
     """Pull Shopify orders updated since the watermark (Admin API) into the webhook inbox, then
     drain it through intake, as the hourly reconcile-shopify deployment does."""
-    from flows.parameters import ReconcileRequest
-    from flows.reconcile import reconcile_shopify
     from tasks.shopify_admin import ShopifyError
 
     try:
@@ -33,10 +32,14 @@ def reconcile_shopify_cmd(
     if instant is not None and instant.tzinfo is None:
         instant = instant.replace(tzinfo=UTC)
     app_engine()
-    try:
-        report = reconcile_shopify(ReconcileRequest(since=instant))
-    except ShopifyError as exc:
-        raise UserError(f"Shopify: {exc}") from None
+    with prefect_api("flows.reconcile"):
+        from flows.parameters import ReconcileRequest
+        from flows.reconcile import reconcile_shopify
+
+        try:
+            report = reconcile_shopify(ReconcileRequest(since=instant))
+        except ShopifyError as exc:
+            raise UserError(f"Shopify: {exc}") from None
     if as_json:
         print_json(report)
     else:

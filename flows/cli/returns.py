@@ -24,9 +24,9 @@ from flows.cli.common import (
     operator,
     print_json,
     runtime,
+    session_scope,
     user_errors,
 )
-from tasks.store.db import session_scope
 
 returns_app = typer.Typer(no_args_is_help=True, help="Returns: list, decide, label, receive.")
 

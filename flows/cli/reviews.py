@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import UserError, app_engine, runtime, user_errors
-from tasks.store.db import session_scope
+from flows.cli.common import UserError, app_engine, runtime, session_scope, user_errors
 
 reviews_app = typer.Typer(no_args_is_help=True, help="Product reviews customers wrote on /r/.")
 

@@ -15,13 +15,14 @@ from flows.cli.common import (
     app,
     app_engine,
     console,
+    get_settings,
     parse_instant,
     print_json,
+    session_scope,
     user_errors,
 )
+from flows.cli.prefect_api import prefect_api
 from flows.display import show_report, show_stage_table
-from tasks.settings import get_settings
-from tasks.store.db import session_scope
 
 
 @app.command("run")
@@ -33,13 +34,14 @@ def run_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Advance all due work as of an instant (default now), through the Prefect sweep flow."""
-    from flows import journey
-    from flows.parameters import DailyRequest, SweepRequest
-
     app_engine()
     now = parse_instant(as_of)
-    result = (journey.daily(DailyRequest(as_of=now)) if daily
-              else journey.sweep(SweepRequest(as_of=now)))
+    with prefect_api("flows.journey"):
+        from flows import journey
+        from flows.parameters import DailyRequest, SweepRequest
+
+        result = (journey.daily(DailyRequest(as_of=now)) if daily
+                  else journey.sweep(SweepRequest(as_of=now)))
     if as_json:
         print_json(result)
     else:

@@ -5,6 +5,8 @@ Imported inside each command: the tooling is heavy and a product command never n
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,12 +17,13 @@ from flows.cli.common import (
     JsonFlag,
     UserError,
     app,
-    app_engine,
     console,
+    get_settings,
     parse_instant,
     print_json,
     user_errors,
 )
+from flows.cli.prefect_api import prefect_api, quiet_run_logs
 
 
 @app.command("demo")
@@ -30,9 +33,10 @@ def demo_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the synthetic data.")] = 7,
 ) -> None:
     """Generate a seeded catalog and orders, and run them through the journey."""
-    from infra.tooling.demo import run_demo
+    with prefect_api("flows.intake", "flows.journey", "infra.tooling.demo"), quiet_run_logs():
+        from infra.tooling.demo import run_demo
 
-    run_demo(orders, seed, console)
+        run_demo(orders, seed, console)
 
 
 @app.command("simulate")
@@ -48,26 +52,95 @@ def simulate_cmd(
     exchange_share: Annotated[float, typer.Option(
         "--exchange-share", min=0, max=1,
         help="Returns that are exchanges (when another variant is in stock).")] = 0.4,
+    workdir: Annotated[Path, typer.Option("--workdir", help="The simulation's own folder: its "
+                       "database, archive, mail files and daily inputs (emptied first; only a "
+                       "new, empty or earlier simulation folder).")] = Path("var/simulation"),
+    database: Annotated[str | None, typer.Option("--database", help="Another database to run "
+                        "on (e.g. PostgreSQL); it must hold no orders or products.")] = None,
+    reuse: Annotated[bool, typer.Option("--reuse", help="Let --database be one that already "
+                     "holds a store (the simulation adds its made-up orders to it).")] = False,
+    calendar: Annotated[bool, typer.Option("--calendar", help="Also print every customer's "
+                        "messages, day by day.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a seeded store day by day on a frozen clock; exit 1 if any rule is violated."""
-    from infra.tooling.simulate import simulate
+    """Run a seeded store day by day on a frozen clock, in a database of its own; exit 1 if
+    any rule is violated."""
+    from infra.tooling.workspace import WorkspaceRefused, claim, same_database, shown_url
 
-    app_engine()
-    result = simulate(days, orders, seed, parse_instant(start) if start else None,
-                      return_share=return_share, exchange_share=exchange_share)
+    first_day = parse_instant(start) if start else None
+    try:
+        workspace = claim(workdir, "simulation", database, reuse, "simulation.db")
+    except WorkspaceRefused as exc:
+        raise UserError(str(exc)) from None
+    store = get_settings().database_url
+    where = (f"simulate: {days} days, {orders} orders (seed {seed}) into "
+             f"{shown_url(workspace.database_url)}, files under {workdir}; " + (
+                 "that is your store (--reuse)" if same_database(workspace.database_url, store)
+                 else f"your store ({shown_url(store)}) is not touched"))
+    if as_json:
+        print_note(where)
+    else:
+        console.print(where, soft_wrap=True)
+    with (prefect_api("infra.tooling.simulate", database=workspace.root / "prefect.db"),
+          quiet_run_logs()):
+        from infra.tooling.simulate import simulate
+
+        result = simulate(workspace, days, orders, seed, first_day, return_share,
+                          exchange_share, on_day=None if as_json else day_line(days))
     if as_json:
         print_json(result)
     else:
+        show_simulation(result, calendar)
+    if result["violations"]:
+        raise typer.Exit(1)
+
+
+def print_note(text: str) -> None:
+    sys.stderr.write(text + "\n")  # stdout carries the one JSON object
+
+
+def day_line(days: int) -> Callable[[dict[str, Any]], None]:
+    """One short line per simulated day (per week beyond a month of days), and the last."""
+    every = 1 if days <= 31 else 7
+
+    def show(day: dict[str, Any]) -> None:
+        if day["day"] % every and day["day"] != day["days"]:
+            return
+        states = ", ".join(f"{state} {n}" for state, n in day["orders_by_state"].items())
+        console.print(f"day {day['day']}/{day['days']} {day['date']}: {states}; "
+                      f"{sum(day['mail_sent'].values())} mails sent, {day['returns_opened']} "
+                      f"returns, {day['cases_decided']} cases decided", soft_wrap=True)
+
+    return show
+
+
+def show_simulation(result: dict[str, Any], calendar: bool) -> None:
+    if calendar:
         for address, entries in result["calendar"].items():
             console.print(address, style="bold")
             for entry in entries:
                 console.print(f"  {entry}")
-        console.print(f"{len(result['violations'])} rule violations")
-        for violation in result["violations"]:
-            console.print(f"  {violation}", style="red")
-    if result["violations"]:
-        raise typer.Exit(1)
+    states, sent = result["orders_by_state"], result["mail_sent"]
+    table = Table(title="simulation", title_justify="left")
+    table.add_column("what")
+    table.add_column("figure")
+    table.add_row("orders", f"{sum(states.values())}: " + ", ".join(
+        f"{state} {n}" for state, n in states.items()))
+    table.add_row("mail sent", str(sum(sent.values())))
+    for template, n in sent.items():
+        table.add_row(f"  {template}", str(n))
+    table.add_row("returns", ", ".join(f"{k} {v}" for k, v in result["returns"].items())
+                  or "none")
+    table.add_row("service cases decided", str(result["operator_decisions"]))
+    table.add_row("rule violations", str(len(result["violations"])))
+    table.add_row("time", f"{result['seconds']:.0f} s")
+    table.add_row("peak memory", f"{result['peak_memory_mb']} MB")
+    console.print(table)
+    for violation in result["violations"]:
+        console.print(f"  {violation}", style="red")
+    if not calendar:
+        console.print(f"each customer's messages: --calendar; the files: {result['workspace']}",
+                      soft_wrap=True)
 
 
 @app.command("bench")

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infra.tooling.demo_data import demo_catalog, demo_orders
+from infra.tooling.workspace import shown_url
 from tasks.store.db import session_scope
 
 DEMO_DIR = Path("var/demo")
@@ -41,12 +42,18 @@ def demo_files(orders: int, seed: int, now: datetime) -> tuple[Path, Path]:
 
 
 def run_demo(orders: int, seed: int, console: Console) -> None:
-    from flows.common import app_engine
+    """Prefect's console should show warnings only (the caller's business: flows/cli/tools.py);
+    this prints where it writes, a progress bar, and a short summary with what to try next."""
+    from flows.common import app_engine, runtime
     from flows.journey import sweep
     from flows.parameters import SweepRequest
     from tasks.reporting import report
 
     now = datetime.now(UTC)
+    settings = runtime().settings
+    console.print(f"demo: {orders} orders (seed {seed}) into the store at "
+                  f"{shown_url(settings.database_url)}, archive {settings.artifacts_url}",
+                  soft_wrap=True)
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -63,8 +70,7 @@ def run_demo(orders: int, seed: int, console: Console) -> None:
         totals = report(session)
         examples = example_orders(session)
     show_summary(console, products, intake, result, totals, order_file)
-    for state, external_id in examples.items():
-        console.print(f"  {state.replace('_', ' ')}, e.g.: journeys order {external_id}")
+    show_next(console, examples)
 
 
 def ingest_file(kind: str, path: Path, now: datetime) -> dict[str, int]:
@@ -75,27 +81,58 @@ def ingest_file(kind: str, path: Path, now: datetime) -> dict[str, int]:
     return ingest(IngestRequest(kind=kind, source=str(path), format=None, as_of=now))
 
 
-def example_orders(session) -> dict[str, str]:
-    """One order id per interesting state, for the operator to look at next."""
+def example_orders(session) -> dict[str, tuple[str, str | None]]:
+    """One order per interesting state (its id and hold reason), to look at next."""
     from sqlalchemy import func, select
 
     from tasks.store.models import Order
 
+    first = (select(Order.state, func.min(Order.external_id).label("external_id"))
+             .where(Order.state.in_(tuple(EXAMPLE_STATES))).group_by(Order.state).subquery())
     rows = session.execute(
-        select(Order.state, func.min(Order.external_id))
-        .where(Order.state.in_(("confirmed", "on_hold", "cancelled")))
-        .group_by(Order.state)
-    )
-    return dict(rows.all())
+        select(Order.state, Order.external_id, Order.hold_reason)
+        .join(first, (Order.state == first.c.state) & (Order.external_id == first.c.external_id)))
+    return {state: (external_id, reason) for state, external_id, reason in rows}
+
+
+EXAMPLE_STATES = {"on_hold": "a held order", "confirmed": "a confirmed order",
+                  "cancelled": "a cancelled order"}
+SUMMARY_SECTIONS = ("orders_by_state", "holds_by_reason", "messages_by_status",
+                    "quarantine_by_reason")
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """`300 received: 296 accepted, 4 quarantined` (zeros left out)."""
+    rest = ", ".join(f"{n} {name}" for name, n in counts.items() if name != "received" and n)
+    return f"{counts['received']} received" + (f": {rest}" if rest else "")
 
 
 def show_summary(console: Console, products: dict, intake: dict, result: dict, totals: dict,
                  order_file: Path) -> None:
     from flows.display import show_report, show_stage_table
 
-    console.print(f"catalog: {products}")
-    console.print(f"orders from {order_file}: {intake}")
-    show_stage_table(console, result)
-    show_report(console, totals)
-    console.print("Next: `journeys order ID` for one order's timeline, `journeys hold list`, "
-                  "`journeys report`.")
+    console.print(f"catalog: {counts_line(products)}", soft_wrap=True)
+    console.print(f"orders from {order_file}: {counts_line(intake)}", soft_wrap=True)
+    show_stage_table(console, result, active_only=True)
+    show_report(console, totals, sections=SUMMARY_SECTIONS)
+
+
+def show_next(console: Console, examples: dict[str, tuple[str, str | None]]) -> None:
+    """Commands to try next, spelled as this shell can run them."""
+    from flows.display import journeys_command
+    from flows.reporting import mask_emails
+
+    journeys = journeys_command()
+    hints = [(f"order {external_id}", f"{EXAMPLE_STATES[state]}'s journey"
+              + (f" ({mask_emails(reason)})" if reason else ""))
+             for state, (external_id, reason) in sorted(
+                 examples.items(), key=lambda item: list(EXAMPLE_STATES).index(item[0]))]
+    hints += [("hold list", "the orders waiting for an operator, with reasons"),
+              ("report", "the whole store report"),
+              ("simulate --days 21 --orders 40", "three weeks of a store, in a database of its "
+               "own"),
+              ("server", "the Prefect UI, the schedules and a worker (http://127.0.0.1:4200)")]
+    width = max(len(command) for command, _ in hints) + len(journeys) + 3
+    console.print("Next:")
+    for command, what in hints:
+        console.print(f"  {journeys} {command}".ljust(width) + f"  {what}", soft_wrap=True)

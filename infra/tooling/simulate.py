@@ -1,17 +1,22 @@
 """`journeys simulate`: a seeded store run day by day on a frozen clock through the real flows.
 
-Each simulated day the outside world (infra/tooling/simulation.py) writes that day's shipments,
-carrier scans and survey answers as files; the ingest flow takes them in; some customers start
-a return or an exchange (through the same `open_returns` the returns page calls); the
-simulated operator decides open service cases and returns waiting for a look, and receives the
-parcels that came back; the daily flow runs as of that day. At the end the rule audit reads
-the outbox and the ledger: every violation found is reported.
+It runs in a workspace of its own (infra/tooling/workspace.py; by default a new SQLite
+database under var/simulation), never in the operator's store: its orders, mail and decisions
+are made up. Each simulated day the outside world (infra/tooling/simulation.py) writes that
+day's shipments, carrier scans and survey answers as files; the ingest flow takes them in; some
+customers start a return or an exchange (through the same `open_returns` the returns page
+calls); the simulated operator decides open service cases and returns waiting for a look, and
+receives the parcels that came back; the daily flow runs as of that day. At the end the rule
+audit reads the outbox and the ledger: every violation found is reported.
 """
 
 from __future__ import annotations
 
 import json
+import resource
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from flows.journey import daily
 from flows.parameters import DailyRequest, IngestRequest
 from infra.tooling import simulation
 from infra.tooling.demo_data import demo_catalog, demo_orders
+from infra.tooling.workspace import Workspace, using
 from tasks.aftercare.service import open_cases, settle_case
 from tasks.audit import AuditRules, audit, message_calendar
 from tasks.messaging.governor import governor_config
@@ -31,29 +37,28 @@ from tasks.returns.decisions import approve_returns, receive_returns
 from tasks.returns.requests import open_returns
 from tasks.states import MessageStatus
 from tasks.store.db import session_scope
-from tasks.store.models import Message
+from tasks.store.models import Message, Order
 
-SIM_DIR = Path("var/sim")
 RUN_HOUR = 17  # UTC: morning in the Americas, evening in Europe — outside quiet hours for most
 
 
-def write(kind: str, day_no: int, records: list[dict[str, Any]]) -> Path | None:
+def write(folder: Path, kind: str, day_no: int, records: list[dict[str, Any]]) -> Path | None:
     if not records:
         return None
-    path = SIM_DIR / f"day-{day_no:03d}-{kind}.jsonl"
+    path = folder / f"day-{day_no:03d}-{kind}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records))
     return path
 
 
-def outside_world(day_no: int, day: datetime, world: simulation.Outside) -> None:
+def outside_world(folder: Path, day_no: int, day: datetime, world: simulation.Outside) -> None:
     """What carriers and customers send on one day, through the real ingest flow."""
     with session_scope(app_engine()) as session:
         batches = {"shipments": simulation.shipments_for(session, day),
                    "events": simulation.events_for(session, day, world),
                    "feedback": simulation.feedback_for(session, day, world)}
     for kind, records in batches.items():
-        if path := write(kind, day_no, records):
+        if path := write(folder, kind, day_no, records):
             ingest(IngestRequest(kind=kind, source=str(path), as_of=day))
 
 
@@ -101,30 +106,64 @@ def audit_rules() -> AuditRules:
     )
 
 
-def simulate(days: int, orders: int, seed: int, start: datetime | None = None,
-             return_share: float = 0.15, exchange_share: float = 0.4) -> dict[str, Any]:
-    """Run the store for `days` days; returns calendars, counts and every violation found."""
+DayReport = Callable[[dict[str, Any]], None]  # called after each simulated day
+
+
+def simulate(workspace: Workspace, days: int, orders: int, seed: int,
+             start: datetime | None = None, return_share: float = 0.15,
+             exchange_share: float = 0.4, on_day: DayReport | None = None) -> dict[str, Any]:
+    """Run the store for `days` days in `workspace`; returns calendars, counts, every
+    violation found, the wall time and the peak memory."""
+    started = time.perf_counter()
+    with using(workspace):
+        result = run_days(workspace.inputs, days, orders, seed, start, return_share,
+                          exchange_share, on_day)
+    return result | {"workspace": str(workspace.root), "database": workspace.database_url,
+                     "seconds": round(time.perf_counter() - started, 1),
+                     "peak_memory_mb": round(peak_memory_mb())}
+
+
+def run_days(folder: Path, days: int, orders: int, seed: int, start: datetime | None,
+             return_share: float, exchange_share: float, on_day: DayReport | None
+             ) -> dict[str, Any]:
     start = (start or datetime.now(UTC)).replace(hour=RUN_HOUR, minute=0, second=0,
                                                  microsecond=0)
     world = simulation.Outside(seed, return_share=return_share, exchange_share=exchange_share)
-    SIM_DIR.mkdir(parents=True, exist_ok=True)
-    ingest(IngestRequest(kind="products", source=str(write("products", 0, demo_catalog(seed))),
-                         as_of=start))
+    ingest(IngestRequest(kind="products", as_of=start,
+                         source=str(write(folder, "products", 0, demo_catalog(seed)))))
     ingest(IngestRequest(kind="orders", as_of=start,
-                         source=str(write("orders", 0, demo_orders(orders, seed, start)))))
+                         source=str(write(folder, "orders", 0, demo_orders(orders, seed, start)))))
     decisions, returns = 0, Counter()
     for day_no in range(days):
         day = start + timedelta(days=day_no)
-        outside_world(day_no, day, world)
+        outside_world(folder, day_no, day, world)
         returns["opened"] += customers_return(day, world)
         decisions += operator_decides(day)
         returns.update(operator_handles_returns(day, world))
         daily(DailyRequest(as_of=day))
+        if on_day is not None:
+            on_day({"day": day_no + 1, "days": days, "date": day.date().isoformat(),
+                    **store_figures(), "returns_opened": returns["opened"],
+                    "cases_decided": decisions})
     with session_scope(app_engine()) as session:
         violations = audit(session, audit_rules())
         calendar = message_calendar(session)
-        sent = dict(session.execute(select(Message.template, func.count()).where(
-            Message.status == MessageStatus.SENT).group_by(Message.template)).all())
     return {"days": days, "orders": orders, "seed": seed, "start": start.isoformat(),
-            "operator_decisions": decisions, "returns": dict(returns), "mail_sent": sent,
+            **store_figures(), "operator_decisions": decisions, "returns": dict(returns),
             "violations": violations, "calendar": calendar}
+
+
+def store_figures() -> dict[str, Any]:
+    """Orders by state and mail sent by template, as the simulated store stands."""
+    with session_scope(app_engine()) as session:
+        states = dict(session.execute(select(Order.state, func.count()).group_by(
+            Order.state).order_by(Order.state)).all())
+        sent = dict(session.execute(select(Message.template, func.count()).where(
+            Message.status == MessageStatus.SENT).group_by(Message.template)
+            .order_by(Message.template)).all())
+    return {"orders_by_state": states, "mail_sent": sent}
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

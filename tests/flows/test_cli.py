@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -122,6 +127,9 @@ def test_held_order_released_by_operator_goes_on_to_confirmation(cli, tmp_path):
     assert held == [{"external_id": "5432100001", "name": "#1001",
                      "hold_reason": "payment_not_captured: pending"}]
     assert json.loads(cli("report", "--json")[1])["holds_by_reason"] == {"payment_not_captured": 1}
+    table = cli("report")[1]  # each table says what it counts
+    assert "┃ state" in table and "┃ orders" in table and "┃ reason" in table and "┃ holds" in table
+    assert "┃ key" not in table and "review requests by rating: none" in table
 
     code, _, _ = cli("hold", "release", "5432100001", "--note", "paid by bank transfer",
                      "--by", "ops@northwind")
@@ -342,3 +350,115 @@ def test_config_check_names_every_problem_and_exits_1(tmp_path):
     assert len(lines) == 2, lines
     assert any("pages.yaml: not valid YAML" in line for line in lines)
     assert any(line.endswith("/tracking.yaml") for line in lines)
+
+
+def test_every_file_kind_is_one_the_intake_flow_reads():
+    from flows.cli.ingest import FILE_KINDS
+    from tasks.intake.writers import KINDS
+
+    assert set(FILE_KINDS) | {"feedback"} <= set(KINDS)
+
+
+# Imports that take seconds and only flows need: a read-only command must not wait for them.
+FLOW_MACHINERY = {"prefect", "great_expectations", "pandas", "numpy"}
+
+
+def test_read_only_commands_load_none_of_the_flow_machinery(tmp_path):
+    """`--help`, `report`, `order`, `hold list` in one fresh process: what did they import?"""
+    script = (
+        "import sys\n"
+        "from flows.cli import app\n"
+        "for args in (['--help'], ['report', '--json'], ['order', 'nope'], ['hold', 'list']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "sys.stderr.write(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    env = os.environ | {"JOURNEYS_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+                        "JOURNEYS_CONFIG_DIR": str(ROOT / "configs")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    loaded = set(done.stderr.strip().splitlines()[-1].split())
+    assert "typer" in loaded and "sqlalchemy" in loaded  # the commands did run
+    assert loaded & FLOW_MACHINERY == set()
+
+
+class JourneysServerStandIn(BaseHTTPRequestHandler):
+    """Answers as a Prefect API would the two questions prefect_api asks: healthy? a journeys
+    work pool? (`pool` says whether it has one)."""
+
+    pool = True
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        pool = self.pool and self.path == "/api/work_pools/journeys"
+        found = self.path == "/api/health" or pool
+        self.send_response(200 if found else 404)
+        self.end_headers()
+        self.wfile.write(b"true" if found else b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_running_journeys_server_takes_the_runs_and_another_server_does_not(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cli import prefect_api
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), JourneysServerStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api"
+    monkeypatch.setattr(prefect_api, "LOCAL_SERVER", url)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    try:
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server configured
+            assert prefect_api.is_journeys_server(url)
+            with prefect_api.prefect_api() as used:
+                assert used == url == os.environ["PREFECT_API_URL"] == PREFECT_API_URL.value()
+            assert "PREFECT_API_URL" not in os.environ and PREFECT_API_URL.value() is None
+            monkeypatch.setattr(JourneysServerStandIn, "pool", False)
+            assert not prefect_api.is_journeys_server(url)  # some other Prefect server
+            assert not prefect_api.is_journeys_server("http://127.0.0.1:9/api")  # nothing
+    finally:
+        server.shutdown()
+
+
+# A flow that does what the sweep's dispatcher does with Prefect (flows/journey.py mail_slot):
+# ask for the journeys-mail slot, without waiting when the limit is missing; and log.
+TEMPORARY_SERVER_SCRIPT = """
+from flows.cli.prefect_api import prefect_api
+
+with prefect_api("prefect") as api:
+    from prefect import flow, get_run_logger
+    from prefect.concurrency.sync import concurrency
+
+    @flow
+    def dispatch_like_the_sweep():
+        with concurrency("journeys-mail", occupy=1, strict=False):
+            get_run_logger().info("mail sent")
+        return "done"
+
+    print(api, dispatch_like_the_sweep())
+"""
+
+
+def test_without_a_prefect_server_a_temporary_one_serves_the_command(tmp_path):
+    """A newcomer's `journeys run`: no PREFECT_API_URL, no `journeys server`. One temporary
+    server for the command, given the journeys-mail limit (no warning that it is missing),
+    every run log delivered before it stops, and nothing left running afterwards."""
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    process = subprocess.Popen([sys.executable, "-c", TEMPORARY_SERVER_SCRIPT], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    api, result = out.split()
+    assert api.startswith("http://127.0.0.1:") and result == "done"
+    assert "journeys: no Prefect server running: a temporary one" in err
+    assert "mail sent" in err  # the run's log, on the console as Prefect prints it
+    for problem in ("do not exist", "Error logging to API", "Starting temporary server",
+                    "View at"):
+        assert problem not in err, err[-3000:]
+    with pytest.raises(ProcessLookupError):  # the server went with the command
+        os.killpg(process.pid, 0)

@@ -110,3 +110,22 @@ def test_demo_data_ingests_with_the_invalid_orders_quarantined(engine, now: date
     assert invalid >= 1
     assert order_result.as_dict() == {"received": 150, "accepted": 150 - invalid, "updated": 0,
                                       "duplicates": 0, "quarantined": invalid, "deferred": 0}
+
+
+def test_the_demo_hints_spell_journeys_as_this_shell_can_run_it(tmp_path, monkeypatch):
+    """`journeys` is not on PATH after `infra/dev.py demo`: the hints name the venv's script,
+    from the folder the command runs in (the project folder: `.venv/bin/journeys`)."""
+    import sys
+    from pathlib import Path
+
+    from flows.display import journeys_command
+
+    script = Path(sys.executable).parent / "journeys"
+    assert script.exists()  # installed with the project (pyproject [project.scripts])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.chdir(script.parent.parent.parent)
+    assert journeys_command() == str(Path(script.parent.parent.name) / "bin" / "journeys")
+    monkeypatch.chdir(tmp_path)
+    assert journeys_command() == str(script)
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert journeys_command() == "journeys"

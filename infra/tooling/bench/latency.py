@@ -1,4 +1,5 @@
-"""One order through `order-journey/on-demand` on a running stack: how soon its confirmation goes.
+"""One order at a time through `order-journey/advance-one-order` on a running stack: how soon
+its confirmation goes.
 
 A fresh workspace (SQLite app database, file archive, file mail transport), a LocalStack with
 its own Prefect database (SQLite in the workspace unless given a URL), no scheduler and one
@@ -34,7 +35,7 @@ from typing import Any
 from infra.tooling.bench.story import START, Workspace, environment_set, input_files, using
 
 DEFAULT_WORKDIR = Path("var/bench-latency")
-DEPLOYMENT = "order-journey/on-demand"
+DEPLOYMENT = "order-journey/advance-one-order"
 EXTRA_ORDERS = 5  # some seeded orders are edge cases that never reach confirmation
 POLL_INTERVAL = "1"  # PREFECT_WORKER_QUERY_SECONDS for the bench's worker
 RUN_TIMEOUT = 180.0
@@ -48,7 +49,7 @@ log = logging.getLogger("journeys.bench.latency")
 
 def measure_latency(runs: int = 20, workdir: Path = DEFAULT_WORKDIR, seed: int = 7,
                     prefect_db: str | None = None) -> dict[str, Any]:
-    """Start a stack, run `runs` orders through the on-demand deployment, return the numbers.
+    """Start a stack, run `runs` orders through the deployment, return the numbers.
 
     `prefect_db` is the Prefect server's database URL (default: SQLite in the workspace).
     """

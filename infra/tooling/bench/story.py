@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,73 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from infra.tooling.demo_data import demo_catalog, demo_orders
+from infra.tooling.workspace import (  # noqa: F401 (the bench's modules import them from here)
+    Workspace,
+    clear_process_caches,
+    environment_set,
+    using,
+)
 
 START = datetime(2026, 3, 2, 17, tzinfo=UTC)  # a Monday; 17:00 UTC is outside most quiet hours
 DELIVERY_DAY = 3
 SWEEP_DAYS = (0, DELIVERY_DAY, 6, 10, 17, 34)
 STOCK_PER_ORDER = 10  # units per variant per 100 orders: only the low-stock items run out
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where one bench run keeps its database, archive and input files."""
-
-    root: Path
-    database_url: str
-
-    @classmethod
-    def fresh(cls, root: Path, database_url: str | None) -> Workspace:
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-        return cls.at(root, database_url)
-
-    @classmethod
-    def at(cls, root: Path, database_url: str | None) -> Workspace:
-        return cls(root.resolve(), database_url or f"sqlite:///{root.resolve() / 'journeys.db'}")
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    def environment(self) -> dict[str, str]:
-        return {"JOURNEYS_DATABASE_URL": self.database_url,
-                "JOURNEYS_ARTIFACTS_URL": f"file://{self.artifacts}",
-                "JOURNEYS_MAIL_TRANSPORT": "file"}
-
-
-@contextmanager
-def environment_set(values: dict[str, str]) -> Iterator[None]:
-    """These environment variables for the block, then each back as it was (or unset)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
-def using(workspace: Workspace) -> Iterator[None]:
-    """Point the process-wide settings, runtime and engine at the workspace, then restore them."""
-    with environment_set(workspace.environment()):
-        clear_process_caches()
-        try:
-            yield
-        finally:
-            clear_process_caches()
-
-
-def clear_process_caches() -> None:
-    from flows import common
-    from tasks.settings import get_settings
-
-    for cached in (get_settings, common.runtime, common.app_engine):
-        cached.cache_clear()
 
 
 def require_empty(database_url: str) -> None:
