@@ -113,7 +113,7 @@ def test_one_match_is_the_whole_order_and_the_address_is_not_kept(found, flow_en
     assert ("- **State:** on\\_hold — high value: 4706.00 USD > 2500; "
             "line\\_items\\[0\\].price \\[x\\](javascript:alert(1))") in lines
     assert "- **Customer:** Ada L. · \\*\\*\\*@example.com" in lines
-    assert "- **Ship to:** Ada L., 1 Analytical Way, Portland, OR 97209, United States" in lines
+    assert "- **Ship to:** Ada L., • Analytical Way, Portland, OR 97209, United States" in lines
     assert "| TEE-1 | M / Blue | 2 | $25.00 | $50.00 |" in lines
     assert "| MUG-1 | MUG-1 | 1 | $18.00 | $18.00 |" in lines
     assert "| Shipping | $5.00 |" in lines and "| **Total** | **$73.00** |" in lines
