@@ -7,12 +7,13 @@ workspace for a block and back afterwards, so a tool never writes into the opera
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from flows.cli.prefect_api import environment as environment_set  # one way to set and restore
 
 
 @dataclass(frozen=True)
@@ -47,21 +48,6 @@ class Workspace:
         return {"JOURNEYS_DATABASE_URL": self.database_url,
                 "JOURNEYS_ARTIFACTS_URL": f"file://{self.artifacts}",
                 "JOURNEYS_MAIL_TRANSPORT": "file", "JOURNEYS_INBOX_URL": ""}
-
-
-@contextmanager
-def environment_set(values: dict[str, str]) -> Iterator[None]:
-    """These environment variables for the block, then each back as it was (or unset)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager
