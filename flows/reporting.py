@@ -26,12 +26,18 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tasks.markdown import CELL_LIMIT, EMAIL, mask_emails, md_cell, md_text  # noqa: F401
+from tasks.markdown import (  # noqa: F401
+    CELL_LIMIT,
+    EMAIL,
+    mask_emails,
+    mask_words,
+    md_cell,
+    md_text,
+)
 from tasks.messaging.money import address_lines, format_money
 from tasks.store.db import session_scope
 from tasks.store.models import Message, Order
 from tasks.store.queries import find_order, order_detail, order_view, search_orders
-from tasks.storefront.order_page import mask_words
 
 if TYPE_CHECKING:
     from tasks.archive import ArtifactStore

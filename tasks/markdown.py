@@ -1,7 +1,9 @@
 """Markdown that shows customer text exactly as written: for Prefect artifacts (rendered as GFM
-with HTML sanitised), where a lost ">" or "[0]" changes what a line means.
+with HTML sanitised), where a lost ">" or "[0]" changes what a line means; and the masks for
+personal text that operators and customers see (addresses to their domain, words to initials).
 
-Used by flows/reporting.py (every artifact) and tasks/returns/report.py.
+Used by flows/reporting.py (every artifact), tasks/returns/report.py, the order page and the
+quarantine's masked records (tasks/intake/masking.py).
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ AUTOLINK = re.compile(r"(?i)(?<=\bwww)\.|:(?=//)")
 # A heading, quote, list or rule starts only at the beginning of a line (or list item).
 BLOCK_START = re.compile(r"^([#>+=-])|^(\d+)([.)])")
 CELL_LIMIT = 120
+BULLET = "•"
 
 
 def mask_emails(text: str) -> str:
     """Operators see that an address was involved, not whose: a.b@shop.com → ***@shop.com."""
     return EMAIL.sub(r"***@\1", text)
+
+
+def mask_words(text: str, only_with_digits: bool = False) -> str:
+    """Each word to its first character and bullets (`Ada` → `A••`; a one-character word is
+    hidden whole); with `only_with_digits`, only words holding a digit (a street keeps its name,
+    not its house number: `412 Alder St` → `4•• Alder St`)."""
+    return " ".join(word if only_with_digits and not any(c.isdigit() for c in word)
+                    else BULLET if len(word) == 1
+                    else word[:1] + BULLET * (len(word) - 1) for word in text.split())
 
 
 def md_text(value: Any, limit: int | None = None) -> str:

@@ -19,8 +19,8 @@ import json
 import re
 from typing import Any
 
-BULLET = "•"
-EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@([^\s@'\"<>(),;:]+)")
+from tasks.markdown import BULLET, EMAIL, mask_words
+
 PERSONAL_KEYS = frozenset({
     "email", "contact_email", "customer_email", "first_name", "last_name", "phone", "address1",
     "address2", "zip", "company", "birthday", "note", "gift_note", "customer_note",
@@ -43,8 +43,7 @@ def mask_text(value: str) -> str:
     """`a.b@shop.com` → `•••@shop.com`; other text → each word's first character and bullets."""
     if EMAIL.fullmatch(value.strip()):
         return EMAIL.sub(rf"{BULLET * 3}@\1", value.strip())
-    return " ".join(word[:1] + BULLET * (len(word) - 1) if len(word) > 1 else BULLET
-                    for word in value.split())
+    return mask_words(value)
 
 
 def mask_record(raw: str, source: str | None = None) -> str:

@@ -28,6 +28,7 @@ from tasks.aftercare.followups import (
 from tasks.config import Config
 from tasks.i18n import N_
 from tasks.links import Purpose, link_url
+from tasks.markdown import mask_words
 from tasks.messaging.compose import locale_of
 from tasks.messaging.money import address_lines, format_day, resolve_locale
 from tasks.returns.notices import status_label
@@ -53,7 +54,6 @@ STEPS = (("confirmed", N_("Order confirmed")), ("packed", N_("Packed")),
 REACHED = {PACKED: 1, CONFIRMED: 1, SHIPPED: 2, DELIVERED: 4}
 OUT_FOR_DELIVERY = "OutForDelivery"
 CHECKPOINTS_PER_PARCEL = 40  # a parcel's page stays short; the carrier's link has the rest
-BULLET = "•"
 
 # AfterShip's tags in words a customer reads.
 TAG_WORDS = {
@@ -256,14 +256,6 @@ def masked_address(address: dict[str, Any], locale: str) -> list[str]:
     hidden |= {key: mask_words(str(address[key]), only_with_digits=True)
                for key in ("address1", "address2") if address.get(key)}
     return address_lines({**address, **hidden}, locale)
-
-
-def mask_words(text: str, only_with_digits: bool) -> str:
-    """Each word to its first character and bullets (a street keeps words without digits; a
-    one-character house number is hidden whole)."""
-    return " ".join(word if only_with_digits and not any(c.isdigit() for c in word)
-                    else BULLET if len(word) == 1
-                    else word[:1] + BULLET * (len(word) - 1) for word in text.split())
 
 
 # ---------------------------------------------------------------- links
